@@ -1,0 +1,92 @@
+"""The client's link to an endpoint: one background thread owns the ZeroMQ
+socket, sends queued submissions in chunks and resolves futures as results are
+pushed to it."""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+from collections.abc import Callable
+
+import zmq
+
+from faas import protocol
+from faas.errors import ProtocolError
+
+log = logging.getLogger(__name__)
+
+
+class Connection:
+    """Sends messages given by any thread; calls ``on_message(header, frames)``
+    on its own thread for every message from the endpoint."""
+
+    def __init__(self, address: str, on_message: Callable[[dict, list[bytes]], None],
+                 on_idle: Callable[[], list[list[bytes]]] = lambda: []):
+        self.address = address
+        self._on_message = on_message
+        self._on_idle = on_idle
+        self._outbox: queue.SimpleQueue[list[bytes]] = queue.SimpleQueue()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        self._closed = threading.Event()
+        self._zctx = zmq.Context()
+        self._thread = threading.Thread(target=self._run, name="faas-client-io", daemon=True)
+        self._thread.start()
+
+    def send(self, frames: list[bytes]) -> None:
+        self._outbox.put(frames)
+        self.wake()
+
+    def wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except BlockingIOError:
+            pass
+
+    def close(self) -> None:
+        self._closed.set()
+        self.wake()
+        self._thread.join(timeout=10)
+        self._zctx.term()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    def _run(self) -> None:
+        sock = self._zctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.connect(self.address)
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        try:
+            while not self._closed.is_set():
+                events = dict(poller.poll(1000))
+                if self._wake_r in events:
+                    os.read(self._wake_r, 65536)
+                for frames in self._on_idle():
+                    sock.send_multipart(frames)
+                while True:
+                    try:
+                        sock.send_multipart(self._outbox.get_nowait())
+                    except queue.Empty:
+                        break
+                while True:
+                    try:
+                        frames = sock.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    try:
+                        header, body = protocol.decode(frames)
+                    except ProtocolError as e:
+                        log.error("dropping a malformed message from the endpoint: %s", e)
+                        continue
+                    try:
+                        self._on_message(header, body)
+                    except Exception:
+                        log.exception("handling a %s message failed", header.get("type"))
+        finally:
+            sock.close(0)

@@ -1,0 +1,186 @@
+"""``faas.Executor``: a ``concurrent.futures.Executor`` for ctx_functions,
+shaped like ``globus_compute_sdk.Executor``."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import uuid
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor as _BaseExecutor
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+from faas import protocol
+from faas.client import serialize
+from faas.client.connection import Connection
+from faas.errors import EndpointError
+from faas.function import CtxFunction
+
+
+class ComputeFuture(Future):
+    """A future with the invocation's id (``task_id``, as in Globus Compute)."""
+
+    def __init__(self, task_id: str):
+        super().__init__()
+        self.task_id = task_id
+
+
+class Executor(_BaseExecutor):
+    """Run ctx_functions on an endpoint.
+
+    ``endpoint`` is an endpoint name (under ``$FAAS_HOME``), an ``ipc://``
+    address, or None to start an embedded local endpoint that lives as long as
+    this Executor. All invocations belong to ``task_group_id`` (a new one by
+    default).
+    """
+
+    def __init__(self, endpoint: str | None = None, task_group_id: str | None = None,
+                 batch_size: int = 256, max_payload_bytes: int | None = 64 * 2**20,
+                 embedded_workers: int = 2):
+        self.task_group_id = task_group_id or uuid.uuid4().hex
+        self.batch_size = batch_size
+        self.max_payload_bytes = max_payload_bytes
+        self._embedded = None
+        if endpoint is None:
+            from faas.client.embedded import EmbeddedEndpoint
+
+            self._embedded = EmbeddedEndpoint(workers=embedded_workers)
+            address = self._embedded.address
+        else:
+            address = resolve(endpoint)
+        self._lock = threading.Lock()
+        self._futures: dict[str, ComputeFuture] = {}
+        self._buffer: list[tuple[CtxFunction, str, str, bytes]] = []
+        self._functions: dict[int, tuple[str, bytes, CtxFunction]] = {}  # id(fn) -> (fid, blob, fn)
+        self._sent_fids: set[str] = set()
+        self._shutdown = False
+        self._reload: Future | None = None
+        self._conn = Connection(address, self._on_message, self._flush)
+        self._finalizer = weakref.finalize(self, _close, self._conn, self._embedded)
+
+    # -- submitting -----------------------------------------------------------
+    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> ComputeFuture:
+        if self._shutdown:
+            raise RuntimeError("cannot submit after shutdown")
+        fid, _ = self._function(fn)
+        blob = serialize.args_blob(args, kwargs, self.max_payload_bytes)
+        fut = ComputeFuture(uuid.uuid4().hex)
+        with self._lock:
+            self._futures[fut.task_id] = fut
+            self._buffer.append((fn, fid, fut.task_id, blob))
+            first = len(self._buffer) == 1
+        if first:
+            self._conn.wake()
+        return fut
+
+    def map(self, fn: Callable, *iterables: Iterable, timeout: float | None = None,
+            chunksize: int = 1) -> Iterator[Any]:
+        """Like ``concurrent.futures.Executor.map``; submissions travel in chunks
+        of ``batch_size`` whatever ``chunksize`` says."""
+        futures = [self.submit(fn, *args) for args in zip(*iterables)]
+
+        def results():
+            try:
+                for fut in futures:
+                    yield fut.result(timeout)
+            finally:
+                for fut in futures:
+                    fut.cancel()
+
+        return results()
+
+    def _function(self, fn: Callable) -> tuple[str, bytes]:
+        cached = self._functions.get(id(fn))
+        if cached is None or cached[2] is not fn:
+            fid, blob = serialize.function_blob(fn)
+            cached = self._functions[id(fn)] = (fid, blob, fn)
+        return cached[0], cached[1]
+
+    def _flush(self) -> list[list[bytes]]:
+        """Turn buffered submissions into submit messages (on the IO thread)."""
+        with self._lock:
+            buffered, self._buffer = self._buffer, []
+        messages = []
+        for start in range(0, len(buffered), self.batch_size):
+            chunk = buffered[start:start + self.batch_size]
+            functions, blobs = [], []
+            for fn, fid, _, _ in chunk:
+                if fid not in self._sent_fids:
+                    self._sent_fids.add(fid)
+                    functions.append({"id": fid, "name": fn.__qualname__, "context_key": fn.context_key,
+                                      "context": fn.spec.description, "retries": fn.retries})
+                    blobs.append(self._function(fn)[1])
+            invocations = [{"id": inv_id, "function": fid} for _, fid, inv_id, _ in chunk]
+            messages.append(protocol.encode("submit", [*blobs, *(a for *_, a in chunk)],
+                                            group=self.task_group_id, functions=functions,
+                                            invocations=invocations))
+        return messages
+
+    # -- results --------------------------------------------------------------
+    def _on_message(self, header: dict, frames: list[bytes]) -> None:
+        kind = header["type"]
+        if kind == "results":
+            for item, payload in zip(header["items"], frames):
+                with self._lock:
+                    fut = self._futures.pop(item["id"], None)
+                if fut is None or fut.done():
+                    continue
+                if item["ok"]:
+                    fut.set_result(serialize.load_result(payload))
+                else:
+                    fut.set_exception(serialize.remote_exception(payload, item.get("error")))
+        elif kind == "error":
+            self._fail_all(EndpointError(header["message"]))
+
+    def _fail_all(self, exc: Exception) -> None:
+        with self._lock:
+            futures, self._futures = self._futures, {}
+        for fut in futures.values():
+            if not fut.done():
+                fut.set_exception(exc)
+
+    # -- lifecycle --------------------------------------------------------------
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        if self._shutdown:
+            return
+        self._shutdown = True
+        with self._lock:
+            futures = list(self._futures.values())
+        if cancel_futures:
+            for fut in futures:
+                fut.cancel()
+        elif wait:
+            for fut in futures:
+                try:
+                    fut.exception()
+                except Exception:  # cancelled
+                    pass
+        self._finalizer()
+
+
+def _close(conn: Connection, embedded) -> None:
+    conn.close()
+    if embedded is not None:
+        embedded.close()
+
+
+def resolve(endpoint: str) -> str:
+    """An endpoint name or address -> the ZeroMQ address to connect to."""
+    if endpoint.startswith("ipc://"):
+        if not Path(endpoint.removeprefix("ipc://")).exists():
+            raise EndpointError(f"no endpoint socket at {endpoint}")
+        return endpoint
+    if "://" in endpoint:
+        raise EndpointError(f"unsupported endpoint address {endpoint!r}: use a name or ipc://PATH")
+    from faas.endpoint.daemon import read_pid
+    from faas.endpoint.home import EndpointDir
+
+    epdir = EndpointDir.of(endpoint)
+    if not epdir.exists():
+        raise EndpointError(f"no endpoint named {endpoint!r} (run: faas-endpoint configure {endpoint})")
+    if read_pid(epdir) is None:
+        raise EndpointError(f"endpoint {endpoint!r} is not running (run: faas-endpoint start {endpoint})")
+    return epdir.address

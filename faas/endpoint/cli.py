@@ -1,0 +1,122 @@
+"""``faas-endpoint``: configure, start, stop and inspect endpoints."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from faas.endpoint import daemon
+from faas.endpoint.config import ConfigError, default_config_text, load_config
+from faas.endpoint.home import EndpointDir, list_endpoints
+from faas.errors import EndpointError
+
+
+def _endpoint(name: str, must_exist: bool = True) -> EndpointDir:
+    try:
+        epdir = EndpointDir.of(name)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="NAME") from None
+    if must_exist and not epdir.exists():
+        raise click.ClickException(f"no endpoint {name!r} (run: faas-endpoint configure {name})")
+    return epdir
+
+
+@click.group()
+def main() -> None:
+    """Manage faas endpoints (state under $FAAS_HOME, default ~/.faas)."""
+
+
+@main.command()
+@click.argument("name")
+def configure(name: str) -> None:
+    """Create NAME with a default local config."""
+    epdir = _endpoint(name, must_exist=False)
+    if epdir.exists():
+        raise click.ClickException(f"endpoint {name!r} already exists: {epdir.config}")
+    epdir.path.mkdir(parents=True, mode=0o700, exist_ok=True)
+    epdir.config.write_text(default_config_text(name))
+    click.echo(f"created {epdir.config}")
+
+
+@main.command()
+@click.argument("name")
+@click.option("--foreground", is_flag=True, help="Stay in the foreground (logs to stderr).")
+def start(name: str, foreground: bool) -> None:
+    """Start NAME; returns once it accepts work."""
+    epdir = _endpoint(name)
+    try:
+        if foreground:
+            daemon.run(epdir)
+            return
+        pid = daemon.start_background(epdir)
+    except (ConfigError, EndpointError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"endpoint {name} started (pid {pid}) at {epdir.address}")
+
+
+@main.command()
+@click.argument("name")
+def stop(name: str) -> None:
+    """Stop NAME and its workers."""
+    epdir = _endpoint(name)
+    click.echo(f"endpoint {name} stopped" if daemon.stop(epdir) else f"endpoint {name} was not running")
+
+
+@main.command()
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def status(name: str, as_json: bool) -> None:
+    """Show NAME's state, workers, contexts and invocation counts."""
+    epdir = _endpoint(name)
+    try:
+        info = endpoint_status(epdir)
+    except (ConfigError, EndpointError) as e:
+        raise click.ClickException(str(e)) from None
+    if as_json:
+        click.echo(json.dumps(info, indent=2, default=str))
+        return
+    click.echo(f"endpoint {name}: {'running, pid ' + str(info['pid']) if info['running'] else 'stopped'}")
+    click.echo(f"  address:     {info['address']}")
+    if info["running"]:
+        click.echo(f"  worker slots: {info['live']['worker_slots']}  backlog: {info['live']['backlog']}")
+    click.echo("  invocations: " + ", ".join(f"{k} {v}" for k, v in info["invocations"].items()))
+    click.echo(f"  workers seen: {len(info['workers'])}")
+    for c in info["contexts"]:
+        click.echo(f"  context {c['description']}: {c['inits']} inits ({c['init_seconds']:.1f}s), "
+                   f"{c['init_failures']} failed inits")
+
+
+def endpoint_status(epdir: EndpointDir) -> dict:
+    """The store's record (available when stopped too) plus the live daemon's view."""
+    config = load_config(epdir.config)
+    pid = daemon.read_pid(epdir)
+    store = daemon.open_store(epdir, config)
+    try:
+        info = {
+            "name": epdir.name,
+            "running": pid is not None,
+            "pid": pid,
+            "address": epdir.address,
+            "invocations": store.counts_by_state(),
+            "contexts": store.context_summary(),
+            "workers": store.workers(),
+        }
+    finally:
+        store.close()
+    if pid is not None:
+        info["live"] = daemon.request(epdir.address, "status", timeout=10)["status"]
+    return info
+
+
+@main.command(name="list")
+def list_() -> None:
+    """List configured endpoints."""
+    for epdir in list_endpoints():
+        pid = daemon.read_pid(epdir)
+        click.echo(f"{epdir.name}\t{'running' if pid else 'stopped'}\t{epdir.address}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

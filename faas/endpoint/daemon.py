@@ -1,0 +1,166 @@
+"""Lifecycle of the endpoint daemon: run in the foreground, start in the
+background (returning once it accepts work), stop by its recorded pid."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import zmq
+
+from faas import protocol
+from faas.endpoint.config import ConfigError, EndpointConfig, load_config
+from faas.endpoint.home import EndpointDir
+from faas.errors import EndpointError
+from faas.store import Store, sqlite_url
+
+log = logging.getLogger(__name__)
+EXIT_WITH_ENV = "FAAS_EXIT_WITH_PID"
+
+
+def read_pid(epdir: EndpointDir) -> int | None:
+    """The daemon's pid if it is alive; a stale pid file is ignored."""
+    try:
+        pid = int(epdir.pidfile.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid
+    if not _is_our_daemon(pid, epdir):
+        return None  # the pid was reused by an unrelated process
+    return pid
+
+
+def _is_our_daemon(pid: int, epdir: EndpointDir) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return True  # no /proc (macOS): trust the pid file
+    return any(b"faas" in arg for arg in cmdline) and epdir.name.encode() in cmdline
+
+
+def open_store(epdir: EndpointDir, config: EndpointConfig) -> Store:
+    return Store(config.store.url or sqlite_url(epdir.path))
+
+
+def run(epdir: EndpointDir) -> None:
+    """Run the daemon in this process until SIGTERM/SIGINT."""
+    from faas.endpoint.engine import ParslEngine
+    from faas.endpoint.server import Server
+
+    config = load_config(epdir.config)
+    if read_pid(epdir) not in (None, os.getpid()):
+        raise EndpointError(f"endpoint {epdir.name} is already running (pid {read_pid(epdir)})")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("parsl").propagate = False  # Parsl logs in detail to runinfo/
+    epdir.pidfile.write_text(f"{os.getpid()}\n")
+    store = open_store(epdir, config)
+    engine = ParslEngine(config.engine, epdir.runinfo)
+    exit_with = os.environ.pop(EXIT_WITH_ENV, None)
+    server = Server(epdir, config, store, engine, exit_with=int(exit_with) if exit_with else None)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: server.stop())
+    try:
+        server.serve_forever()
+    finally:
+        log.info("endpoint %s stopping", epdir.name)
+        server.close()
+        engine.shutdown()
+        store.close()
+        epdir.pidfile.unlink(missing_ok=True)
+        log.info("endpoint %s stopped", epdir.name)
+
+
+def start_background(epdir: EndpointDir, timeout: float = 120.0, exit_with: int | None = None) -> int:
+    """Start the daemon detached; return its pid once it answers on its socket.
+
+    With ``exit_with``, the daemon stops by itself when that process is gone
+    (an embedded endpoint must not outlive a killed client)."""
+    load_config(epdir.config)  # report config mistakes here, not in a log file
+    pid = read_pid(epdir)
+    if pid is not None:
+        raise EndpointError(f"endpoint {epdir.name} is already running (pid {pid})")
+    env = dict(os.environ, FAAS_HOME=str(epdir.path.parent.parent))
+    if exit_with is not None:
+        env[EXIT_WITH_ENV] = str(exit_with)
+    with open(epdir.log, "ab") as logf:
+        proc = subprocess.Popen([sys.executable, "-m", "faas.endpoint.daemon", epdir.name],
+                                stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+                                env=env, start_new_session=True, cwd=epdir.path)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise EndpointError(f"endpoint {epdir.name} exited during start-up "
+                                f"(code {proc.returncode}):\n{_tail(epdir.log)}")
+        if epdir.socket.exists() and ping(epdir.address, timeout=1.0):
+            return proc.pid
+        time.sleep(0.1)
+    proc.terminate()
+    raise EndpointError(f"endpoint {epdir.name} did not answer within {timeout:.0f}s:\n{_tail(epdir.log)}")
+
+
+def stop(epdir: EndpointDir, timeout: float = 60.0) -> bool:
+    """Stop the daemon by its pid and wait until the process is gone; returns
+    False when it was not running."""
+    pid = read_pid(epdir)
+    if pid is None:
+        epdir.pidfile.unlink(missing_ok=True)
+        return False
+    os.kill(pid, signal.SIGTERM)
+    try:
+        psutil.Process(pid).wait(timeout)
+    except psutil.NoSuchProcess:
+        pass
+    except psutil.TimeoutExpired:
+        log.warning("endpoint %s (pid %d) ignored SIGTERM for %.0fs; killing it", epdir.name, pid, timeout)
+        os.kill(pid, signal.SIGKILL)
+        epdir.pidfile.unlink(missing_ok=True)
+    return True
+
+
+def request(address: str, kind: str, timeout: float = 5.0, **header) -> dict:
+    """One request/reply exchange with an endpoint (for the CLI)."""
+    zctx = zmq.Context.instance()
+    sock = zctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(address)
+        sock.send_multipart(protocol.encode(kind, **header))
+        if not sock.poll(int(timeout * 1000)):
+            raise EndpointError(f"no answer from {address} within {timeout:.0f}s")
+        reply, _ = protocol.decode(sock.recv_multipart())
+        return reply
+    finally:
+        sock.close(0)
+
+
+def ping(address: str, timeout: float = 1.0) -> bool:
+    try:
+        return request(address, "ping", timeout)["type"] == "pong"
+    except EndpointError:
+        return False
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+if __name__ == "__main__":
+    try:
+        run(EndpointDir.of(sys.argv[1]))
+    except (ConfigError, EndpointError) as e:
+        print(f"faas-endpoint: {e}", file=sys.stderr)
+        sys.exit(2)

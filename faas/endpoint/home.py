@@ -1,0 +1,60 @@
+"""Where endpoints keep their state: ``$FAAS_HOME/endpoints/NAME/``."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def faas_home() -> Path:
+    return Path(os.environ.get("FAAS_HOME") or Path.home() / ".faas").expanduser()
+
+
+@dataclass(frozen=True)
+class EndpointDir:
+    name: str
+    path: Path
+
+    @classmethod
+    def of(cls, name: str, home: Path | None = None) -> EndpointDir:
+        if not _NAME.match(name):
+            raise ValueError(f"invalid endpoint name {name!r}: use letters, digits, '.', '_' and '-'")
+        return cls(name, (home or faas_home()) / "endpoints" / name)
+
+    @property
+    def config(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def socket(self) -> Path:
+        return self.path / "endpoint.sock"
+
+    @property
+    def address(self) -> str:
+        return f"ipc://{self.socket}"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.path / "daemon.pid"
+
+    @property
+    def log(self) -> Path:
+        return self.path / "endpoint.log"
+
+    @property
+    def runinfo(self) -> Path:
+        return self.path / "runinfo"
+
+    def exists(self) -> bool:
+        return self.config.exists()
+
+
+def list_endpoints(home: Path | None = None) -> list[EndpointDir]:
+    root = (home or faas_home()) / "endpoints"
+    if not root.is_dir():
+        return []
+    return [EndpointDir(p.name, p) for p in sorted(root.iterdir()) if (p / "config.yaml").exists()]

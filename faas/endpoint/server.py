@@ -1,0 +1,250 @@
+"""The endpoint's loop: one thread owns the client socket and the dispatcher.
+
+Clients talk to a ZeroMQ ROUTER socket (``ipc://`` in the endpoint folder,
+mode 0600). A submission is recorded in the store before it is acknowledged
+and dispatched; a result is recorded before it is pushed to the clients that
+watch its task group. Parsl's done-callbacks wake the loop through a pipe.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from typing import Any
+
+import zmq
+
+from faas import protocol
+from faas.endpoint.config import EndpointConfig
+from faas.endpoint.dispatcher import Batch, Dispatcher, Final, Item
+from faas.endpoint.home import EndpointDir
+from faas.errors import ProtocolError
+from faas.store import Store
+
+log = logging.getLogger(__name__)
+MONITOR_PERIOD = 1.0
+
+
+class Server:
+    def __init__(self, epdir: EndpointDir, config: EndpointConfig, store: Store, engine,
+                 exit_with: int | None = None):
+        self.epdir = epdir
+        self.cfg = config
+        self.store = store
+        self.engine = engine
+        self.started_at = time.time()
+        self.exit_with = exit_with
+        self.zctx = zmq.Context()
+        self.sock = self.zctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.sock.setsockopt(zmq.SNDHWM, 100_000)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, 2 * config.max_payload_bytes + 2**20)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self._bind_ipc()
+        self.watchers: dict[str, set[bytes]] = {}  # task group -> client identities
+        self._done: queue.SimpleQueue[tuple[Batch, Future]] = queue.SimpleQueue()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        self._stop = threading.Event()
+        self.managers: list[dict[str, Any]] = []
+        self.dispatcher = Dispatcher(store, engine, config, self._batch_done)
+
+    def _bind_ipc(self) -> None:
+        self.epdir.socket.unlink(missing_ok=True)  # a stale socket from a killed daemon
+        old = os.umask(0o177)
+        try:
+            self.sock.bind(self.epdir.address)
+        finally:
+            os.umask(old)
+        self.epdir.socket.chmod(0o600)
+
+    # -- threads other than the loop ----------------------------------------
+    def _batch_done(self, batch: Batch, fut: Future) -> None:
+        self._done.put((batch, fut))
+        self.wake()
+
+    def wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except BlockingIOError:  # pipe full: the loop is awake anyway
+            pass
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.wake()
+
+    def _monitor(self) -> None:
+        """Keep the count of connected worker slots current."""
+        while not self._stop.is_set():
+            if self.exit_with is not None and not _alive(self.exit_with):
+                log.info("process %d is gone; stopping", self.exit_with)
+                self.stop()
+                return
+            try:
+                managers = self.engine.managers()
+            except Exception as e:  # interchange busy or restarting
+                log.debug("cannot list managers: %s", e)
+            else:
+                self.managers = managers
+                self.dispatcher.slots = sum(m["worker_count"] for m in managers if m.get("active", True))
+                self.wake()
+            self._stop.wait(MONITOR_PERIOD)
+
+    # -- the loop -------------------------------------------------------------
+    def serve_forever(self) -> None:
+        recovered = self.dispatcher.recover()
+        if recovered:
+            log.info("recovered %d unfinished invocations from the store", recovered)
+        threading.Thread(target=self._monitor, name="faas-monitor", daemon=True).start()
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        log.info("endpoint %s listening on %s", self.epdir.name, self.epdir.address)
+        while not self._stop.is_set():
+            events = dict(poller.poll(1000))
+            if self._wake_r in events:
+                os.read(self._wake_r, 65536)
+            for _ in range(1000):  # bounded, so completions are never starved
+                try:
+                    frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=True)
+                except zmq.Again:
+                    break
+                self._handle(frames[0], frames[1:])
+            self._drain_done()
+            self.dispatcher.pump()
+
+    def close(self) -> None:
+        self.sock.close(0)
+        self.zctx.term()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        self.epdir.socket.unlink(missing_ok=True)
+
+    def _drain_done(self) -> None:
+        while True:
+            try:
+                batch, fut = self._done.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                finals = self.dispatcher.complete(batch, fut)
+            except Exception:
+                log.exception("recording batch %d failed; its invocations stay unfinished", batch.id)
+                continue
+            self._push(finals)
+
+    # -- messages -------------------------------------------------------------
+    def _handle(self, ident: bytes, frames: list[bytes]) -> None:
+        try:
+            header, body = protocol.decode(frames)
+            handler = getattr(self, f"_on_{header['type']}", None)
+            if handler is None:
+                raise ProtocolError(f"{header['type']!r} is not a request")
+            handler(ident, header, body)
+        except ProtocolError as e:
+            log.warning("bad message from client: %s", e)
+            self._send(ident, protocol.encode("error", message=str(e)))
+        except Exception as e:
+            log.exception("request failed")
+            self._send(ident, protocol.encode("error", message=f"endpoint error: {type(e).__name__}: {e}"))
+
+    def _send(self, ident: bytes, frames: list[bytes]) -> bool:
+        try:
+            self.sock.send_multipart([ident, *frames], zmq.NOBLOCK)
+            return True
+        except zmq.ZMQError:  # client gone (ROUTER_MANDATORY) or hopelessly behind
+            for group in self.watchers.values():
+                group.discard(ident)
+            return False
+
+    def _on_ping(self, ident, header, body):
+        self._send(ident, protocol.encode("pong"))
+
+    def _on_status(self, ident, header, body):
+        self._send(ident, protocol.encode("status_reply", status=self.status()))
+
+    def _on_submit(self, ident, header, body):
+        limit = self.cfg.max_payload_bytes
+        too_big = [len(b) for b in body if len(b) > limit]
+        if too_big:
+            raise ProtocolError(f"payload of {max(too_big)} bytes exceeds the endpoint's "
+                                f"max_payload_bytes ({limit})")
+        functions, invocations = header["functions"], header["invocations"]
+        known_fids = set()
+        for f, blob in zip(functions, body):
+            self.store.add_function(f["id"], f["name"], f["context_key"], f["context"], f["retries"], blob)
+            self.dispatcher.register_function(f["id"], blob, f["retries"])
+            known_fids.add(f["id"])
+        ctx_of = {f["id"]: f["context_key"] for f in functions}
+        missing = {inv["function"] for inv in invocations} - known_fids
+        if missing:
+            stored = self.store.functions()
+            if missing - set(stored):
+                raise ProtocolError(f"unknown function id(s) {sorted(missing - set(stored))}")
+            ctx_of.update({fid: stored[fid]["context_key"] for fid in missing})
+        group = header["group"]
+        rows = [dict(id=inv["id"], group_id=group, function_id=inv["function"],
+                     context_key=ctx_of[inv["function"]], args=args)
+                for inv, args in zip(invocations, body[len(functions):])]
+        new = self.store.add_invocations(rows)
+        self.watchers.setdefault(group, set()).add(ident)
+        self.dispatcher.add(Item(r["id"], group, r["function_id"], r["context_key"], r["args"])
+                            for r in rows if r["id"] in new)
+        self._send(ident, protocol.encode("ack", ids=[r["id"] for r in rows]))
+        resent = [r["id"] for r in rows if r["id"] not in new]
+        if resent:  # a resend after a reconnect: results already recorded go out again
+            self._push_to(ident, self.store.final_results(ids=resent))
+
+    def _on_watch(self, ident, header, body):
+        group = header["group"]
+        self.watchers.setdefault(group, set()).add(ident)
+        self._send(ident, protocol.encode("tasks", group=group, ids=self.store.group_ids(group)))
+        self._push_to(ident, self.store.final_results(group_id=group))
+
+    # -- results --------------------------------------------------------------
+    def _push(self, finals: list[Final]) -> None:
+        by_group: dict[str, list[Final]] = {}
+        for f in finals:
+            by_group.setdefault(f.group_id, []).append(f)
+        for group, items in by_group.items():
+            msg = _results_message([(f.id, f.ok, f.payload, f.error) for f in items])
+            for ident in list(self.watchers.get(group, ())):
+                self._send(ident, msg)
+
+    def _push_to(self, ident: bytes, rows: list[dict]) -> None:
+        if rows:
+            self._send(ident, _results_message(
+                [(r["id"], r["state"].value == "succeeded", r["result"], r["error"]) for r in rows]))
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "name": self.epdir.name,
+            "pid": os.getpid(),
+            "address": self.epdir.address,
+            "uptime": time.time() - self.started_at,
+            "managers": [{k: (v.decode() if isinstance(v, bytes) else v) for k, v in m.items()
+                          if k in ("manager", "block_id", "worker_count", "tasks", "active", "hostname")}
+                         for m in self.managers],
+            "worker_slots": self.dispatcher.slots,
+            "backlog": self.dispatcher.backlog(),
+            "batches_in_flight": len(self.dispatcher.in_flight),
+        }
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def _results_message(rows: list[tuple[str, bool, bytes | None, str | None]]) -> list[bytes]:
+    items = [{"id": i, "ok": ok, "error": err} if not ok else {"id": i, "ok": True} for i, ok, _, err in rows]
+    return protocol.encode("results", [p or b"" for _, _, p, _ in rows], items=items)

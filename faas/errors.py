@@ -1,0 +1,51 @@
+"""Exceptions shared by the client, the endpoint and the workers."""
+
+from __future__ import annotations
+
+
+class FaasError(Exception):
+    """Base class of faas' own errors."""
+
+
+class RemoteTraceback(Exception):
+    """Carries the remote traceback text; set as ``__cause__`` of a re-raised remote exception."""
+
+    def __init__(self, tb: str):
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return f'\n"""\nRemote traceback:\n{self.tb}"""'
+
+
+class RemoteError(FaasError):
+    """Stands in for a remote exception that could not be pickled back."""
+
+    def __init__(self, type_name: str, message: str):
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+        self.message = message
+
+
+class ContextInitError(FaasError):
+    """The context's loader raised; the invocation never ran."""
+
+
+class SerializationError(FaasError, TypeError):
+    """An argument, function or result could not be serialised."""
+
+
+class PayloadTooLarge(FaasError, ValueError):
+    """A payload exceeds the endpoint's configured maximum size."""
+
+
+class ProtocolError(FaasError):
+    """A malformed or unexpected message."""
+
+
+class EndpointError(FaasError):
+    """The endpoint refused a request or could not be reached."""
+
+
+class InvocationFailed(FaasError):
+    """The platform gave up on an invocation (e.g. its workers kept being lost)."""

@@ -1,0 +1,217 @@
+"""The durable record of every invocation: the endpoint's source of truth.
+
+All writes of one batch go in one transaction. Only the endpoint daemon writes,
+so "check which ids exist, insert the others" is race-free and gives idempotent
+submission without dialect-specific upserts.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import bindparam, create_engine, event, func, insert, select, update
+from sqlalchemy.engine import Engine
+
+from faas.store.models import Base, Context, ContextInit, Function, Invocation, Worker
+from faas.store.states import FINAL, State, allowed_sources
+
+
+def sqlite_url(folder: Path) -> str:
+    return f"sqlite:///{Path(folder) / 'store.db'}"
+
+
+def _make_engine(url: str) -> Engine:
+    if not url.startswith("sqlite"):
+        return create_engine(url, pool_pre_ping=True)
+    engine = create_engine(url, connect_args={"timeout": 30})
+
+    @event.listens_for(engine, "connect")
+    def _sqlite_pragmas(dbapi_conn, _record):  # WAL: readers (CLI status) never block the daemon
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    return engine
+
+
+@dataclass
+class Outcome:
+    """What a worker reports for one invocation."""
+
+    id: str
+    ok: bool
+    payload: bytes | None  # pickled result or pickled exception
+    error: str | None  # traceback text when not ok
+    worker_id: str
+    started_at: float
+    finished_at: float
+
+
+class Store:
+    def __init__(self, url: str):
+        self.url = url
+        self.engine = _make_engine(url)
+        Base.metadata.create_all(self.engine)
+        if url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite:///")).chmod(0o600)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- writes -----------------------------------------------------------
+    def add_function(self, fid: str, name: str, context_key: str, context_description: str,
+                     retries: int, body: bytes) -> None:
+        now = time.time()
+        with self.engine.begin() as conn:
+            if conn.scalar(select(Context.key).where(Context.key == context_key)) is None:
+                conn.execute(insert(Context).values(key=context_key, description=context_description,
+                                                    created_at=now))
+            if conn.scalar(select(Function.id).where(Function.id == fid)) is None:
+                conn.execute(insert(Function).values(id=fid, name=name, context_key=context_key,
+                                                     retries=retries, body=body, created_at=now))
+
+    def add_invocations(self, rows: Sequence[dict]) -> set[str]:
+        """Record new invocations as pending; returns the ids that were new.
+
+        Each row has id, group_id, function_id, context_key, args. An id already
+        recorded (a resend after a reconnect) is left untouched.
+        """
+        if not rows:
+            return set()
+        ids = [r["id"] for r in rows]
+        now = time.time()
+        with self.engine.begin() as conn:
+            known = set()
+            for chunk in _chunks(ids, 500):
+                known.update(conn.scalars(select(Invocation.id).where(Invocation.id.in_(chunk))))
+            fresh = [dict(r, state=State.PENDING, attempts=0, submitted_at=now)
+                     for r in rows if r["id"] not in known]
+            if fresh:
+                conn.execute(insert(Invocation), fresh)
+        return {r["id"] for r in fresh}
+
+    def mark_dispatched(self, ids: Sequence[str]) -> None:
+        self._transition(ids, State.DISPATCHED, dispatched_at=time.time(),
+                         attempts=Invocation.attempts + 1)
+
+    def requeue(self, ids: Sequence[str]) -> None:
+        self._transition(ids, State.PENDING)
+
+    def record_outcomes(self, outcomes: Sequence[Outcome], workers: Iterable[tuple[str, str, int]] = (),
+                        inits: Iterable[dict] = ()) -> set[str]:
+        """Record results, the workers that produced them and context inits, in
+        one transaction. Returns the ids whose result was newly recorded (a late
+        duplicate of a final invocation is ignored)."""
+        now = time.time()
+        with self.engine.begin() as conn:
+            for wid, host, pid in workers:
+                updated = conn.execute(update(Worker).where(Worker.id == wid).values(last_seen=now))
+                if updated.rowcount == 0:
+                    conn.execute(insert(Worker).values(id=wid, host=host, pid=pid, first_seen=now,
+                                                       last_seen=now))
+            inits = list(inits)
+            if inits:
+                conn.execute(insert(ContextInit), inits)
+            recorded: set[str] = set()
+            for target in (State.SUCCEEDED, State.FAILED):
+                rows = [o for o in outcomes if o.ok == (target is State.SUCCEEDED)]
+                if not rows:
+                    continue
+                open_ids = set()
+                for chunk in _chunks([o.id for o in rows], 500):
+                    open_ids.update(conn.scalars(select(Invocation.id).where(
+                        Invocation.id.in_(chunk), Invocation.state.in_(allowed_sources(target)))))
+                params = [dict(b_id=o.id, result=o.payload, error=o.error, worker_id=o.worker_id,
+                               started_at=o.started_at, finished_at=o.finished_at)
+                          for o in rows if o.id in open_ids]
+                if params:
+                    conn.execute(
+                        update(Invocation).where(Invocation.id == bindparam("b_id"))
+                        .values(state=target, result=bindparam("result"), error=bindparam("error"),
+                                worker_id=bindparam("worker_id"), started_at=bindparam("started_at"),
+                                finished_at=bindparam("finished_at"))
+                        .execution_options(synchronize_session=False),
+                        params,
+                    )
+                recorded |= open_ids
+        return recorded
+
+    def _transition(self, ids: Sequence[str], target: State, **values) -> None:
+        with self.engine.begin() as conn:
+            for chunk in _chunks(list(ids), 500):
+                conn.execute(update(Invocation)
+                             .where(Invocation.id.in_(chunk), Invocation.state.in_(allowed_sources(target)))
+                             .values(state=target, **values))
+
+    # -- reads ------------------------------------------------------------
+    def function_bodies(self, fids: Iterable[str]) -> dict[str, bytes]:
+        with self.engine.connect() as conn:
+            return dict(conn.execute(select(Function.id, Function.body).where(Function.id.in_(list(fids)))).all())
+
+    def functions(self) -> dict[str, dict]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(Function.id, Function.name, Function.context_key, Function.retries))
+            return {r.id: r._asdict() for r in rows}
+
+    def unfinished(self) -> list[dict]:
+        """Invocations not in a final state, oldest first (for recovery)."""
+        cols = (Invocation.id, Invocation.group_id, Invocation.function_id, Invocation.context_key,
+                Invocation.args, Invocation.attempts, Invocation.state)
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(*cols).where(Invocation.state.not_in(FINAL))
+                                .order_by(Invocation.submitted_at))
+            return [r._asdict() for r in rows]
+
+    def final_results(self, ids: Sequence[str] | None = None, group_id: str | None = None) -> list[dict]:
+        """Final invocations (by id or group) with their payloads, to send to clients."""
+        q = select(Invocation.id, Invocation.group_id, Invocation.state, Invocation.result,
+                   Invocation.error).where(Invocation.state.in_(FINAL))
+        with self.engine.connect() as conn:
+            if group_id is not None:
+                return [r._asdict() for r in conn.execute(q.where(Invocation.group_id == group_id))]
+            out = []
+            for chunk in _chunks(list(ids or ()), 500):
+                out += [r._asdict() for r in conn.execute(q.where(Invocation.id.in_(chunk)))]
+            return out
+
+    def group_ids(self, group_id: str) -> list[str]:
+        with self.engine.connect() as conn:
+            return list(conn.scalars(select(Invocation.id).where(Invocation.group_id == group_id)
+                                     .order_by(Invocation.submitted_at)))
+
+    def counts_by_state(self) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(Invocation.state, func.count()).group_by(Invocation.state))
+            counts = {s.value: 0 for s in State}
+            counts.update({state.value: n for state, n in rows})
+            return counts
+
+    def context_summary(self) -> list[dict]:
+        """Per context: description, inits (ok and failed), init seconds, invocations by state."""
+        with self.engine.connect() as conn:
+            out = {k: dict(key=k, description=d, inits=0, init_failures=0, init_seconds=0.0, invocations={})
+                   for k, d in conn.execute(select(Context.key, Context.description))}
+            for k, err, n, secs in conn.execute(
+                    select(ContextInit.context_key, ContextInit.error.is_not(None), func.count(),
+                           func.sum(ContextInit.seconds)).group_by(ContextInit.context_key,
+                                                                    ContextInit.error.is_not(None))):
+                out[k]["init_failures" if err else "inits"] += n
+                out[k]["init_seconds"] += secs or 0.0
+            for k, state, n in conn.execute(select(Invocation.context_key, Invocation.state, func.count())
+                                            .group_by(Invocation.context_key, Invocation.state)):
+                out[k]["invocations"][state.value] = n
+            return list(out.values())
+
+    def workers(self) -> list[dict]:
+        with self.engine.connect() as conn:
+            return [r._asdict() for r in conn.execute(select(Worker.__table__).order_by(Worker.first_seen))]
+
+
+def _chunks(seq: Sequence, n: int):
+    for i in range(0, len(seq), n):
+        yield seq[i:i + n]

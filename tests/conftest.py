@@ -1,0 +1,157 @@
+"""Fixtures that start real endpoints (real Parsl workers, real SQLite) in a
+throw-away FAAS_HOME, and make sure nothing they started outlives the test."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FAAS_ENDPOINT = [sys.executable, "-m", "faas.endpoint.cli"]
+
+
+@pytest.fixture
+def faas_home(tmp_path, monkeypatch) -> Path:
+    home = tmp_path / "faas-home"
+    monkeypatch.setenv("FAAS_HOME", str(home))
+    return home
+
+
+def cli(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+    proc = subprocess.run([*FAAS_ENDPOINT, *args], capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"faas-endpoint {' '.join(args)} failed ({proc.returncode}):\n"
+                             f"{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def status(name: str) -> dict:
+    return json.loads(cli("status", name, "--json").stdout)
+
+
+def write_config(home: Path, name: str, text: str) -> None:
+    path = home / "endpoints" / name / "config.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.write_text(text)
+
+
+def local_config(workers: int = 2, max_batch: int = 64, heartbeat: tuple[int, int] = (30, 120),
+                 extra: str = "") -> str:
+    return f"""\
+engine:
+  max_workers_per_node: {workers}
+  address: 127.0.0.1
+  heartbeat_period: {heartbeat[0]}
+  heartbeat_threshold: {heartbeat[1]}
+  strategy_period: 0.5
+  provider:
+    type: LocalProvider
+    init_blocks: 1
+    min_blocks: 1
+    max_blocks: 1
+dispatch:
+  max_batch: {max_batch}
+{extra}"""
+
+
+class RunningEndpoint:
+    """An endpoint started with the CLI; remembers every process it spawned."""
+
+    def __init__(self, home: Path, name: str):
+        self.home, self.name = home, name
+        self.processes: dict[int, psutil.Process] = {}
+
+    @property
+    def path(self) -> Path:
+        return self.home / "endpoints" / self.name
+
+    @property
+    def pid(self) -> int:
+        return int((self.path / "daemon.pid").read_text())
+
+    def start(self) -> None:
+        cli("start", self.name)
+        self.track()
+
+    def session(self) -> list[psutil.Process]:
+        """The daemon and everything it started: they share its session (it is
+        started with setsid), even the worker pools Parsl re-parents to init."""
+        return session_processes(self.pid)
+
+    def track(self) -> None:
+        deadline = time.monotonic() + 30
+        while not any("process_worker_pool" in _cmdline(p) for p in self.session()):
+            assert time.monotonic() < deadline, "no worker pool started"
+            time.sleep(0.2)
+        self.processes.update({p.pid: p for p in self.session()})
+
+    def workers(self) -> list[psutil.Process]:
+        """Worker processes: the children of a worker pool (manager)."""
+        return [p for p in self.session()
+                if "process_worker_pool" in _cmdline(p.parent()) and "spawn_main" in _cmdline(p)]
+
+    def stop(self) -> None:
+        cli("stop", self.name, check=False)
+        leftovers = [p for p in self.processes.values() if _alive(p)]
+        for p in leftovers:  # only processes this endpoint started
+            p.kill()
+        assert not leftovers, f"processes left after stop: {[' '.join(p.cmdline()) for p in leftovers]}"
+
+
+def _alive(p: psutil.Process) -> bool:
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _cmdline(p: psutil.Process | None) -> str:
+    try:
+        return " ".join(p.cmdline()) if p is not None else ""
+    except psutil.Error:
+        return ""
+
+
+def session_processes(sid: int) -> list[psutil.Process]:
+    out = []
+    for p in psutil.process_iter():
+        try:
+            if os.getsid(p.pid) == sid:
+                out.append(p)
+        except OSError:
+            pass
+    return out
+
+
+@pytest.fixture
+def endpoint(faas_home):
+    """Factory: endpoint(name, config_text) -> a started RunningEndpoint, stopped after the test."""
+    started: list[RunningEndpoint] = []
+
+    def make(name: str = "test", config: str | None = None) -> RunningEndpoint:
+        write_config(faas_home, name, config or local_config())
+        ep = RunningEndpoint(faas_home, name)
+        ep.start()
+        started.append(ep)
+        return ep
+
+    yield make
+    for ep in started:
+        ep.stop()
+
+
+def run_client(script: str, *args: str, timeout: float = 180, env: dict | None = None) -> str:
+    """Run a client script from tests/clients as its own process (its functions live in __main__)."""
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "clients" / script), *args],
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+    if proc.returncode != 0:
+        raise AssertionError(f"client {script} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc.stdout
