@@ -29,7 +29,7 @@ LABEL = "faas"
 class ParslEngine:
     def __init__(self, cfg: EngineConfig, run_dir: Path):
         self.cfg = cfg
-        _put_python_scripts_on_path()
+        put_parsl_scripts_on_path()
         self.htex = HighThroughputExecutor(
             label=LABEL,
             provider=cfg.provider.build(),
@@ -62,7 +62,7 @@ class ParslEngine:
         self.dfk.cleanup()
 
 
-def _put_python_scripts_on_path() -> None:
+def put_parsl_scripts_on_path() -> None:
     """Parsl starts ``interchange.py`` and ``process_worker_pool.py`` by name:
     find them beside this interpreter even when its environment is not activated."""
     bindir = os.path.dirname(sys.executable)

@@ -1,0 +1,59 @@
+"""The faas-endpoint CLI lifecycle on a real daemon, and a restart that keeps
+the invocation history."""
+
+from __future__ import annotations
+
+import os
+
+from conftest import RunningEndpoint, cli, local_config, run_client, status, write_config
+
+
+def test_lifecycle_configure_start_status_list_stop(faas_home, tmp_path):
+    out = cli("configure", "life").stdout
+    config = faas_home / "endpoints" / "life" / "config.yaml"
+    assert str(config) in out and "LocalProvider" in config.read_text()
+    assert "already exists" in cli("configure", "life", check=False).stderr
+    assert "stopped" in cli("list").stdout
+
+    ep = RunningEndpoint(faas_home, "life")
+    ep.start()
+    try:
+        info = status("life")
+        assert info["running"] and info["pid"] == ep.pid
+        assert info["address"].startswith("ipc://") and os.stat(info["address"][6:]).st_mode & 0o777 == 0o600
+        assert set(info["invocations"]) == {"pending", "dispatched", "succeeded", "failed"}
+        assert "running" in cli("list").stdout
+        assert "already running" in cli("start", "life", check=False).stderr
+        text = cli("status", "life").stdout
+        assert "running, pid" in text and "invocations:" in text
+    finally:
+        ep.stop()
+    assert not status("life")["running"]
+    assert "was not running" in cli("stop", "life").stdout
+
+
+def test_bad_names_and_missing_endpoints_are_named(faas_home):
+    assert "invalid endpoint name" in cli("configure", "../evil", check=False).stderr
+    assert "no endpoint 'ghost'" in cli("start", "ghost", check=False).stderr
+    write_config(faas_home, "broken", "engine:\n  max_workers_per_node: lots\n")
+    err = cli("start", "broken", check=False).stderr
+    assert "config.yaml" in err and "engine.max_workers_per_node" in err
+
+
+def test_restart_keeps_invocation_history(faas_home, tmp_path):
+    write_config(faas_home, "durable", local_config(workers=1))
+    ep = RunningEndpoint(faas_home, "durable")
+    ep.start()
+    try:
+        run_client("pid_loader.py", "durable", str(tmp_path / "inits.log"), "30")
+        before = status("durable")
+    finally:
+        ep.stop()
+    ep.start()
+    try:
+        after = status("durable")
+        assert after["pid"] != before["pid"]
+        assert after["invocations"] == before["invocations"] and before["invocations"]["succeeded"] == 30
+        assert [c["inits"] for c in after["contexts"]] == [c["inits"] for c in before["contexts"]] == [1]
+    finally:
+        ep.stop()

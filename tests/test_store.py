@@ -1,0 +1,66 @@
+"""The store on real SQLite: idempotent submission, the state machine, one
+transaction per batch, and recovery's view of unfinished work."""
+
+from __future__ import annotations
+
+import pytest
+
+from faas.store import Outcome, State, Store, sqlite_url
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(sqlite_url(tmp_path))
+    s.add_function("f", "fn", "ctx", "loader()", 0, b"body")
+    yield s
+    s.close()
+
+
+def _rows(*ids, group="g"):
+    return [dict(id=i, group_id=group, function_id="f", context_key="ctx", args=b"a") for i in ids]
+
+
+def test_wal_mode_and_owner_only_file(tmp_path, store):
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    assert (tmp_path / "store.db").stat().st_mode & 0o777 == 0o600
+
+
+def test_resubmission_is_idempotent(store):
+    assert store.add_invocations(_rows("a", "b")) == {"a", "b"}
+    assert store.add_invocations(_rows("b", "c")) == {"c"}
+    assert store.counts_by_state()["pending"] == 3
+
+
+def test_state_machine_never_overwrites_a_final_result(store):
+    store.add_invocations(_rows("a", "b"))
+    store.mark_dispatched(["a", "b"])
+    first = Outcome("a", True, b"first", None, "h:1", 1.0, 2.0)
+    assert store.record_outcomes([first], [("h:1", "h", 1)]) == {"a"}
+    late = Outcome("a", False, b"late", "tb", "h:2", 3.0, 4.0)
+    assert store.record_outcomes([late]) == set()
+    store.requeue(["a", "b"])  # a final invocation is never requeued
+    (row,) = store.final_results(ids=["a"])
+    assert row["state"] is State.SUCCEEDED and row["result"] == b"first"
+    assert [r["id"] for r in store.unfinished()] == ["b"]
+    assert store.unfinished()[0]["state"] is State.PENDING
+
+
+def test_attempts_count_dispatches(store):
+    store.add_invocations(_rows("a"))
+    for _ in range(3):
+        store.mark_dispatched(["a"])
+        store.requeue(["a"])
+    assert store.unfinished()[0]["attempts"] == 3
+
+
+def test_context_summary_counts_inits_and_states(store):
+    store.add_invocations(_rows("a", "b"))
+    store.mark_dispatched(["a", "b"])
+    store.record_outcomes([Outcome("a", True, b"r", None, "h:1", 1, 2)], [("h:1", "h", 1)],
+                          [dict(context_key="ctx", worker_id="h:1", started_at=1.0, seconds=2.5, error=None),
+                           dict(context_key="ctx", worker_id="h:1", started_at=0.0, seconds=0.5, error="boom")])
+    (ctx,) = store.context_summary()
+    assert ctx["inits"] == 1 and ctx["init_failures"] == 1 and ctx["init_seconds"] == 3.0
+    assert ctx["invocations"] == {"succeeded": 1, "dispatched": 1}
+    assert [w["id"] for w in store.workers()] == ["h:1"]
