@@ -60,8 +60,15 @@ dispatch:
 
 
 def cold_batch(items, load_seconds, call_seconds):
-    ctx = make_context(load_seconds)
-    return [work(ctx, x, call_seconds) for x in items]
+    """The baseline task: self-contained, since Parsl ships it by reference to ``__main__``."""
+    import time
+
+    time.sleep(load_seconds)  # the context, loaded again in every task
+    out = []
+    for x in items:
+        time.sleep(call_seconds)
+        out.append(x * 2)
+    return out
 
 
 def run_parsl(args) -> float:

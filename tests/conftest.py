@@ -3,6 +3,7 @@ throw-away FAAS_HOME, and make sure nothing they started outlives the test."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from services._util import ServiceNotInstalled
 
 ROOT = Path(__file__).resolve().parent.parent
 FAAS_ENDPOINT = [sys.executable, "-m", "faas.endpoint.cli"]
@@ -155,3 +157,19 @@ def run_client(script: str, *args: str, timeout: float = 180, env: dict | None =
     if proc.returncode != 0:
         raise AssertionError(f"client {script} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc.stdout
+
+
+@pytest.fixture
+def start_service(tmp_path):
+    """start_service(service) -> what the service's context manager yields; stopped after the test."""
+    with contextlib.ExitStack() as stack:
+
+        def _start(service):
+            try:
+                return stack.enter_context(service(tmp_path))
+            except ServiceNotInstalled as exc:
+                if os.environ.get("CI"):
+                    raise
+                pytest.skip(f"{exc} (with CI set this fails)")
+
+        yield _start
