@@ -56,7 +56,7 @@ def _echo_server(path: Path) -> socket.socket:
             while data := conn.recv(4096):
                 conn.sendall(data)
 
-    threading.Thread(target=serve, daemon=True).start_service()
+    threading.Thread(target=serve, daemon=True).start()
     return listener
 
 
