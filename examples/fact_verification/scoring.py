@@ -1,0 +1,122 @@
+"""Zero-shot-style fact verification by next-token scoring with a small chat model.
+
+Rather than generating an answer and parsing it, read the model's distribution
+for the first token of the assistant's reply and compare "Yes" against "No":
+one forward pass per batch, no sampling, and a score usable for thresholds.
+
+SmolLM2-135M answers "No" to almost every such question when asked cold, so the
+prompt carries four worked examples as earlier chat turns, and the scores are
+calibrated against a content-free question (Zhao et al., 2021, "Calibrate
+Before Use"): each answer's log-probability minus its log-probability when
+claim and evidence are "N/A". That removes the model's prior for one answer.
+
+    python examples/fact_verification/scoring.py --limit 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+QUESTION = "Does the evidence support the claim? Answer Yes or No."
+ANSWERS = {"SUPPORTS": "Yes", "REFUTES": "No"}
+# Demonstrations shown before every question; none of them is in claims.jsonl.
+EXAMPLES = [
+    ("Honey is a sweet food made by bees.", "Bees make honey.", "Yes"),
+    ("The river is 300 kilometres long.", "The river is 30 kilometres long.", "No"),
+    ("Oslo is the capital of Norway.", "Oslo is the capital of Sweden.", "No"),
+    ("Cats are mammals that usually have four legs.", "Cats usually have four legs.", "Yes"),
+]
+CONTENT_FREE = {"claim": "N/A", "evidence": "N/A"}
+
+
+def _question(claim: str, evidence: str) -> dict:
+    return {"role": "user", "content": f"Evidence: {evidence}\nClaim: {claim}\n{QUESTION}"}
+
+
+def build_prompt(tokenizer, claim: str, evidence: str) -> str:
+    """The chat-templated prompt, ending where the assistant's reply begins."""
+    messages = []
+    for example_evidence, example_claim, answer in EXAMPLES:
+        messages += [_question(example_claim, example_evidence), {"role": "assistant", "content": answer}]
+    messages.append(_question(claim, evidence))
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def answer_token_ids(tokenizer) -> dict[str, int]:
+    """First token of each answer word, keyed by label.
+
+    The reply starts right after "assistant\\n", so the answer carries no
+    leading space: "Yes" and " Yes" are different tokens in SmolLM2's vocabulary.
+    """
+    return {label: tokenizer.encode(word, add_special_tokens=False)[0] for label, word in ANSWERS.items()}
+
+
+def batch_label_scores(model, tokenizer, rows, calibrate: bool = True) -> list[dict[str, float]]:
+    """Per row, the log-probability of each label's answer token, in one forward pass.
+
+    With ``calibrate`` the content-free question rides in the same batch and its
+    log-probabilities are subtracted. Left padding puts each prompt's last token
+    at the final position; position ids count from each prompt's first real
+    token, so a padded row scores as it would alone.
+    """
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    batch_rows = [*rows, CONTENT_FREE] if calibrate else list(rows)
+    prompts = [build_prompt(tokenizer, row["claim"], row["evidence"]) for row in batch_rows]
+    batch = tokenizer(
+        prompts, padding=True, padding_side="left", add_special_tokens=False, return_tensors="pt"
+    ).to(model.device)
+    position_ids = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+    with torch.inference_mode():
+        logits = model(**batch, position_ids=position_ids, logits_to_keep=1).logits[:, -1, :]
+    ids = list(answer_token_ids(tokenizer).items())
+    logprobs = torch.log_softmax(logits.float(), dim=-1)[:, [token for _, token in ids]].cpu()
+    if calibrate:
+        logprobs = logprobs[:-1] - logprobs[-1]
+    return [{label: float(value) for (label, _), value in zip(ids, row)} for row in logprobs]
+
+
+def label_scores(model, tokenizer, claim: str, evidence: str) -> dict[str, float]:
+    """Calibrated ``{"SUPPORTS": log p(Yes), "REFUTES": log p(No)}`` for one claim."""
+    return batch_label_scores(model, tokenizer, [{"claim": claim, "evidence": evidence}])[0]
+
+
+def score_batch(model, tokenizer, rows, calibrate: bool = True) -> list[str]:
+    """The higher-scoring label for each ``{"claim", "evidence"}`` row."""
+    scores = batch_label_scores(model, tokenizer, rows, calibrate=calibrate)
+    return [max(row, key=row.get) for row in scores]
+
+
+def main() -> None:
+    """Accuracy of the bundled SmolLM2-135M on the first rows of claims.jsonl."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from faas.warm_pool.gguf import cached_gguf_model, smollm2_gguf_path
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--data", type=Path, default=Path(__file__).with_name("claims.jsonl"))
+    parser.add_argument("--limit", type=int, default=40)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--no-calibrate", dest="calibrate", action="store_false")
+    args = parser.parse_args()
+
+    folder = cached_gguf_model(smollm2_gguf_path())
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = AutoModelForCausalLM.from_pretrained(folder).to(device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+
+    rows = [json.loads(line) for line in args.data.read_text().splitlines()][: args.limit]
+    predicted = []
+    for start in range(0, len(rows), args.batch_size):
+        predicted += score_batch(model, tokenizer, rows[start : start + args.batch_size], args.calibrate)
+    correct = sum(p == row["label"] for p, row in zip(predicted, rows))
+    supports = predicted.count("SUPPORTS")
+    print(f"accuracy {correct}/{len(rows)} = {correct / len(rows):.1%}; predicted SUPPORTS {supports}/{len(rows)}")
+
+
+if __name__ == "__main__":
+    main()
