@@ -52,6 +52,8 @@ def ctx_function(fn: Callable | None = None, *, model: str | Callable[..., Any],
     spec = ContextSpec(model, dict(options))
 
     def wrap(f: Callable[..., Any]) -> CtxFunction:
+        if isinstance(f, CtxFunction):
+            raise TypeError(f"{f!r} is already a ctx_function; decorate its .fn to give it another context")
         return CtxFunction(f, spec, retries)
 
     return wrap(fn) if fn is not None else wrap

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import psutil
@@ -159,17 +160,43 @@ def run_client(script: str, *args: str, timeout: float = 180, env: dict | None =
     return proc.stdout
 
 
+def _start_or_skip(stack: contextlib.ExitStack, service, tmpdir: Path):
+    """Without the service's binaries: skip, except in CI, where it is a broken image."""
+    try:
+        return stack.enter_context(service(tmpdir))
+    except ServiceNotInstalled as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"{exc} (with CI set this fails)")
+
+
 @pytest.fixture
 def start_service(tmp_path):
     """start_service(service) -> what the service's context manager yields; stopped after the test."""
     with contextlib.ExitStack() as stack:
+        yield lambda service: _start_or_skip(stack, service, tmp_path)
 
-        def _start(service):
-            try:
-                return stack.enter_context(service(tmp_path))
-            except ServiceNotInstalled as exc:
-                if os.environ.get("CI"):
-                    raise
-                pytest.skip(f"{exc} (with CI set this fails)")
 
-        yield _start
+@pytest.fixture(scope="session")
+def postgres_server_url(tmp_path_factory):
+    """One real PostgreSQL server for the session (tests get their own database)."""
+    from services.postgres import postgres_server
+
+    with contextlib.ExitStack() as stack:
+        yield _start_or_skip(stack, postgres_server, tmp_path_factory.mktemp("postgres"))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path):
+    """A fresh, empty store database: SQLite in tmp_path, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    server = make_url(request.getfixturevalue("postgres_server_url"))
+    name = f"t{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(host=server.host, port=server.port, user=server.username, dbname="postgres",
+                         autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return server.set(database=name).render_as_string(hide_password=False)

@@ -1,7 +1,10 @@
-"""The store on real SQLite: idempotent submission, the state machine, one
-transaction per batch, and recovery's view of unfinished work."""
+"""The store on real SQLite and a real PostgreSQL server: idempotent
+submission, the state machine, one transaction per batch, recovery's view of
+unfinished work, purging."""
 
 from __future__ import annotations
+
+import time
 
 import pytest
 
@@ -9,8 +12,8 @@ from faas.store import Outcome, State, Store, sqlite_url
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = Store(sqlite_url(tmp_path))
+def store(store_url):
+    s = Store(store_url)
     s.add_function("f", "fn", "ctx", "loader()", 0, b"body")
     yield s
     s.close()
@@ -20,10 +23,12 @@ def _rows(*ids, group="g"):
     return [dict(id=i, group_id=group, function_id="f", context_key="ctx", args=b"a") for i in ids]
 
 
-def test_wal_mode_and_owner_only_file(tmp_path, store):
+def test_sqlite_wal_mode_and_owner_only_file(tmp_path):
+    store = Store(sqlite_url(tmp_path))
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
     assert (tmp_path / "store.db").stat().st_mode & 0o777 == 0o600
+    store.close()
 
 
 def test_resubmission_is_idempotent(store):
@@ -39,7 +44,7 @@ def test_state_machine_never_overwrites_a_final_result(store):
     assert store.record_outcomes([first], [("h:1", "h", 1)]) == {"a"}
     late = Outcome("a", False, b"late", "tb", "h:2", 3.0, 4.0)
     assert store.record_outcomes([late]) == set()
-    store.requeue(["a", "b"])  # a final invocation is never requeued
+    store.requeue({"a": "late note", "b": "lost"})  # a final invocation is never requeued
     (row,) = store.final_results(ids=["a"])
     assert row["state"] is State.SUCCEEDED and row["result"] == b"first"
     assert [r["id"] for r in store.unfinished()] == ["b"]
@@ -48,19 +53,37 @@ def test_state_machine_never_overwrites_a_final_result(store):
 
 def test_attempts_count_dispatches(store):
     store.add_invocations(_rows("a"))
-    for _ in range(3):
+    for n in range(1, 4):
         store.mark_dispatched(["a"])
-        store.requeue(["a"])
-    assert store.unfinished()[0]["attempts"] == 3
+        store.requeue({"a": f"attempt {n} lost"})
+    (row,) = store.unfinished()
+    assert row["attempts"] == 3
+    assert row["history"].splitlines() == ["attempt 1 lost", "attempt 2 lost", "attempt 3 lost"]
+
+
+def test_purge_removes_only_old_final_invocations(store):
+    store.add_invocations(_rows("old", "new", "open"))
+    store.mark_dispatched(["old", "new", "open"])
+    now = time.time()
+    store.record_outcomes([Outcome("old", True, b"r", None, "h:1", now - 100, now - 100),
+                           Outcome("new", True, b"r", None, "h:1", now, now)], [("h:1", "h", 1)])
+    assert store.purge(older_than=50) == 1
+    assert sorted(store.counts_by_state().items()) == [("dispatched", 1), ("failed", 0), ("pending", 0),
+                                                        ("succeeded", 1)]
 
 
 def test_context_summary_counts_inits_and_states(store):
     store.add_invocations(_rows("a", "b"))
     store.mark_dispatched(["a", "b"])
     store.record_outcomes([Outcome("a", True, b"r", None, "h:1", 1, 2)], [("h:1", "h", 1)],
-                          [dict(context_key="ctx", worker_id="h:1", started_at=1.0, seconds=2.5, error=None),
-                           dict(context_key="ctx", worker_id="h:1", started_at=0.0, seconds=0.5, error="boom")])
-    (ctx,) = store.context_summary()
+                          [dict(context_key="ctx", description="loader()", worker_id="h:1", started_at=1.0,
+                                seconds=2.5, error=None),
+                           dict(context_key="ctx", description="loader()", worker_id="h:1", started_at=0.0,
+                                seconds=0.5, error="boom"),
+                           dict(context_key="inner", description="other()", worker_id="h:1", started_at=0.0,
+                                seconds=0.1, error=None)])
+    ctx, inner = sorted(store.context_summary(), key=lambda c: c["key"])
+    assert inner["description"] == "other()" and inner["inits"] == 1
     assert ctx["inits"] == 1 and ctx["init_failures"] == 1 and ctx["init_seconds"] == 3.0
     assert ctx["invocations"] == {"succeeded": 1, "dispatched": 1}
     assert [w["id"] for w in store.workers()] == ["h:1"]

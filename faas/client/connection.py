@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from faas import protocol
 from faas.errors import ProtocolError
@@ -20,13 +21,22 @@ log = logging.getLogger(__name__)
 
 class Connection:
     """Sends messages given by any thread; calls ``on_message(header, frames)``
-    on its own thread for every message from the endpoint."""
+    on its own thread for every message from the endpoint.
+
+    ZeroMQ reconnects by itself when the link drops or the endpoint restarts,
+    but messages queued on the dead link may be lost and the endpoint has
+    forgotten this client: on every (re)connection ``on_connect()`` returns the
+    messages to (re)send, which the endpoint treats idempotently.
+    """
 
     def __init__(self, address: str, on_message: Callable[[dict, list[bytes]], None],
-                 on_idle: Callable[[], list[list[bytes]]] = lambda: []):
+                 on_idle: Callable[[], list[list[bytes]]] = lambda: [],
+                 on_connect: Callable[[], list[list[bytes]]] = lambda: []):
         self.address = address
         self._on_message = on_message
         self._on_idle = on_idle
+        self._on_connect = on_connect
+        self.connects = 0
         self._outbox: queue.SimpleQueue[list[bytes]] = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
@@ -58,15 +68,22 @@ class Connection:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 0)
         sock.setsockopt(zmq.RCVHWM, 0)
+        monitor = sock.get_monitor_socket(zmq.EVENT_CONNECTED)
         sock.connect(self.address)
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
+        poller.register(monitor, zmq.POLLIN)
         try:
             while not self._closed.is_set():
                 events = dict(poller.poll(1000))
                 if self._wake_r in events:
                     os.read(self._wake_r, 65536)
+                if monitor in events:
+                    recv_monitor_message(monitor)
+                    self.connects += 1
+                    for frames in self._on_connect():
+                        sock.send_multipart(frames)
                 for frames in self._on_idle():
                     sock.send_multipart(frames)
                 while True:
@@ -89,4 +106,6 @@ class Connection:
                     except Exception:
                         log.exception("handling a %s message failed", header.get("type"))
         finally:
+            sock.disable_monitor()
+            monitor.close(0)
             sock.close(0)

@@ -3,7 +3,7 @@ shaped like ``globus_compute_sdk.Executor``."""
 
 from __future__ import annotations
 
-import itertools
+import logging
 import threading
 import uuid
 import weakref
@@ -18,6 +18,8 @@ from faas.client import serialize
 from faas.client.connection import Connection
 from faas.errors import EndpointError
 from faas.function import CtxFunction
+
+log = logging.getLogger(__name__)
 
 
 class ComputeFuture(Future):
@@ -56,9 +58,10 @@ class Executor(_BaseExecutor):
         self._buffer: list[tuple[CtxFunction, str, str, bytes]] = []
         self._functions: dict[int, tuple[str, bytes, CtxFunction]] = {}  # id(fn) -> (fid, blob, fn)
         self._sent_fids: set[str] = set()
+        self._unacked: dict[str, list[bytes]] = {}  # first invocation id -> submit message (IO thread)
         self._shutdown = False
         self._reload: Future | None = None
-        self._conn = Connection(address, self._on_message, self._flush)
+        self._conn = Connection(address, self._on_message, self._flush, self._on_connect)
         self._finalizer = weakref.finalize(self, _close, self._conn, self._embedded)
 
     # -- submitting -----------------------------------------------------------
@@ -114,15 +117,42 @@ class Executor(_BaseExecutor):
                                       "context": fn.spec.description, "retries": fn.retries})
                     blobs.append(self._function(fn)[1])
             invocations = [{"id": inv_id, "function": fid} for _, fid, inv_id, _ in chunk]
-            messages.append(protocol.encode("submit", [*blobs, *(a for *_, a in chunk)],
-                                            group=self.task_group_id, functions=functions,
-                                            invocations=invocations))
+            message = protocol.encode("submit", [*blobs, *(a for *_, a in chunk)],
+                                      group=self.task_group_id, functions=functions, invocations=invocations)
+            self._unacked[invocations[0]["id"]] = message
+            messages.append(message)
         return messages
+
+    def _on_connect(self) -> list[list[bytes]]:
+        """After a (re)connection: watch our group again (results recorded
+        meanwhile come back) and resend what was not acknowledged."""
+        watch = protocol.encode("watch", group=self.task_group_id)
+        return [watch, *self._unacked.values()]
+
+    def reload_tasks(self, timeout: float | None = 60) -> list[ComputeFuture]:
+        """Futures for every invocation of this task group, done or not (e.g.
+        after the client that submitted them went away)."""
+        waiter: Future = Future()
+        with self._lock:
+            if self._reload is not None:
+                raise RuntimeError("reload_tasks is already running")
+            self._reload = waiter
+        try:
+            self._conn.send(protocol.encode("watch", group=self.task_group_id))
+            return waiter.result(timeout)
+        finally:
+            with self._lock:
+                self._reload = None
 
     # -- results --------------------------------------------------------------
     def _on_message(self, header: dict, frames: list[bytes]) -> None:
         kind = header["type"]
-        if kind == "results":
+        if kind == "ack":
+            if header["ids"]:
+                self._unacked.pop(header["ids"][0], None)
+        elif kind == "tasks":
+            self._on_tasks(header["ids"])
+        elif kind == "results":
             for item, payload in zip(header["items"], frames):
                 with self._lock:
                     fut = self._futures.pop(item["id"], None)
@@ -134,6 +164,14 @@ class Executor(_BaseExecutor):
                     fut.set_exception(serialize.remote_exception(payload, item.get("error")))
         elif kind == "error":
             self._fail_all(EndpointError(header["message"]))
+
+    def _on_tasks(self, ids: list[str]) -> None:
+        with self._lock:
+            waiter = self._reload
+            if waiter is None or waiter.done():
+                return  # the reply to an automatic re-watch
+            futures = [self._futures.setdefault(i, ComputeFuture(i)) for i in ids]
+        waiter.set_result(futures)
 
     def _fail_all(self, exc: Exception) -> None:
         with self._lock:

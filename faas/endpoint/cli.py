@@ -110,6 +110,25 @@ def endpoint_status(epdir: EndpointDir) -> dict:
     return info
 
 
+@main.command()
+@click.argument("name")
+@click.option("--older-than", type=float, default=None, metavar="SECONDS",
+              help="Age of the results to delete (default: the config's store.retention).")
+def purge(name: str, older_than: float | None) -> None:
+    """Delete final invocations (results and errors) older than the retention time."""
+    epdir = _endpoint(name)
+    try:
+        config = load_config(epdir.config)
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
+    store = daemon.open_store(epdir, config)
+    try:
+        n = store.purge(config.store.retention if older_than is None else older_than)
+    finally:
+        store.close()
+    click.echo(f"purged {n} invocations")
+
+
 @main.command(name="list")
 def list_() -> None:
     """List configured endpoints."""

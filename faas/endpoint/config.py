@@ -112,6 +112,7 @@ class WarmPoolConfig(_Strict):
 
 class StoreConfig(_Strict):
     url: str | None = None  # default: SQLite in the endpoint folder
+    retention: float = Field(7 * 86400.0, gt=0)  # seconds a final result is kept
 
 
 class EndpointConfig(_Strict):
@@ -167,4 +168,5 @@ warm_pool:
   idle_timeout: 3600                 # seconds before an unused context is released
 store:
   url: null                          # null: SQLite in this folder; or any SQLAlchemy URL
+  retention: 604800                  # seconds results are kept for reattaching clients
 """

@@ -72,11 +72,20 @@ class Dispatcher:
         self._batch_ids = itertools.count(1)
         self._bodies: dict[str, bytes] = {}
         self._retries: dict[str, int] = {}
+        self._init_failures: dict[str, int] = {}  # context key -> batches whose loader raised
 
     # -- intake -------------------------------------------------------------
     def register_function(self, fid: str, body: bytes, retries: int) -> None:
         self._bodies[fid] = body
         self._retries[fid] = retries
+
+    def submit(self, items: Iterable[Item]) -> None:
+        """New work from a client. A context whose loader failed everywhere gets
+        a fresh chance with new work (its files may have been fixed)."""
+        items = list(items)
+        for key in {it.context_key for it in items}:
+            self._init_failures.pop(key, None)
+        self.add(items)
 
     def add(self, items: Iterable[Item]) -> None:
         for it in items:
@@ -128,54 +137,72 @@ class Dispatcher:
         except Exception as e:  # the batch never reported: its worker or node was lost
             return self._lost(batch, f"{type(e).__name__}: {e}")
         worker = f"{report['host']}:{report['pid']}"
-        by_id = {it.id: it for it in batch.items}
-        outcomes, retry = [], []
+        if any(e["context_key"] == batch.context_key and e["error"] is None for e in report["inits"]):
+            self._init_failures.pop(batch.context_key, None)  # the loader works (at least here)
+        where = f"on {worker} at {time.strftime('%H:%M:%S')}"
+        items = {it.id: it for it in batch.items}
+        outcomes, retry, init_failed = [], {}, None
         for inv_id, kind, payload, tb, started, finished in report["outcomes"]:
-            it = by_id[inv_id]
+            it = items[inv_id]
             if kind == ERROR and it.attempts <= self._retries.get(it.function_id, 0):
-                it.history.append(f"attempt {it.attempts} on {worker}: user error")
-                retry.append(it)
+                retry[inv_id] = f"attempt {it.attempts} {where}: {_last_line(tb)}"
                 continue
+            if kind == INIT_ERROR:
+                init_failed = init_failed or (payload, tb)
+                if not self._init_failures.get(batch.context_key):
+                    retry[inv_id] = f"attempt {it.attempts} {where}: context init failed"
+                    continue
             outcomes.append(Outcome(inv_id, kind == OK, payload, tb, worker, started, finished))
+        if init_failed and not self._init_failures.get(batch.context_key):
+            self._init_failures[batch.context_key] = 1  # try the loader once more
+        elif init_failed:  # failed twice: fail the waiting ones too rather than try forever
+            waiting = self.queues.pop(batch.context_key, deque())
+            log.warning("context %s failed to initialise again; failing %d waiting invocations",
+                        batch.context_key, len(waiting))
+            items.update({it.id: it for it in waiting})
+            outcomes += [Outcome(it.id, False, *init_failed, "", time.time(), time.time()) for it in waiting]
         inits = [dict(e, worker_id=worker) for e in report["inits"]]
         recorded = self.store.record_outcomes(outcomes, [(worker, report["host"], report["pid"])], inits)
-        if any(o[1] == INIT_ERROR for o in report["outcomes"]):
-            log.warning("context %s failed to initialise on %s", batch.context_key, worker)
-        self._requeue(retry)
-        return [Final(o.id, by_id[o.id].group_id, o.ok, o.payload, o.error)
-                for o in outcomes if o.id in recorded]
+        self._requeue([items[i] for i in retry], retry)
+        return [Final(o.id, items[o.id].group_id, o.ok, o.payload, o.error) for o in outcomes if o.id in recorded]
 
     def _lost(self, batch: Batch, cause: str) -> list[Final]:
-        now = time.strftime("%H:%M:%S")
-        retry, give_up = [], []
-        for it in batch.items:
-            it.history.append(f"attempt {it.attempts} at {now}: {cause}")
-            (retry if it.attempts < self.cfg.dispatch.max_attempts else give_up).append(it)
         log.warning("batch %d (%d invocations) lost: %s", batch.id, len(batch.items), cause)
-        self._requeue(retry)
+        notes = {it.id: f"attempt {it.attempts} at {time.strftime('%H:%M:%S')}: {cause}" for it in batch.items}
+        give_up = [it for it in batch.items if it.attempts >= self.cfg.dispatch.max_attempts]
+        self._requeue([it for it in batch.items if it not in give_up], notes)
         if not give_up:
             return []
-        outcomes = [Outcome(it.id, False, None, _gave_up(it), "", time.time(), time.time()) for it in give_up]
+        now = time.time()
+        outcomes = [Outcome(it.id, False, None, _gave_up(it, notes[it.id]), "", now, now) for it in give_up]
         recorded = self.store.record_outcomes(outcomes)
         return [Final(o.id, it.group_id, False, None, o.error)
                 for o, it in zip(outcomes, give_up) if o.id in recorded]
 
-    def _requeue(self, items: list[Item]) -> None:
-        if items:
-            self.store.requeue([it.id for it in items])
-            self.add(items)
+    def _requeue(self, items: list[Item], notes: dict[str, str]) -> None:
+        if not items:
+            return
+        self.store.requeue({it.id: notes[it.id] for it in items})
+        for it in items:
+            it.history.append(notes[it.id])
+        self.add(items)
 
     def recover(self) -> int:
         """After a restart: every invocation not final goes back to the queue."""
         rows = self.store.unfinished()
-        self.store.requeue([r["id"] for r in rows if r["state"] is State.DISPATCHED])
+        self.store.requeue({r["id"]: f"attempt {r['attempts']}: interrupted by an endpoint restart"
+                            for r in rows if r["state"] is State.DISPATCHED})
         for fid, meta in self.store.functions().items():
             self._retries[fid] = meta["retries"]
-        self.add(Item(r["id"], r["group_id"], r["function_id"], r["context_key"], r["args"], r["attempts"])
-                 for r in rows)
+        self.add(Item(r["id"], r["group_id"], r["function_id"], r["context_key"], r["args"], r["attempts"],
+                      (r["history"] or "").splitlines()) for r in rows)
         return len(rows)
 
 
-def _gave_up(it: Item) -> str:
-    lines = "\n".join(f"  {h}" for h in it.history)
+def _gave_up(it: Item, last: str) -> str:
+    lines = "\n".join(f"  {h}" for h in [*it.history, last])
     return f"invocation {it.id} gave up after {it.attempts} attempts:\n{lines}\n"
+
+
+def _last_line(tb: str | None) -> str:
+    return (tb or "").strip().splitlines()[-1] if tb and tb.strip() else "raised"

@@ -40,6 +40,10 @@ class ParslEngine:
             available_accelerators=cfg.available_accelerators,
             heartbeat_period=cfg.heartbeat_period,
             heartbeat_threshold=cfg.heartbeat_threshold,
+            interchange_launch_cmd=[sys.executable, "-m", "faas.endpoint.interchange_guard", str(os.getpid())],
+            # preempted blocks are normal here: Parsl must keep replacing them rather
+            # than declare the executor broken; the dispatcher retries the invocations
+            block_error_handler=False,
         )
         self.dfk = DataFlowKernel(Config(
             executors=[self.htex],

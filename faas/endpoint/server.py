@@ -27,6 +27,7 @@ from faas.store import Store
 
 log = logging.getLogger(__name__)
 MONITOR_PERIOD = 1.0
+PURGE_PERIOD = 600.0
 
 
 class Server:
@@ -78,8 +79,18 @@ class Server:
         self.wake()
 
     def _monitor(self) -> None:
-        """Keep the count of connected worker slots current."""
+        """Keep the count of connected worker slots current; purge old results."""
+        next_purge = 0.0
         while not self._stop.is_set():
+            if time.monotonic() >= next_purge:
+                next_purge = time.monotonic() + PURGE_PERIOD
+                try:
+                    purged = self.store.purge(self.cfg.store.retention)
+                except Exception:
+                    log.exception("purging old results failed")
+                else:
+                    if purged:
+                        log.info("purged %d results older than %.0fs", purged, self.cfg.store.retention)
             if self.exit_with is not None and not _alive(self.exit_with):
                 log.info("process %d is gone; stopping", self.exit_with)
                 self.stop()
@@ -139,6 +150,7 @@ class Server:
 
     # -- messages -------------------------------------------------------------
     def _handle(self, ident: bytes, frames: list[bytes]) -> None:
+        header: dict = {}
         try:
             header, body = protocol.decode(frames)
             handler = getattr(self, f"_on_{header['type']}", None)
@@ -147,10 +159,11 @@ class Server:
             handler(ident, header, body)
         except ProtocolError as e:
             log.warning("bad message from client: %s", e)
-            self._send(ident, protocol.encode("error", message=str(e)))
+            self._send(ident, protocol.encode("error", message=str(e), ids=_invocation_ids(header)))
         except Exception as e:
             log.exception("request failed")
-            self._send(ident, protocol.encode("error", message=f"endpoint error: {type(e).__name__}: {e}"))
+            self._send(ident, protocol.encode("error", message=f"endpoint error: {type(e).__name__}: {e}",
+                                              ids=_invocation_ids(header)))
 
     def _send(self, ident: bytes, frames: list[bytes]) -> bool:
         try:
@@ -192,8 +205,8 @@ class Server:
                 for inv, args in zip(invocations, body[len(functions):])]
         new = self.store.add_invocations(rows)
         self.watchers.setdefault(group, set()).add(ident)
-        self.dispatcher.add(Item(r["id"], group, r["function_id"], r["context_key"], r["args"])
-                            for r in rows if r["id"] in new)
+        self.dispatcher.submit(Item(r["id"], group, r["function_id"], r["context_key"], r["args"])
+                               for r in rows if r["id"] in new)
         self._send(ident, protocol.encode("ack", ids=[r["id"] for r in rows]))
         resent = [r["id"] for r in rows if r["id"] not in new]
         if resent:  # a resend after a reconnect: results already recorded go out again
@@ -233,6 +246,11 @@ class Server:
             "backlog": self.dispatcher.backlog(),
             "batches_in_flight": len(self.dispatcher.in_flight),
         }
+
+
+def _invocation_ids(header: dict) -> list[str]:
+    """The ids a refused submit carried, so the client can fail just those."""
+    return [inv["id"] for inv in header.get("invocations", ()) if isinstance(inv, dict) and "id" in inv]
 
 
 def _alive(pid: int) -> bool:

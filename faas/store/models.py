@@ -72,5 +72,6 @@ class Invocation(Base):
     args: Mapped[bytes] = mapped_column(LargeBinary)
     result: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)  # remote traceback text
+    history: Mapped[str | None] = mapped_column(Text, nullable=True)  # one line per failed attempt
 
-    __table_args__ = (Index("ix_invocations_state", "state"),)
+    __table_args__ = (Index("ix_invocations_state", "state"), Index("ix_invocations_finished", "finished_at"))

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import bindparam, create_engine, event, func, insert, select, update
+from sqlalchemy import bindparam, create_engine, delete, event, func, insert, or_, select, update
 from sqlalchemy.engine import Engine
 
 from faas.store.models import Base, Context, ContextInit, Function, Invocation, Worker
@@ -99,8 +99,27 @@ class Store:
         self._transition(ids, State.DISPATCHED, dispatched_at=time.time(),
                          attempts=Invocation.attempts + 1)
 
-    def requeue(self, ids: Sequence[str]) -> None:
-        self._transition(ids, State.PENDING)
+    def requeue(self, notes: dict[str, str]) -> None:
+        """Back to pending; each invocation's note (why the attempt ended) is
+        appended to its history."""
+        if not notes:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(Invocation)
+                .where(Invocation.id == bindparam("b_id"),  # no IN (...): executemany cannot expand it
+                       or_(*(Invocation.state == src for src in allowed_sources(State.PENDING))))
+                .values(state=State.PENDING, history=func.coalesce(Invocation.history, "") + bindparam("note"))
+                .execution_options(synchronize_session=False),
+                [{"b_id": i, "note": note + "\n"} for i, note in notes.items()],
+            )
+
+    def purge(self, older_than: float) -> int:
+        """Delete final invocations that finished more than ``older_than`` seconds ago."""
+        cutoff = time.time() - older_than
+        with self.engine.begin() as conn:
+            return conn.execute(delete(Invocation).where(Invocation.state.in_(FINAL),
+                                                         Invocation.finished_at < cutoff)).rowcount
 
     def record_outcomes(self, outcomes: Sequence[Outcome], workers: Iterable[tuple[str, str, int]] = (),
                         inits: Iterable[dict] = ()) -> set[str]:
@@ -114,8 +133,14 @@ class Store:
                 if updated.rowcount == 0:
                     conn.execute(insert(Worker).values(id=wid, host=host, pid=pid, first_seen=now,
                                                        last_seen=now))
-            inits = list(inits)
+            inits = [dict(i) for i in inits]
             if inits:
+                # a function may use other contexts (a ctx_function calling another): record them too
+                known = set(conn.scalars(select(Context.key).where(
+                    Context.key.in_({i["context_key"] for i in inits}))))
+                for key, desc in {i["context_key"]: i.pop("description") for i in inits}.items():
+                    if key not in known:
+                        conn.execute(insert(Context).values(key=key, description=desc, created_at=now))
                 conn.execute(insert(ContextInit), inits)
             recorded: set[str] = set()
             for target in (State.SUCCEEDED, State.FAILED):
@@ -161,7 +186,7 @@ class Store:
     def unfinished(self) -> list[dict]:
         """Invocations not in a final state, oldest first (for recovery)."""
         cols = (Invocation.id, Invocation.group_id, Invocation.function_id, Invocation.context_key,
-                Invocation.args, Invocation.attempts, Invocation.state)
+                Invocation.args, Invocation.attempts, Invocation.state, Invocation.history)
         with self.engine.connect() as conn:
             rows = conn.execute(select(*cols).where(Invocation.state.not_in(FINAL))
                                 .order_by(Invocation.submitted_at))

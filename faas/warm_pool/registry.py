@@ -39,6 +39,7 @@ class InitEvent:
     """One initialisation attempt, reported back to the endpoint's store."""
 
     context_key: str
+    description: str
     started_at: float
     seconds: float
     error: str | None = None
@@ -104,13 +105,14 @@ class WarmPool:
         except BaseException:
             import traceback
 
-            self._events.append(InitEvent(spec.key, started, time.perf_counter() - t0, traceback.format_exc()))
+            self._events.append(InitEvent(spec.key, spec.description, started, time.perf_counter() - t0,
+                                          traceback.format_exc()))
             raise
         seconds = time.perf_counter() - t0
         entry.loaded = True
         stats.inits += 1
         stats.init_seconds += seconds
-        self._events.append(InitEvent(spec.key, started, seconds))
+        self._events.append(InitEvent(spec.key, spec.description, started, seconds))
         log.info("initialised context %s in %.2fs", spec.description, seconds)
 
     def drain_events(self) -> list[InitEvent]:
