@@ -64,19 +64,20 @@ def _parsl_class(module: str, name: str, kind: str):
     cls = getattr(mod, name, None)
     if not inspect.isclass(cls):
         known = sorted(n for n in dir(mod) if n.endswith(kind))
-        raise ValueError(f"unknown {kind.lower()} type {name!r}; known: {', '.join(known)}")
+        raise ParamErrors([("type", f"unknown {kind.lower()} type {name!r}; known: {', '.join(known)}")])
     return cls
 
 
-def _check_params(cls, params: dict[str, Any]) -> None:
-    """Names, required parameters and types, as Parsl's own constructor would check them."""
+def _check_params(cls, params: dict[str, Any], problems: list[tuple[str, str]] | None = None) -> None:
+    """Names, required parameters and types, as Parsl's own constructor would check them;
+    raises them, with any ``problems`` found before, as one ParamErrors."""
     signature = inspect.signature(cls)
     accepted = {n: p for n, p in signature.parameters.items() if n not in ("self", "launcher")}
     try:
         hints = typing.get_type_hints(cls.__init__)
     except Exception:  # annotations that do not resolve: check by defaults only
         hints = {}
-    problems = []
+    problems = list(problems or [])
     for name, param in accepted.items():
         if param.default is inspect.Parameter.empty and name not in params:
             problems.append((name, f"required by {cls.__name__} (it has no default)"))
@@ -110,7 +111,7 @@ def _type_problem(value: Any, hint: Any, default: Any) -> str | None:
         return None
     if expected is None:
         return None
-    quote = " (quote it: YAML reads 01:30:00 as a number)" if isinstance(value, int) and "str" in expected else ""
+    quote = " (quote it: YAML reads 1:30:00 as a number)" if isinstance(value, int) and "str" in expected else ""
     return f"expected {expected}, got {type(value).__name__} {value!r}{quote}"
 
 
@@ -135,11 +136,12 @@ class ProviderConfig(BaseModel):
     @model_validator(mode="after")
     def _known(self):
         cls = _parsl_class("parsl.providers", self.type, "Provider")
+        missing = []
         if self.type in _EXTRAS and importlib.util.find_spec(_EXTRAS[self.type][0]) is None:
             package, extra = _EXTRAS[self.type]
-            raise ValueError(f"{self.type} needs the {package!r} package on the endpoint's machine: "
-                             f"pip install 'parsl[{extra}]'")
-        _check_params(cls, self.model_extra or {})
+            missing.append(("type", f"{self.type} needs the {package!r} package on the endpoint's "
+                                    f"machine: pip install 'parsl[{extra}]'"))
+        _check_params(cls, self.model_extra or {}, missing)
         return self
 
     def build(self):

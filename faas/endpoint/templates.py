@@ -121,7 +121,7 @@ def _slurm(gpus: int, workers: int, partition: str | None, init: str) -> str:
     type: SlurmProvider
     partition: {partition or "gpu"} #~ CHANGE: your partition
     # account: myproject
-    walltime: "04:00:00" #~ quoted: YAML reads 04:00:00 as a number
+    walltime: "04:00:00" #~ always quote: YAML reads 4:00:00 as a number
     nodes_per_block: 1
 {gpu}{_init_line(init)}{_blocks(4)}"""
 
@@ -145,7 +145,7 @@ def _pbs(gpus: int, workers: int, partition: str | None, init: str) -> str:
     queue: {partition or "gpu"} #~ CHANGE: your queue
     # account: myproject
     cpus_per_node: {workers}
-{gpu}    walltime: "04:00:00" #~ quoted: YAML reads 04:00:00 as a number
+{gpu}    walltime: "04:00:00" #~ always quote: YAML reads 4:00:00 as a number
 {_init_line(init)}{_blocks(4)}"""
 
 
