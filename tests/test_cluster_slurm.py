@@ -19,7 +19,7 @@ from services.slurm import slurm_cluster
 CLIENT = ROOT / "tests" / "clients" / "cluster_client.py"
 
 
-def slurm_config(tmp: Path, *, min_blocks: int, heartbeat: tuple[int, int] = (2, 6), max_idletime: float = 60,
+def slurm_config(*, min_blocks: int, max_blocks: int = 1, heartbeat: tuple[int, int] = (2, 6), max_idletime: float = 60,
                  worker_init: str = "", extra: str = "") -> str:
     return f"""\
 engine:
@@ -37,7 +37,7 @@ engine:
     walltime: "00:30:00"
     init_blocks: 1
     min_blocks: {min_blocks}
-    max_blocks: 1
+    max_blocks: {max_blocks}
     worker_init: "{worker_init}"
     launcher:
       type: SingleNodeLauncher
@@ -102,36 +102,43 @@ def lines(path: Path) -> list[str]:
     return path.read_text().split() if path.exists() else []
 
 
-def test_slurm_workers_keep_contexts_warm_and_idle_blocks_are_released(slurm_endpoint, tmp_path):
-    config = slurm_config(tmp_path, min_blocks=0, max_idletime=3, worker_init=f"touch {tmp_path / 'init_ran'}")
+def test_slurm_blocks_follow_the_backlog_and_keep_contexts_warm(slurm_endpoint, tmp_path):
+    config = slurm_config(min_blocks=0, max_blocks=2, max_idletime=3,
+                          worker_init=f"touch {tmp_path / 'init_ran'}")
     started = time.time()
     slurm_endpoint("slurm", config)
-    first = results(client("slurm", tmp_path, 40, 0.01))
-    first_result = min(r["arrived"] for r in first) - started
-    print(f"\n[slurm] endpoint start to first result: {first_result:.1f}s")
-
-    assert sorted(r["square"] for r in first) == [x * x for x in range(40)]
+    answering = time.time() - started
+    first = results(client("slurm", tmp_path, 4, 0.01))
+    print(f"\n[slurm] endpoint start to first result: {min(r['arrived'] for r in first) - started:.1f}s "
+          f"(daemon answering after {answering:.1f}s)")
     assert (tmp_path / "init_ran").exists(), "worker_init did not run"
-    block_jobs = {r["job"] for r in first}
-    assert len(block_jobs) == 1 and None not in block_jobs, block_jobs
-    inits = lines(tmp_path / "inits.log")
-    assert sorted(inits) == sorted({str(r["pid"]) for r in first}), "a worker initialised its context twice"
-    assert 1 <= len(inits) <= 2
 
-    # Idle for max_idletime: the block is released; new work gets a new one.
+    # A backlog (40 x 0.1 s on 2 workers per block) brings a second block, no more.
+    proc = client("slurm", tmp_path, 40, 0.1)
+    seen: set[str] = set()
+    while proc.poll() is None:
+        seen.update(jobs())
+        time.sleep(0.2)
+    rows = first + results(proc)
+    assert sorted(r["square"] for r in rows) == sorted([x * x for x in range(4)] + [x * x for x in range(40)])
+    block_jobs = {r["job"] for r in rows}
+    assert None not in block_jobs and block_jobs <= seen and len(seen) == 2, (block_jobs, seen)
+    inits = lines(tmp_path / "inits.log")
+    assert sorted(inits) == sorted({str(r["pid"]) for r in rows}), "a worker initialised its context twice"
+
+    # Idle for max_idletime: the blocks are released; new work gets a new one.
     idle_from = time.time()
-    wait_until(lambda: not jobs(), "the idle block to be released", timeout=30)
-    print(f"[slurm] idle block released {time.time() - idle_from:.1f}s after the last result (max_idletime 3s)")
-    second = results(client("slurm", tmp_path, 4, 0.01))
-    assert sorted(r["square"] for r in second) == [x * x for x in range(4)]
-    assert {r["job"] for r in second}.isdisjoint(block_jobs)
-    assert len(lines(tmp_path / "inits.log")) == len(inits) + len({r["pid"] for r in second})
+    wait_until(lambda: not jobs(), "the idle blocks to be released", timeout=30)
+    print(f"[slurm] idle blocks released {time.time() - idle_from:.1f}s after the last result (max_idletime 3s)")
+    again = results(client("slurm", tmp_path, 2, 0.01))
+    assert sorted(r["square"] for r in again) == [0, 1] and {r["job"] for r in again}.isdisjoint(seen)
+    assert len(lines(tmp_path / "inits.log")) == len(inits) + len({r["pid"] for r in again})
     info = status("slurm")
-    assert info["invocations"]["succeeded"] == 44 and info["invocations"]["failed"] == 0
+    assert info["invocations"]["succeeded"] == 46 and info["invocations"]["failed"] == 0
 
 
 def test_preempted_block_is_replaced_and_its_work_completes(slurm_endpoint, tmp_path):
-    slurm_endpoint("preempt", slurm_config(tmp_path, min_blocks=1, heartbeat=(1, 3)))
+    slurm_endpoint("preempt", slurm_config(min_blocks=1, heartbeat=(1, 3)))
     calls = tmp_path / "calls.log"
     # 12 invocations of 1 s on 2 workers: all dispatched at once, in 4 batches
     # of 3; cancel the block once the second round of batches is running.
@@ -169,7 +176,7 @@ def test_preempted_block_is_replaced_and_its_work_completes(slurm_endpoint, tmp_
 
 
 def test_broken_worker_init_fails_invocations_with_the_cause(slurm_endpoint, faas_home, tmp_path):
-    config = slurm_config(tmp_path, min_blocks=0, worker_init="echo no such environment >&2; exit 3",
+    config = slurm_config(min_blocks=0, worker_init="echo no such environment >&2; exit 3",
                           extra="  max_failed_blocks: 2\n")
     slurm_endpoint("broken", config)
     rows = results(client("broken", tmp_path, 2, 0.01))

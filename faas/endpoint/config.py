@@ -136,12 +136,12 @@ class ProviderConfig(BaseModel):
     @model_validator(mode="after")
     def _known(self):
         cls = _parsl_class("parsl.providers", self.type, "Provider")
-        missing = []
+        problems = []
         if self.type in _EXTRAS and importlib.util.find_spec(_EXTRAS[self.type][0]) is None:
             package, extra = _EXTRAS[self.type]
-            missing.append(("type", f"{self.type} needs the {package!r} package on the endpoint's "
+            problems.append(("type", f"{self.type} needs the {package!r} package on the endpoint's "
                                     f"machine: pip install 'parsl[{extra}]'"))
-        _check_params(cls, self.model_extra or {}, missing)
+        _check_params(cls, self.model_extra or {}, problems)
         return self
 
     def build(self):

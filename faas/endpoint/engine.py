@@ -102,7 +102,7 @@ class ClusterExecutor(HighThroughputExecutor):
         if self._first_poll:  # the strategy has not launched init_blocks yet
             self._first_poll = False
             return
-        active = sum(1 for s in self._status.values() if not s.terminal)
+        active = sum(1 for s in self.status_facade.values() if not s.terminal)
         if not self.bad_state_is_set and active < self.provider.min_blocks:
             log.info("%d of min_blocks %d blocks left; submitting more", active, self.provider.min_blocks)
             self.scale_out_facade(self.provider.min_blocks - active)
