@@ -132,8 +132,9 @@ def test_configure_options(faas_home):
     ok = runner.invoke(main, ["configure", "s", "--provider", "slurm", "--partition", "a100", "--gpus", "0"])
     assert ok.exit_code == 0, ok.output
     config = load_config(faas_home / "endpoints" / "s" / "config.yaml")
-    assert config.engine.provider.model_extra["partition"] == "a100"
-    assert config.engine.available_accelerators == [] and "scheduler_options" not in config.engine.provider.model_extra
+    params = config.engine.provider.model_extra
+    assert params["partition"] == "a100" and "scheduler_options" not in params  # no GPU request
+    assert config.engine.available_accelerators == []
     bad = runner.invoke(main, ["configure", "c", "--provider", "condor", "--partition", "x"])
     assert bad.exit_code == 2 and "--partition applies to slurm and pbs" in bad.output
     bad = runner.invoke(main, ["configure", "w", "--provider", "slurm", "--gpus", "2", "--workers", "4"])

@@ -1,5 +1,6 @@
 """Endpoints whose workers are Slurm jobs, on a real throw-away Slurm cluster:
-warm contexts, idle release, preemption (scancel) and a broken worker_init.
+blocks that follow the backlog, warm contexts, idle release, preemption
+(scancel) and a broken worker_init.
 
 Timings are printed (see them with ``pytest -s``)."""
 
@@ -19,8 +20,8 @@ from services.slurm import slurm_cluster
 CLIENT = ROOT / "tests" / "clients" / "cluster_client.py"
 
 
-def slurm_config(*, min_blocks: int, max_blocks: int = 1, heartbeat: tuple[int, int] = (2, 6), max_idletime: float = 60,
-                 worker_init: str = "", extra: str = "") -> str:
+def slurm_config(*, min_blocks: int, max_blocks: int = 1, heartbeat: tuple[int, int] = (2, 6),
+                 max_idletime: float = 60, worker_init: str = "", extra: str = "") -> str:
     return f"""\
 engine:
   max_workers_per_node: 2
