@@ -8,8 +8,9 @@ import sys
 import click
 
 from faas.endpoint import daemon
-from faas.endpoint.config import ConfigError, default_config_text, load_config
+from faas.endpoint.config import ConfigError, load_config
 from faas.endpoint.home import EndpointDir, list_endpoints
+from faas.endpoint.templates import PROVIDERS, config_template
 from faas.errors import EndpointError
 
 
@@ -30,13 +31,24 @@ def main() -> None:
 
 @main.command()
 @click.argument("name")
-def configure(name: str) -> None:
-    """Create NAME with a default local config."""
+@click.option("--provider", type=click.Choice(PROVIDERS), default="local", show_default=True,
+              help="Where the workers run.")
+@click.option("--gpus", type=click.IntRange(min=0), default=None,
+              help="GPUs per node, one worker each [default: 0 local, 1 on a cluster].")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Workers per node [default: one per GPU].")
+@click.option("--partition", default=None, help="Slurm partition or PBS queue.")
+def configure(name: str, provider: str, gpus: int | None, workers: int | None, partition: str | None) -> None:
+    """Create NAME with a commented config for PROVIDER; edit it before starting."""
     epdir = _endpoint(name, must_exist=False)
     if epdir.exists():
         raise click.ClickException(f"endpoint {name!r} already exists: {epdir.config}")
+    try:
+        text = config_template(name, provider, gpus=gpus, workers=workers, partition=partition)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
     epdir.path.mkdir(parents=True, mode=0o700, exist_ok=True)
-    epdir.config.write_text(default_config_text(name))
+    epdir.config.write_text(text)
     click.echo(f"created {epdir.config}")
 
 

@@ -4,21 +4,29 @@
       type: HighThroughputEngine
       max_workers_per_node: 2
       provider:
-        type: LocalProvider      # or SlurmProvider, CondorProvider, ...
-        init_blocks: 1
+        type: SlurmProvider      # any class in parsl.providers, with its parameters
+        partition: gpu
+        launcher:
+          type: SrunLauncher     # any class in parsl.launchers
 
-Validated when loaded, so a mistake is reported with its key and file before
-anything starts. Provider and launcher parameters are checked against the Parsl
-class's own signature.
+Validated when loaded, so that every mistake is reported with its key and file
+before anything starts. Provider and launcher parameters are checked against
+the Parsl class's signature (names, required ones, and types from its
+annotations or defaults) without constructing it: constructing a provider talks
+to its scheduler (SlurmProvider runs ``sacct``; KubernetesProvider loads a
+kube config), which belongs to the daemon's start, not to validation.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import inspect
-import os
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
+import typeguard
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -29,27 +37,82 @@ class ConfigError(FaasError):
     pass
 
 
+class ParamErrors(ValueError):
+    """Problems with a Parsl class's parameters, each as (parameter, message),
+    so that the report can name every key with its full path."""
+
+    def __init__(self, problems: list[tuple[str, str]]):
+        super().__init__("; ".join(f"{k}: {m}" for k, m in problems))
+        self.problems = problems
+
+
+# Providers whose module needs a package that Parsl installs only with an extra.
+_EXTRAS = {
+    "KubernetesProvider": ("kubernetes", "kubernetes"),
+    "AWSProvider": ("boto3", "aws"),
+    "AzureProvider": ("azure", "azure"),
+    "GoogleCloudProvider": ("googleapiclient", "google_cloud"),
+}
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
 def _parsl_class(module: str, name: str, kind: str):
-    import importlib
-
     mod = importlib.import_module(module)
     cls = getattr(mod, name, None)
     if not inspect.isclass(cls):
         known = sorted(n for n in dir(mod) if n.endswith(kind))
-        raise ValueError(f"unknown {kind.lower()} type {name!r}; known: {', '.join(known)}")
+        raise ParamErrors([("type", f"unknown {kind.lower()} type {name!r}; known: {', '.join(known)}")])
     return cls
 
 
-def _check_params(cls, params: dict[str, Any]) -> None:
-    allowed = set(inspect.signature(cls).parameters) - {"self", "launcher"}
-    unknown = sorted(set(params) - allowed)
-    if unknown:
-        raise ValueError(f"{cls.__name__} has no parameter {', '.join(unknown)}; "
-                         f"it takes: {', '.join(sorted(allowed))}")
+def _check_params(cls, params: dict[str, Any], problems: list[tuple[str, str]] | None = None) -> None:
+    """Names, required parameters and types, as Parsl's own constructor would check them;
+    raises them, with any ``problems`` found before, as one ParamErrors."""
+    signature = inspect.signature(cls)
+    accepted = {n: p for n, p in signature.parameters.items() if n not in ("self", "launcher")}
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # annotations that do not resolve: check by defaults only
+        hints = {}
+    problems = list(problems or [])
+    for name, param in accepted.items():
+        if param.default is inspect.Parameter.empty and name not in params:
+            problems.append((name, f"required by {cls.__name__} (it has no default)"))
+    for name, value in params.items():
+        if name not in accepted:
+            problems.append((name, f"{cls.__name__} has no such parameter; "
+                                   f"it takes: {', '.join(sorted(accepted))}"))
+        elif (wrong := _type_problem(value, hints.get(name), accepted[name].default)) is not None:
+            problems.append((name, wrong))
+    if problems:
+        raise ParamErrors(problems)
+
+
+def _type_problem(value: Any, hint: Any, default: Any) -> str | None:
+    """Why ``value`` does not fit the annotation (or, without one, the default's type)."""
+    if hint is not None:
+        try:
+            typeguard.check_type(value, hint)
+            return None
+        except typeguard.TypeCheckError:
+            expected = inspect.formatannotation(hint)
+    elif default is None or default is inspect.Parameter.empty:
+        return None
+    elif isinstance(default, bool):
+        expected = None if isinstance(value, bool) else "bool"
+    elif isinstance(default, (int, float)):
+        expected = None if isinstance(value, (int, float)) and not isinstance(value, bool) else "a number"
+    elif isinstance(default, str):
+        expected = None if isinstance(value, str) else "str"
+    else:
+        return None
+    if expected is None:
+        return None
+    quote = " (quote it: YAML reads 1:30:00 as a number)" if isinstance(value, int) and "str" in expected else ""
+    return f"expected {expected}, got {type(value).__name__} {value!r}{quote}"
 
 
 class LauncherConfig(BaseModel):
@@ -72,7 +135,13 @@ class ProviderConfig(BaseModel):
 
     @model_validator(mode="after")
     def _known(self):
-        _check_params(_parsl_class("parsl.providers", self.type, "Provider"), self.model_extra or {})
+        cls = _parsl_class("parsl.providers", self.type, "Provider")
+        problems = []
+        if self.type in _EXTRAS and importlib.util.find_spec(_EXTRAS[self.type][0]) is None:
+            package, extra = _EXTRAS[self.type]
+            problems.append(("type", f"{self.type} needs the {package!r} package on the endpoint's "
+                                    f"machine: pip install 'parsl[{extra}]'"))
+        _check_params(cls, self.model_extra or {}, problems)
         return self
 
     def build(self):
@@ -89,16 +158,60 @@ def _default_provider() -> ProviderConfig:
 
 class EngineConfig(_Strict):
     type: Literal["HighThroughputEngine"] = "HighThroughputEngine"
-    max_workers_per_node: int = Field(2, ge=1)
+    max_workers_per_node: int = Field(2, ge=1)  # default: one per accelerator when those are set
     cores_per_worker: float = Field(1.0, gt=0)
     mem_per_worker: float | None = None
     available_accelerators: int | list[str] = Field(default_factory=list)
-    address: str | None = "127.0.0.1"
+    address: str | None = "127.0.0.1"  # None: workers try every address of this machine
+    address_interface: str | None = None  # instead of address: the address of this interface
     heartbeat_period: int = Field(30, ge=1)
     heartbeat_threshold: int = Field(120, ge=1)
     strategy_period: float = Field(1.0, gt=0)
+    provider_poll_interval: float | None = Field(None, gt=0)  # None: the provider's own (Slurm: 60 s)
     max_idletime: float = Field(120.0, ge=0)
+    max_failed_blocks: int = Field(3, ge=0)  # 0: never give up
     provider: ProviderConfig = Field(default_factory=_default_provider)
+
+    @field_validator("address_interface")
+    @classmethod
+    def _interface_exists(cls, name: str | None) -> str | None:
+        if name is not None:
+            from parsl.addresses import address_by_interface
+            try:
+                address_by_interface(name)
+            except OSError:
+                import psutil
+                raise ValueError(f"this machine has no interface {name!r} with an IPv4 address; "
+                                 f"it has: {', '.join(sorted(psutil.net_if_addrs()))}") from None
+        return name
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.address_interface is not None and "address" in self.model_fields_set:
+            raise ValueError("set address or address_interface, not both")
+        if self.heartbeat_threshold <= self.heartbeat_period:
+            raise ValueError(f"heartbeat_threshold ({self.heartbeat_threshold}) must exceed "
+                             f"heartbeat_period ({self.heartbeat_period})")
+        accelerators = self.accelerator_count
+        if accelerators:
+            if "max_workers_per_node" not in self.model_fields_set:
+                self.max_workers_per_node = accelerators
+            elif self.max_workers_per_node > accelerators:
+                raise ValueError(f"max_workers_per_node ({self.max_workers_per_node}) exceeds "
+                                 f"available_accelerators ({accelerators}): each worker gets one")
+        return self
+
+    @property
+    def accelerator_count(self) -> int:
+        acc = self.available_accelerators
+        return acc if isinstance(acc, int) else len(acc)
+
+    def worker_address(self) -> str | None:
+        """The address workers connect to (None: Parsl offers them all of this machine's)."""
+        if self.address_interface is not None:
+            from parsl.addresses import address_by_interface
+            return address_by_interface(self.address_interface)
+        return self.address
 
 
 class DispatchConfig(_Strict):
@@ -139,34 +252,25 @@ def load_config(path: Path) -> EndpointConfig:
     try:
         return EndpointConfig.model_validate(data)
     except ValidationError as e:
-        problems = "\n".join(f"  {'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}"
-                             for err in e.errors())
+        problems = "\n".join(f"  {key}: {msg}" for key, msg in _problems(e))
         raise ConfigError(f"{path}: invalid endpoint config:\n{problems}") from None
 
 
+def _problems(error: ValidationError) -> list[tuple[str, str]]:
+    """(dotted key, message) for each mistake; a Parsl parameter's own key is named too."""
+    out = []
+    for err in error.errors():
+        loc = [str(p) for p in err["loc"]]
+        cause = err.get("ctx", {}).get("error")
+        if isinstance(cause, ParamErrors):
+            out.extend((".".join([*loc, key]), msg) for key, msg in cause.problems)
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            out.append((".".join(loc) or "(top level)", msg))
+    return out
+
+
 def default_config_text(name: str, workers: int | None = None) -> str:
-    workers = workers or max(1, min(4, os.cpu_count() or 2))
-    return f"""\
-# faas endpoint {name!r}: a Parsl HighThroughputExecutor on this machine.
-display_name: {name}
-engine:
-  type: HighThroughputEngine
-  max_workers_per_node: {workers}   # worker processes; each keeps its own warm contexts
-  address: 127.0.0.1
-  heartbeat_period: 30               # seconds; a worker silent for heartbeat_threshold is lost
-  heartbeat_threshold: 120
-  strategy_period: 0.5               # seconds between Parsl's scaling decisions
-  provider:
-    type: LocalProvider
-    init_blocks: 1
-    min_blocks: 1
-    max_blocks: 1
-dispatch:
-  max_batch: 64                      # upper bound; batches shrink as the backlog drains
-  max_attempts: 5                    # tries of an invocation whose worker was lost
-warm_pool:
-  idle_timeout: 3600                 # seconds before an unused context is released
-store:
-  url: null                          # null: SQLite in this folder; or any SQLAlchemy URL
-  retention: 604800                  # seconds results are kept for reattaching clients
-"""
+    """The local template (embedded endpoints and ``configure`` without --provider)."""
+    from faas.endpoint.templates import config_template
+    return config_template(name, "local", workers=workers)

@@ -3,6 +3,23 @@
 Parsl's provider and strategy get and release the blocks; the executor runs
 :func:`faas.warm_pool.runner.run_batch` in its workers. Parsl's own retries are
 off: the dispatcher retries per invocation, with the store as its record.
+
+On opportunistic clusters blocks come and go, so three Parsl defaults are
+changed here, by subclassing and documented hooks rather than patching Parsl:
+
+- the scheduler is polled every ``engine.provider_poll_interval`` seconds
+  instead of the provider's fixed interval (60 s for Slurm, Condor, PBS), so a
+  preempted block is noticed and replaced within seconds;
+- ``min_blocks`` is kept even while idle (Parsl's strategy replaces a lost
+  block only when tasks are waiting);
+- a block that ends is no reason to fail everything: Parsl's default
+  ``block_error_handler`` marks the executor bad, failing all tasks for good,
+  once its first blocks have failed, and a preempted block can count. Here the
+  executor gives up only when ``engine.max_failed_blocks`` blocks in a row
+  ended without a worker ever registering (a broken ``worker_init`` or an
+  unreachable address), so that a broken setup fails invocations with the
+  cause instead of submitting jobs forever. Work lost with a block is retried
+  by the dispatcher (``dispatch.max_attempts``).
 """
 
 from __future__ import annotations
@@ -18,6 +35,8 @@ from parsl import python_app
 from parsl.config import Config
 from parsl.dataflow.dflow import DataFlowKernel
 from parsl.executors import HighThroughputExecutor
+from parsl.jobs.errors import TooManyJobFailuresError
+from parsl.jobs.states import JobState, JobStatus
 
 from faas.endpoint.config import EngineConfig
 from faas.warm_pool.runner import run_batch
@@ -30,10 +49,11 @@ class ParslEngine:
     def __init__(self, cfg: EngineConfig, run_dir: Path):
         self.cfg = cfg
         put_parsl_scripts_on_path()
-        self.htex = HighThroughputExecutor(
+        self.htex = ClusterExecutor(
+            poll_interval=cfg.provider_poll_interval,
             label=LABEL,
             provider=cfg.provider.build(),
-            address=cfg.address,
+            address=cfg.worker_address(),
             max_workers_per_node=cfg.max_workers_per_node,
             cores_per_worker=cfg.cores_per_worker,
             mem_per_worker=cfg.mem_per_worker,
@@ -41,13 +61,12 @@ class ParslEngine:
             heartbeat_period=cfg.heartbeat_period,
             heartbeat_threshold=cfg.heartbeat_threshold,
             interchange_launch_cmd=[sys.executable, "-m", "faas.endpoint.interchange_guard", str(os.getpid())],
-            # preempted blocks are normal here: Parsl must keep replacing them rather
-            # than declare the executor broken; the dispatcher retries the invocations
-            block_error_handler=False,
+            block_error_handler=give_up_after(cfg.max_failed_blocks),
         )
         self.dfk = DataFlowKernel(Config(
             executors=[self.htex],
             run_dir=str(run_dir),
+            strategy="htex_auto_scale",  # also releases idle blocks while others are busy
             strategy_period=cfg.strategy_period,
             max_idletime=cfg.max_idletime,
             retries=0,
@@ -64,6 +83,57 @@ class ParslEngine:
 
     def shutdown(self) -> None:
         self.dfk.cleanup()
+
+
+class ClusterExecutor(HighThroughputExecutor):
+    """HTEX that polls its scheduler at our interval and keeps ``min_blocks``."""
+
+    def __init__(self, *, poll_interval: float | None, **kwargs):
+        super().__init__(**kwargs)
+        self._poll_interval = poll_interval
+        self._first_poll = True
+
+    @property
+    def status_polling_interval(self):
+        return self._poll_interval or super().status_polling_interval
+
+    def poll_facade(self) -> None:
+        """Called by Parsl's JobStatusPoller thread, just before its strategy runs."""
+        super().poll_facade()
+        if self._first_poll:  # the strategy has not launched init_blocks yet
+            self._first_poll = False
+            return
+        active = sum(1 for s in self.status_facade.values() if not s.terminal)
+        if not self.bad_state_is_set and active < self.provider.min_blocks:
+            log.info("%d of min_blocks %d blocks left; submitting more", active, self.provider.min_blocks)
+            self.scale_out_facade(self.provider.min_blocks - active)
+
+
+def give_up_after(limit: int):
+    """A block_error_handler: mark the executor bad once the last ``limit``
+    blocks all ended without a worker registering (HTEX reports those as
+    MISSING); blocks that ran and were then lost do not count. 0: never."""
+
+    def handler(executor, status: dict[str, JobStatus]) -> None:
+        if limit == 0 or executor.bad_state_is_set:
+            return
+        last = sorted(status, key=int)[-limit:]
+        if len(last) == limit and all(status[b].state == JobState.MISSING for b in last):
+            blocks = "\n".join(f"  block {b} (job {executor.blocks_to_job_id.get(b)}): {_output(status[b])}"
+                               for b in last)
+            executor.set_bad_state_and_fail_all(TooManyJobFailuresError(
+                f"the last {limit} blocks ended before their workers registered; check the provider's "
+                f"worker_init and engine.address (job scripts and output: {executor.provider.script_dir}):\n"
+                f"{blocks}"))
+
+    return handler
+
+
+def _output(s: JobStatus) -> str:
+    for name, text in (("stderr", s.stderr_summary), ("stdout", s.stdout_summary)):
+        if text and text.strip():
+            return f"{name}: {text.strip()}"
+    return "no output"
 
 
 def put_parsl_scripts_on_path() -> None:
