@@ -1,5 +1,6 @@
 """Failures on real Parsl workers and a real daemon: user errors, retries,
-failing loaders, lost workers, a SIGKILLed daemon, reattaching clients."""
+failing loaders, lost workers, a SIGKILLed daemon, reattaching clients; the
+last two on SQLite and on a real PostgreSQL server."""
 
 from __future__ import annotations
 
@@ -87,8 +88,8 @@ def test_invocation_gives_up_after_max_attempts_listing_them(endpoint):
     assert all("WorkerLost" in a or "ManagerLost" in a for a in attempts), attempts
 
 
-def test_reattach_after_the_first_client_vanished_then_purge(endpoint):
-    endpoint("reattach", local_config(workers=2))
+def test_reattach_after_the_first_client_vanished_then_purge(endpoint, store_url):
+    endpoint("reattach", local_config(workers=2, extra=f"store:\n  url: {store_url}\n"))
     group = uuid.uuid4().hex
     done_when_left = int(run_client("reattach_first.py", "reattach", group, "60"))
     assert done_when_left < 60
@@ -109,8 +110,9 @@ def logged_double(ctx, x):
     return 2 * x
 
 
-def test_daemon_sigkill_then_restart_completes_everything_once(faas_home, tmp_path):
-    write_config(faas_home, "crash", local_config(workers=2, max_batch=8, heartbeat=FAST_HEARTBEAT))
+def test_daemon_sigkill_then_restart_completes_everything_once(faas_home, tmp_path, store_url):
+    write_config(faas_home, "crash", local_config(workers=2, max_batch=8, heartbeat=FAST_HEARTBEAT,
+                                                  extra=f"store:\n  url: {store_url}\n"))
     ep = RunningEndpoint(faas_home, "crash")
     ep.start()
     log = tmp_path / "runs.log"
@@ -122,7 +124,7 @@ def test_daemon_sigkill_then_restart_completes_everything_once(faas_home, tmp_pa
             time.sleep(0.05)
         old = ep.pid
         os.kill(old, signal.SIGKILL)
-        recorded = _recorded_results(faas_home, "crash")
+        recorded = _recorded_results(store_url)
         assert 50 <= len(recorded) < 300
         ep.start()  # a stale pid file and socket must not block the restart
         assert ep.pid != old
@@ -136,15 +138,15 @@ def test_daemon_sigkill_then_restart_completes_everything_once(faas_home, tmp_pa
     assert status("crash")["invocations"]["succeeded"] == 300
 
 
-def _recorded_results(home, name) -> set[int]:
+def _recorded_results(store_url) -> set[int]:
     """Arguments of the invocations whose result the store holds."""
     import cloudpickle
     from sqlalchemy import select
 
-    from faas.store import Store, sqlite_url
+    from faas.store import Store
     from faas.store.models import Invocation
 
-    store = Store(sqlite_url(home / "endpoints" / name))
+    store = Store(store_url)
     with store.engine.connect() as conn:
         rows = conn.execute(select(Invocation.args).where(Invocation.state == "succeeded")).scalars().all()
     store.close()
