@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 import typeguard
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from faas.errors import FaasError
 
@@ -221,6 +221,8 @@ class DispatchConfig(_Strict):
 
 class WarmPoolConfig(_Strict):
     idle_timeout: float | None = Field(3600.0, gt=0)
+    # per worker; "8GiB" etc. None: the GPU's memory on a GPU worker, else unlimited
+    memory_budget: ByteSize | None = None
 
 
 class StoreConfig(_Strict):

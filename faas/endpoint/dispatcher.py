@@ -73,6 +73,7 @@ class Dispatcher:
         self._bodies: dict[str, bytes] = {}
         self._retries: dict[str, int] = {}
         self._init_failures: dict[str, int] = {}  # context key -> batches whose loader raised
+        self.worker_contexts: dict[str, dict] = {}  # worker -> its warm pool's statistics, last reported
 
     # -- intake -------------------------------------------------------------
     def register_function(self, fid: str, body: bytes, retries: int) -> None:
@@ -125,7 +126,9 @@ class Dispatcher:
         functions = {f: self._bodies[f] for f in fids}
         payload = [(it.id, it.function_id, it.args) for it in batch.items]
         self.in_flight[batch.id] = batch
-        fut = self.engine.submit(functions, payload, self.cfg.warm_pool.idle_timeout)
+        pool = self.cfg.warm_pool
+        fut = self.engine.submit(functions, payload, pool.idle_timeout,
+                                 int(pool.memory_budget) if pool.memory_budget is not None else None)
         fut.add_done_callback(lambda f, b=batch: self.notify(b, f))
 
     # -- completion ---------------------------------------------------------
@@ -137,6 +140,7 @@ class Dispatcher:
         except Exception as e:  # the batch never reported: its worker or node was lost
             return self._lost(batch, f"{type(e).__name__}: {e}")
         worker = f"{report['host']}:{report['pid']}"
+        self.worker_contexts[worker] = report["contexts"]
         if any(e["context_key"] == batch.context_key and e["error"] is None for e in report["inits"]):
             self._init_failures.pop(batch.context_key, None)  # the loader works (at least here)
         where = f"on {worker} at {time.strftime('%H:%M:%S')}"

@@ -74,8 +74,8 @@ class ParslEngine:
         self._app = python_app(run_batch, data_flow_kernel=self.dfk, executors=[LABEL])
 
     def submit(self, functions: dict[str, bytes], items: list[tuple[str, str, bytes]],
-               idle_timeout: float | None) -> Future:
-        return self._app(functions, items, idle_timeout)
+               idle_timeout: float | None, memory_budget: int | None) -> Future:
+        return self._app(functions, items, idle_timeout, memory_budget)
 
     def managers(self) -> list[dict[str, Any]]:
         """Connected worker pools (one per node), as the interchange sees them."""

@@ -245,6 +245,7 @@ class Server:
             "worker_slots": self.dispatcher.slots,
             "backlog": self.dispatcher.backlog(),
             "batches_in_flight": len(self.dispatcher.in_flight),
+            "worker_contexts": self.dispatcher.worker_contexts,
         }
 
 

@@ -5,6 +5,12 @@ for direct local calls). It loads a context the first time an invocation needs
 it, keeps it between invocations and client sessions, and releases it after an
 idle timeout. Initialisation is serialised per context so that threads of one
 process never load the same model twice.
+
+Contexts share a memory budget: the GPU's memory when torch sees one, else a
+configured RAM budget. Each context's footprint is measured when it loads (GPU
+memory allocated, or resident memory gained); before a context with a known
+footprint loads, and after any load, the least recently used idle contexts are
+evicted until the others fit.
 """
 
 from __future__ import annotations
@@ -31,7 +37,10 @@ class ContextStats:
     init_seconds: float = 0.0
     invocations: int = 0
     last_used: float = 0.0
-    releases: int = 0
+    hits: int = 0  # acquisitions that found the context already loaded
+    releases: int = 0  # teardowns for idleness or eviction
+    evictions: int = 0  # teardowns to make room for another context
+    footprint: int = 0  # bytes measured at the last load
 
 
 @dataclass
@@ -53,9 +62,13 @@ class _Entry:
     busy: int = 0
 
 
+GPU_BUDGET_FRACTION = 0.9  # of the GPU's memory, when no budget is configured
+
+
 class WarmPool:
-    def __init__(self, idle_timeout: float | None = None):
+    def __init__(self, idle_timeout: float | None = None, memory_budget: int | None = None):
         self.idle_timeout = idle_timeout
+        self.memory_budget = memory_budget
         self.stats: dict[str, ContextStats] = {}
         self._entries: dict[str, _Entry] = {}
         self._lock = threading.Lock()
@@ -83,7 +96,9 @@ class WarmPool:
             entry.busy += 1
         try:
             with entry.lock:
-                if not entry.loaded:
+                if entry.loaded:
+                    stats.hits += 1
+                else:
                     self._load(spec, entry, stats)
         except BaseException:
             self.release(spec)
@@ -98,8 +113,10 @@ class WarmPool:
         self._start_reaper()
 
     def _load(self, spec: ContextSpec, entry: _Entry, stats: ContextStats) -> None:
+        self._make_room(spec.key, stats.footprint)
         started = time.time()
         t0 = time.perf_counter()
+        before = _memory_in_use()
         try:
             entry.value = spec.load()
         except BaseException:
@@ -109,11 +126,47 @@ class WarmPool:
                                           traceback.format_exc()))
             raise
         seconds = time.perf_counter() - t0
+        stats.footprint = max(0, _memory_in_use() - before)
         entry.loaded = True
+        self._make_room(spec.key, 0)
         stats.inits += 1
         stats.init_seconds += seconds
         self._events.append(InitEvent(spec.key, spec.description, started, seconds))
         log.info("initialised context %s in %.2fs", spec.description, seconds)
+
+    def budget(self) -> int | None:
+        if self.memory_budget is not None:
+            return self.memory_budget
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_available():
+            return int(torch.cuda.mem_get_info()[1] * GPU_BUDGET_FRACTION)
+        return None
+
+    def _make_room(self, keep: str, need: int) -> None:
+        """Evict least recently used idle contexts (never ``keep``) until the
+        loaded ones plus ``need`` bytes fit the budget."""
+        budget = self.budget()
+        if budget is None:
+            return
+        with self._lock:
+            while True:
+                loaded = {k: e for k, e in self._entries.items() if e.loaded and k != keep}
+                used = need + sum(self.stats[k].footprint for k in loaded)
+                if keep in self._entries and self._entries[keep].loaded:
+                    used += self.stats[keep].footprint
+                idle = [k for k, e in loaded.items() if e.busy == 0]
+                if used <= budget or not idle:
+                    return
+                victim = min(idle, key=lambda k: self.stats[k].last_used)
+                self.stats[victim].evictions += 1
+                log.info("evicting context %s to make room", self.stats[victim].description)
+                self._teardown(victim)
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        """Per-context statistics, and whether each context is loaded now."""
+        with self._lock:
+            return {k: dict(vars(st), loaded=k in self._entries and self._entries[k].loaded)
+                    for k, st in self.stats.items()}
 
     def drain_events(self) -> list[InitEvent]:
         """Init events since the last call (the worker ships them with its results)."""
@@ -164,6 +217,16 @@ class WarmPool:
         while True:
             time.sleep(max(0.5, min(self.idle_timeout or 60, 60) / 4))
             self.release_idle()
+
+
+def _memory_in_use() -> int:
+    """GPU memory allocated by torch when on GPU, else this process's resident memory."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        return int(torch.cuda.memory_allocated())
+    import psutil
+
+    return psutil.Process().memory_info().rss
 
 
 _pool: WarmPool | None = None

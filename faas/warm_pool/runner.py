@@ -25,15 +25,16 @@ OK, ERROR, INIT_ERROR = "ok", "error", "init_error"
 
 
 def run_batch(functions: dict[str, bytes], items: list[tuple[str, str, bytes]],
-              idle_timeout: float | None = None) -> dict[str, Any]:
+              idle_timeout: float | None = None, memory_budget: int | None = None) -> dict[str, Any]:
     """Run ``items`` = [(invocation id, function id, pickled (args, kwargs))].
 
     Returns the worker's identity, one outcome per item
-    ``(id, kind, payload, traceback text, started, finished)`` and the context
-    init events this batch caused.
+    ``(id, kind, payload, traceback text, started, finished)``, the context
+    init events this batch caused and the warm pool's statistics.
     """
     pool = process_pool()
     pool.idle_timeout = idle_timeout
+    pool.memory_budget = memory_budget
     failed_inits: dict[str, str] = {}  # a loader that failed is not retried within the batch
     outcomes = []
     for inv_id, fid, args_blob in items:
@@ -64,6 +65,7 @@ def run_batch(functions: dict[str, bytes], items: list[tuple[str, str, bytes]],
         "pid": os.getpid(),
         "outcomes": outcomes,
         "inits": [vars(e) for e in pool.drain_events()],
+        "contexts": pool.snapshot(),
     }
 
 

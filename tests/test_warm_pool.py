@@ -1,0 +1,103 @@
+"""The warm pool's own behaviour, through its statistics (inits, hits,
+evictions): get-or-init, memory-budget eviction of the least recently used idle
+context, idle release. Real loaders that really allocate memory."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from faas.warm_pool.registry import WarmPool
+from faas.warm_pool.spec import ContextSpec
+
+MB = 2**20
+
+
+def _allocate(name, mb):
+    return {"name": name, "weights": b"\x01" * (mb * MB)}  # written, so resident
+
+
+def _spec(name, mb=50):
+    return ContextSpec(_allocate, {"name": name, "mb": mb})
+
+
+def _use(pool, spec):
+    return pool.call(spec, lambda ctx: ctx["name"], (), {})
+
+
+def test_get_or_init_counts_inits_and_hits():
+    pool = WarmPool()
+    a = _spec("a", 1)
+    assert [_use(pool, a) for _ in range(5)] == ["a"] * 5
+    st = pool.stats[a.key]
+    assert (st.inits, st.hits, st.invocations) == (1, 4, 5)
+
+
+def test_concurrent_first_use_loads_once():
+    pool, a = WarmPool(), _spec("a", 1)
+    threads = [threading.Thread(target=_use, args=(pool, a)) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert pool.stats[a.key].inits == 1 and pool.stats[a.key].hits == 7
+
+
+def test_memory_budget_evicts_least_recently_used_idle_context():
+    pool = WarmPool(memory_budget=120 * MB)
+    a, b, c = _spec("a"), _spec("b"), _spec("c")
+    _use(pool, a)
+    _use(pool, b)
+    assert 40 * MB < pool.stats[a.key].footprint < 70 * MB
+    _use(pool, c)  # does not fit beside a and b: a, the least recently used, goes
+    loaded = {k for k, v in pool.snapshot().items() if v["loaded"]}
+    assert loaded == {b.key, c.key}
+    _use(pool, a)  # its footprint is known now: room is made before it loads
+    stats = {s.key: s for s in pool.stats.values()}
+    assert [stats[x.key].inits for x in (a, b, c)] == [2, 1, 1]
+    assert [stats[x.key].evictions for x in (a, b, c)] == [1, 1, 0]
+    assert {k for k, v in pool.snapshot().items() if v["loaded"]} == {c.key, a.key}
+
+
+def test_a_context_in_use_is_never_evicted():
+    pool = WarmPool(memory_budget=60 * MB)
+    a, b = _spec("a"), _spec("b")
+    held = pool.acquire(a)
+    try:
+        _use(pool, b)  # over budget, but a is busy: b stays over budget rather than break a
+        assert pool.stats[a.key].evictions == 0
+        assert held["name"] == "a"
+    finally:
+        pool.release(a)
+    _use(pool, b)
+    assert pool.stats[a.key].evictions == 0  # nothing needed room
+
+
+def test_idle_contexts_are_released():
+    pool = WarmPool(idle_timeout=10)
+    a, b = _spec("a", 1), _spec("b", 1)
+    _use(pool, a)
+    _use(pool, b)
+    last = max(s.last_used for s in pool.stats.values())
+    assert pool.release_idle(now=last + 5) == []
+    assert sorted(pool.release_idle(now=last + 11)) == sorted([a.key, b.key])
+    assert all(s.releases == 1 and s.evictions == 0 for s in pool.stats.values())
+    _use(pool, a)
+    assert pool.stats[a.key].inits == 2
+
+
+def test_failing_loader_is_not_cached():
+    calls = []
+
+    def flaky_loader():
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError("disk hiccup")
+        return "ok"
+
+    pool, spec = WarmPool(), ContextSpec(flaky_loader)
+    with pytest.raises(OSError):
+        pool.call(spec, lambda ctx: ctx, (), {})
+    assert pool.call(spec, lambda ctx: ctx, (), {}) == "ok"
+    assert [e.error is not None for e in pool.drain_events()] == [True, False]
