@@ -30,6 +30,13 @@ _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     "tasks": {"group": str, "ids": list},
     "status_reply": {"status": dict},
     "error": {"message": str},
+    # worker loop -> endpoint (see faas.warm_pool.loop)
+    "ready": {"host": str, "pid": int, "contexts": dict},
+    "done": {"batch": int, "report": dict},
+    # endpoint -> worker loop
+    "batch": {"batch": int, "functions": list, "items": list, "settings": dict},
+    "hb": {},
+    "retire": {},
 }
 _FUNCTION_FIELDS = {"id": str, "name": str, "context_key": str, "context": str, "retries": int}
 _INVOCATION_FIELDS = {"id": str, "function": str}

@@ -1,13 +1,23 @@
-"""Batches invocations by context and feeds them to Parsl.
+"""Places invocations on the workers that hold their context.
 
-Invocations wait here, per context, until a worker slot is free. Batch size
-follows the backlog (guided self-scheduling: ``backlog / (2 x slots)``, capped),
-so batches are large while there is much work and shrink at the tail, and no
-knob needs tuning. Each batch's outcomes are recorded in the store, in one
-transaction, before anyone is told of them.
+Invocations wait here, per context. Each Parsl worker runs a loop task
+(faas.warm_pool.loop) that pulls from the endpoint; when a loop has room (one
+batch running, one queued behind it) the dispatcher picks a context for that
+loop, preferring one it already holds (:func:`choose_context`), so workers do
+not thrash between contexts, and contexts nobody holds still get a worker.
+Batch size follows the backlog (guided self-scheduling:
+``backlog / (2 x holders)``, capped by ``dispatch.max_batch``): large while
+there is much work, small at the tail, so fast and slow workers finish
+together and a preemption loses little, with no batch-size knob to tune.
 
-Everything here runs on the server's loop thread; only Parsl's done-callbacks
-come from other threads, and they just hand the future over via ``notify``.
+Why pull rather than Parsl's own task routing: HighThroughputExecutor sends a
+task to a random manager with free capacity and any idle worker there, knowing
+nothing of warm contexts. Parsl still gets the nodes, starts, scales and
+replaces the workers and reports their loss; the loops only choose the work.
+
+Each batch's outcomes are recorded in the store, in one transaction, before
+anyone is told of them. Everything here runs on the server's loop thread;
+Parsl's done-callbacks only hand the loop's future over via ``notify``.
 """
 
 from __future__ import annotations
@@ -16,17 +26,21 @@ import itertools
 import logging
 import math
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+from faas import protocol
 from faas.endpoint.config import EndpointConfig
+from faas.endpoint.workers import WorkerLink, WorkerLoop
 from faas.store import Outcome, State, Store
 from faas.warm_pool.runner import ERROR, INIT_ERROR, OK
 
 log = logging.getLogger(__name__)
+PREFETCH = 2  # batches a loop holds: one running, one queued behind it
 
 
 @dataclass
@@ -59,21 +73,46 @@ class Final:
     error: str | None
 
 
+def choose_context(holds: set[str], backlog: dict[str, int], holders: dict[str, int]) -> str | None:
+    """The context a free worker should serve next.
+
+    ``holds``: contexts the worker holds; ``backlog``: waiting invocations per
+    context; ``holders``: workers holding (or about to hold) each context. A
+    worker keeps to a context it holds, the one with most backlog per holder,
+    unless some context with backlog has no holder at all and the worker's
+    context keeps another; a worker holding nothing useful takes the context
+    with most backlog per holder, counting itself.
+    """
+    wanted = {k: n for k, n in backlog.items() if n > 0}
+    if not wanted:
+        return None
+    held = [k for k in wanted if k in holds]
+    orphans = [k for k in wanted if not holders.get(k)]
+    if held:
+        best = max(held, key=lambda k: wanted[k] / max(1, holders.get(k, 1)))
+        if orphans and holders.get(best, 1) > 1:
+            return max(orphans, key=wanted.__getitem__)
+        return best
+    return max(wanted, key=lambda k: wanted[k] / (holders.get(k, 0) + 1))
+
+
 class Dispatcher:
-    def __init__(self, store: Store, engine, config: EndpointConfig,
-                 notify: Callable[[Batch, Future], None]):
+    def __init__(self, store: Store, engine, link: WorkerLink, config: EndpointConfig,
+                 notify: Callable[[str, Future], None]):
         self.store = store
         self.engine = engine
+        self.link = link
         self.cfg = config
         self.notify = notify
         self.queues: dict[str, deque[Item]] = {}
-        self.in_flight: dict[int, Batch] = {}
-        self.slots = 0  # worker slots connected, kept current by the server's monitor
+        self.loops: dict[str, WorkerLoop] = {}
         self._batch_ids = itertools.count(1)
         self._bodies: dict[str, bytes] = {}
         self._retries: dict[str, int] = {}
         self._init_failures: dict[str, int] = {}  # context key -> batches whose loader raised
-        self.worker_contexts: dict[str, dict] = {}  # worker -> its warm pool's statistics, last reported
+        budget = config.warm_pool.memory_budget
+        self._settings = {"idle_timeout": config.warm_pool.idle_timeout,
+                          "memory_budget": int(budget) if budget is not None else None}
 
     # -- intake -------------------------------------------------------------
     def register_function(self, fid: str, body: bytes, retries: int) -> None:
@@ -95,52 +134,149 @@ class Dispatcher:
     def backlog(self) -> int:
         return sum(len(q) for q in self.queues.values())
 
+    def in_flight(self) -> int:
+        return sum(len(loop.batches) for loop in self.loops.values())
+
+    # -- worker loops -------------------------------------------------------
+    def start_loops(self, n: int) -> None:
+        """Submit ``n`` loop tasks to Parsl; each connects back when a worker runs it."""
+        for _ in range(n):
+            loop = WorkerLoop(uuid.uuid4().hex)
+            self.loops[loop.token] = loop
+            loop.future = self.engine.start_loop(loop.token, self.link)
+            loop.future.add_done_callback(lambda f, t=loop.token: self.notify(t, f))
+
+    def on_ready(self, token: str, header: dict[str, Any]) -> None:
+        loop = self.loops.get(token)
+        if loop is None:  # retired or lost meanwhile
+            self.link.send(token, protocol.encode("retire"))
+            return
+        loop.host, loop.pid, loop.contexts = header["host"], header["pid"], header["contexts"]
+        loop.ready, loop.idle_since = True, time.monotonic()
+        self.link.send(token, protocol.encode("hb"))
+
+    def heartbeat(self) -> None:
+        for loop in self.loops.values():
+            if loop.ready:
+                self.link.send(loop.token, protocol.encode("hb"))
+
+    def on_loop_end(self, token: str, fut: Future) -> list[Final]:
+        """A loop task ended: retired, lost with its worker, or its endpoint
+        link fell silent. Whatever it still held runs again elsewhere."""
+        loop = self.loops.pop(token, None)
+        if loop is None or not loop.batches:
+            return []
+        try:
+            cause = f"loop ended ({fut.result()})"
+        except Exception as e:
+            cause = f"{type(e).__name__}: {e}"
+        finals = []
+        for batch in loop.batches.values():
+            finals += self._lost(batch, cause)
+        return finals
+
     # -- dispatch -----------------------------------------------------------
-    def pump(self) -> None:
-        """Ship batches while worker slots are free."""
-        slots = max(self.slots, self.cfg.engine.max_workers_per_node)
-        while len(self.in_flight) < 2 * slots:
-            key = self._next_context()
+    def pump(self) -> list[Final]:
+        """Give free loops work; start loops for a backlog; retire idle ones.
+        Returns the invocations failed because the engine gave up."""
+        engine = self.engine
+        broken = engine.failure()
+        if broken is not None:
+            return self._fail_queued(f"the endpoint's workers cannot start: {broken}")
+        while True:
+            free = [lp for lp in self.loops.values() if lp.ready and len(lp.batches) < PREFETCH]
+            if not free or not self.queues:
+                break
+            loop = min(free, key=lambda lp: len(lp.batches))
+            key = choose_context({k for k in self.queues if loop.holds(k)},
+                                 {k: len(q) for k, q in self.queues.items()}, self._holders())
             if key is None:
-                return
-            queue = self.queues[key]
-            size = min(self.cfg.dispatch.max_batch, max(1, math.ceil(self.backlog() / (2 * slots))))
-            items = [queue.popleft() for _ in range(min(size, len(queue)))]
-            if not queue:
-                del self.queues[key]
-            self._ship(Batch(next(self._batch_ids), key, items, time.time()))
+                break
+            self._ship(loop, key)
+        waiting = sum(1 for lp in self.loops.values() if not lp.ready)
+        if self.queues and not waiting and len(self.loops) < engine.max_loops:
+            self.start_loops(min(engine.loops_per_block, engine.max_loops - len(self.loops)))
+        elif len(self.loops) < engine.min_loops:
+            self.start_loops(engine.min_loops - len(self.loops))
+        self._retire_idle()
+        return []
 
-    def _next_context(self) -> str | None:
-        """The context with the largest backlog goes next."""
-        return max(self.queues, key=lambda k: len(self.queues[k]), default=None)
+    def _fail_queued(self, error: str) -> list[Final]:
+        items = [it for q in self.queues.values() for it in q]
+        self.queues.clear()
+        if not items:
+            return []
+        now = time.time()
+        outcomes = [Outcome(it.id, False, None, error, "", now, now) for it in items]
+        recorded = self.store.record_outcomes(outcomes)
+        return [Final(it.id, it.group_id, False, None, error) for it in items if it.id in recorded]
 
-    def _ship(self, batch: Batch) -> None:
-        ids = [it.id for it in batch.items]
-        self.store.mark_dispatched(ids)
+    def _holders(self) -> dict[str, int]:
+        holders: dict[str, int] = {}
+        for lp in self.loops.values():
+            keys = {k for k in lp.contexts if lp.holds(k)} | {b.context_key for b in lp.batches.values()}
+            for k in keys:
+                holders[k] = holders.get(k, 0) + 1
+        return holders
+
+    def _ship(self, loop: WorkerLoop, key: str) -> None:
+        queue = self.queues[key]
+        holders = self._holders().get(key, 0) + (0 if loop.holds(key) else 1)
+        size = min(self.cfg.dispatch.max_batch, max(1, math.ceil(len(queue) / (2 * holders))))
+        batch = Batch(next(self._batch_ids), key, [queue.popleft() for _ in range(min(size, len(queue)))],
+                      time.time())
+        if not queue:
+            del self.queues[key]
+        self.store.mark_dispatched([it.id for it in batch.items])
         for it in batch.items:
             it.attempts += 1
-        fids = {it.function_id for it in batch.items}
+        fids = sorted({it.function_id for it in batch.items} - loop.sent_functions)
         missing = [f for f in fids if f not in self._bodies]
         if missing:
             self._bodies.update(self.store.function_bodies(missing))
-        functions = {f: self._bodies[f] for f in fids}
-        payload = [(it.id, it.function_id, it.args) for it in batch.items]
-        self.in_flight[batch.id] = batch
-        pool = self.cfg.warm_pool
-        fut = self.engine.submit(functions, payload, pool.idle_timeout,
-                                 int(pool.memory_budget) if pool.memory_budget is not None else None)
-        fut.add_done_callback(lambda f, b=batch: self.notify(b, f))
+        loop.sent_functions.update(fids)
+        loop.batches[batch.id] = batch
+        frames = [*(self._bodies[f] for f in fids), *(it.args for it in batch.items)]
+        msg = protocol.encode("batch", frames, batch=batch.id, functions=fids,
+                              items=[[it.id, it.function_id] for it in batch.items], settings=self._settings)
+        if not self.link.send(loop.token, msg):
+            del loop.batches[batch.id]
+            self._lost(batch, f"worker loop {loop.name} unreachable")
+
+    def _retire_idle(self) -> None:
+        if self.queues:
+            return
+        now = time.monotonic()
+        for loop in list(self.loops.values()):
+            if len(self.loops) <= self.engine.min_loops:
+                return
+            if loop.ready and not loop.batches and now - loop.idle_since > self.cfg.engine.max_idletime:
+                self.link.send(loop.token, protocol.encode("retire"))
+                del self.loops[loop.token]
 
     # -- completion ---------------------------------------------------------
-    def complete(self, batch: Batch, fut: Future) -> list[Final]:
-        """Record a finished batch; requeue what may run again. Returns new finals."""
-        self.in_flight.pop(batch.id, None)
+    def on_done(self, token: str, header: dict[str, Any], frames: list[bytes]) -> list[Final]:
+        """A loop reports a batch: payloads come as frames, the rest as JSON."""
+        loop = self.loops.get(token)
+        batch = loop.batches.pop(header["batch"], None) if loop is not None else None
+        if batch is None:
+            log.warning("report of unknown batch %s from loop %s ignored", header["batch"], token)
+            return []
+        if not loop.batches:
+            loop.idle_since = time.monotonic()
+        report = header["report"]
         try:
-            report: dict[str, Any] = fut.result()
-        except Exception as e:  # the batch never reported: its worker or node was lost
-            return self._lost(batch, f"{type(e).__name__}: {e}")
+            outcomes = [(o[0], o[1], payload, *o[3:]) for o, payload in zip(report["outcomes"], frames, strict=True)]
+            if sorted(o[0] for o in outcomes) != sorted(it.id for it in batch.items):
+                raise ValueError("its invocations are not the batch's")
+            loop.contexts = dict(report["contexts"])
+        except (KeyError, TypeError, ValueError, IndexError) as e:
+            return self._lost(batch, f"malformed report from {loop.name}: {e}")
+        return self.complete(batch, dict(report, outcomes=outcomes))
+
+    def complete(self, batch: Batch, report: dict[str, Any]) -> list[Final]:
+        """Record a finished batch; requeue what may run again. Returns new finals."""
         worker = f"{report['host']}:{report['pid']}"
-        self.worker_contexts[worker] = report["contexts"]
         if any(e["context_key"] == batch.context_key and e["error"] is None for e in report["inits"]):
             self._init_failures.pop(batch.context_key, None)  # the loader works (at least here)
         where = f"on {worker} at {time.strftime('%H:%M:%S')}"

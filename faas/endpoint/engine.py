@@ -39,7 +39,7 @@ from parsl.jobs.errors import TooManyJobFailuresError
 from parsl.jobs.states import JobState, JobStatus
 
 from faas.endpoint.config import EngineConfig
-from faas.warm_pool.runner import run_batch
+from faas.warm_pool.loop import serve
 
 log = logging.getLogger(__name__)
 LABEL = "faas"
@@ -71,11 +71,20 @@ class ParslEngine:
             max_idletime=cfg.max_idletime,
             retries=0,
         ))
-        self._app = python_app(run_batch, data_flow_kernel=self.dfk, executors=[LABEL])
+        self._serve = python_app(serve, data_flow_kernel=self.dfk, executors=[LABEL])
+        provider = self.htex.provider
+        self.loops_per_block = cfg.max_workers_per_node * provider.nodes_per_block
+        self.max_loops = self.loops_per_block * provider.max_blocks
+        self.min_loops = self.loops_per_block * provider.min_blocks
 
-    def submit(self, functions: dict[str, bytes], items: list[tuple[str, str, bytes]],
-               idle_timeout: float | None, memory_budget: int | None) -> Future:
-        return self._app(functions, items, idle_timeout, memory_budget)
+    def start_loop(self, token: str, link) -> Future:
+        """A worker loop task (faas.warm_pool.loop.serve) that connects back over ``link``."""
+        return self._serve(link.addresses, token, link.server_public, link.client_public, link.client_secret,
+                           float(self.cfg.heartbeat_threshold))
+
+    def failure(self) -> BaseException | None:
+        """Why the executor gave up on its blocks (see give_up_after), or None."""
+        return self.htex.executor_exception if self.htex.bad_state_is_set else None
 
     def managers(self) -> list[dict[str, Any]]:
         """Connected worker pools (one per node), as the interchange sees them."""

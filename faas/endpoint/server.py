@@ -1,9 +1,11 @@
-"""The endpoint's loop: one thread owns the client socket and the dispatcher.
+"""The endpoint's loop: one thread owns the client socket, the worker-loop
+socket and the dispatcher.
 
 Clients talk to a ZeroMQ ROUTER socket (``ipc://`` in the endpoint folder,
 mode 0600). A submission is recorded in the store before it is acknowledged
 and dispatched; a result is recorded before it is pushed to the clients that
-watch its task group. Parsl's done-callbacks wake the loop through a pipe.
+watch its task group. Worker loops talk to a second, CurveZMQ-protected socket
+(faas.endpoint.workers). Parsl's done-callbacks wake the loop through a pipe.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ import zmq
 
 from faas import protocol
 from faas.endpoint.config import EndpointConfig
-from faas.endpoint.dispatcher import Batch, Dispatcher, Final, Item
+from faas.endpoint.dispatcher import Dispatcher, Final, Item
 from faas.endpoint.home import EndpointDir
+from faas.endpoint.workers import WorkerLink
 from faas.errors import ProtocolError
 from faas.store import Store
 
@@ -47,12 +50,13 @@ class Server:
         self.sock.setsockopt(zmq.LINGER, 0)
         self._bind_ipc()
         self.watchers: dict[str, set[bytes]] = {}  # task group -> client identities
-        self._done: queue.SimpleQueue[tuple[Batch, Future]] = queue.SimpleQueue()
+        self._ended: queue.SimpleQueue[tuple[str, Future]] = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         self._stop = threading.Event()
         self.managers: list[dict[str, Any]] = []
-        self.dispatcher = Dispatcher(store, engine, config, self._batch_done)
+        self.link = WorkerLink(self.zctx, config.engine.worker_address())
+        self.dispatcher = Dispatcher(store, engine, self.link, config, self._loop_ended)
 
     def _bind_ipc(self) -> None:
         self.epdir.socket.unlink(missing_ok=True)  # a stale socket from a killed daemon
@@ -64,8 +68,8 @@ class Server:
         self.epdir.socket.chmod(0o600)
 
     # -- threads other than the loop ----------------------------------------
-    def _batch_done(self, batch: Batch, fut: Future) -> None:
-        self._done.put((batch, fut))
+    def _loop_ended(self, token: str, fut: Future) -> None:
+        self._ended.put((token, fut))
         self.wake()
 
     def wake(self) -> None:
@@ -96,13 +100,10 @@ class Server:
                 self.stop()
                 return
             try:
-                managers = self.engine.managers()
+                self.managers = self.engine.managers()
             except Exception as e:  # interchange busy or restarting
                 log.debug("cannot list managers: %s", e)
-            else:
-                self.managers = managers
-                self.dispatcher.slots = sum(m["worker_count"] for m in managers if m.get("active", True))
-                self.wake()
+            self.wake()  # lets the loop retire idle workers and send heartbeats
             self._stop.wait(MONITOR_PERIOD)
 
     # -- the loop -------------------------------------------------------------
@@ -113,40 +114,61 @@ class Server:
         threading.Thread(target=self._monitor, name="faas-monitor", daemon=True).start()
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
+        poller.register(self.link.sock, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
-        log.info("endpoint %s listening on %s", self.epdir.name, self.epdir.address)
+        log.info("endpoint %s listening on %s (workers: %s)", self.epdir.name, self.epdir.address,
+                 ", ".join(self.link.addresses))
+        next_heartbeat = 0.0
         while not self._stop.is_set():
             events = dict(poller.poll(1000))
             if self._wake_r in events:
                 os.read(self._wake_r, 65536)
-            for _ in range(1000):  # bounded, so completions are never starved
-                try:
-                    frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=True)
-                except zmq.Again:
-                    break
-                self._handle(frames[0], frames[1:])
-            self._drain_done()
-            self.dispatcher.pump()
+            for sock, handle in ((self.link.sock, self._handle_worker), (self.sock, self._handle)):
+                for _ in range(1000):  # bounded, so neither side is starved
+                    try:
+                        frames = sock.recv_multipart(zmq.NOBLOCK, copy=True)
+                    except zmq.Again:
+                        break
+                    handle(frames[0], frames[1:])
+            self._drain_ended()
+            if time.monotonic() >= next_heartbeat:
+                next_heartbeat = time.monotonic() + self.cfg.engine.heartbeat_period
+                self.dispatcher.heartbeat()
+            self._push(self.dispatcher.pump())
 
     def close(self) -> None:
+        for token in list(self.dispatcher.loops):
+            self.link.send(token, protocol.encode("retire"))
+        self.link.close()
         self.sock.close(0)
         self.zctx.term()
         os.close(self._wake_r)
         os.close(self._wake_w)
         self.epdir.socket.unlink(missing_ok=True)
 
-    def _drain_done(self) -> None:
+    def _drain_ended(self) -> None:
         while True:
             try:
-                batch, fut = self._done.get_nowait()
+                token, fut = self._ended.get_nowait()
             except queue.Empty:
                 return
-            try:
-                finals = self.dispatcher.complete(batch, fut)
-            except Exception:
-                log.exception("recording batch %d failed; its invocations stay unfinished", batch.id)
-                continue
-            self._push(finals)
+            self._push(self.dispatcher.on_loop_end(token, fut))
+
+    def _handle_worker(self, ident: bytes, frames: list[bytes]) -> None:
+        """A message from an (authenticated) worker loop."""
+        token = ident.decode(errors="replace")
+        try:
+            header, body = protocol.decode(frames)
+            if header["type"] == "ready":
+                self.dispatcher.on_ready(token, header)
+            elif header["type"] == "done":
+                self._push(self.dispatcher.on_done(token, header, body))
+            else:
+                raise ProtocolError(f"{header['type']!r} is not a worker message")
+        except ProtocolError as e:
+            log.warning("bad message from worker loop %s: %s", token, e)
+        except Exception:
+            log.exception("handling a message from worker loop %s failed", token)
 
     # -- messages -------------------------------------------------------------
     def _handle(self, ident: bytes, frames: list[bytes]) -> None:
@@ -242,10 +264,11 @@ class Server:
             "managers": [{k: (v.decode() if isinstance(v, bytes) else v) for k, v in m.items()
                           if k in ("manager", "block_id", "worker_count", "tasks", "active", "hostname")}
                          for m in self.managers],
-            "worker_slots": self.dispatcher.slots,
+            "worker_slots": sum(m["worker_count"] for m in self.managers if m.get("active", True)),
+            "worker_addresses": self.link.addresses,
             "backlog": self.dispatcher.backlog(),
-            "batches_in_flight": len(self.dispatcher.in_flight),
-            "worker_contexts": self.dispatcher.worker_contexts,
+            "batches_in_flight": self.dispatcher.in_flight(),
+            "worker_contexts": {lp.name: lp.contexts for lp in self.dispatcher.loops.values() if lp.ready},
         }
 
 
