@@ -5,10 +5,12 @@ Invocations wait here, per context. Each Parsl worker runs a loop task
 batch running, one queued behind it) the dispatcher picks a context for that
 loop, preferring one it already holds (:func:`choose_context`), so workers do
 not thrash between contexts, and contexts nobody holds still get a worker.
-Batch size follows the backlog (guided self-scheduling:
-``backlog / (2 x holders)``, capped by ``dispatch.max_batch``): large while
-there is much work, small at the tail, so fast and slow workers finish
-together and a preemption loses little, with no batch-size knob to tune.
+Batch size follows the backlog and each worker's measured speed (guided
+self-scheduling weighted by speed, capped by ``dispatch.max_batch``): about
+half of what the worker can run before the context's remaining work would be
+done by all its holders, so batches are large while there is much work, small
+at the tail and for slow workers, fast and slow GPUs finish together, and a
+preemption loses little, with no batch-size knob to tune.
 
 Why pull rather than Parsl's own task routing: HighThroughputExecutor sends a
 task to a random manager with free capacity and any idle worker there, knowing
@@ -178,28 +180,54 @@ class Dispatcher:
     # -- dispatch -----------------------------------------------------------
     def pump(self) -> list[Final]:
         """Give free loops work; start loops for a backlog; retire idle ones.
-        Returns the invocations failed because the engine gave up."""
+        Returns invocations that became final here (the engine gave up, or a
+        loop was unreachable too often)."""
         engine = self.engine
         broken = engine.failure()
         if broken is not None:
             return self._fail_queued(f"the endpoint's workers cannot start: {broken}")
-        while True:
-            free = [lp for lp in self.loops.values() if lp.ready and len(lp.batches) < PREFETCH]
-            if not free or not self.queues:
+        finals: list[Final] = []
+        skip: set[str] = set()  # loops better left idle for now (the others finish sooner)
+        while self.queues:
+            free = [lp for lp in self.loops.values()
+                    if lp.ready and len(lp.batches) < PREFETCH and lp.token not in skip]
+            if not free:
                 break
             loop = min(free, key=lambda lp: len(lp.batches))
             key = choose_context({k for k in self.queues if loop.holds(k)},
                                  {k: len(q) for k, q in self.queues.items()}, self._holders())
-            if key is None:
-                break
-            self._ship(loop, key)
+            size = self._batch_size(loop, key) if key is not None else 0
+            if size == 0:
+                skip.add(loop.token)
+                continue
+            finals += self._ship(loop, key, size)
         waiting = sum(1 for lp in self.loops.values() if not lp.ready)
         if self.queues and not waiting and len(self.loops) < engine.max_loops:
             self.start_loops(min(engine.loops_per_block, engine.max_loops - len(self.loops)))
         elif len(self.loops) < engine.min_loops:
             self.start_loops(engine.min_loops - len(self.loops))
         self._retire_idle()
-        return []
+        return finals
+
+    def _batch_size(self, loop: WorkerLoop, key: str) -> int:
+        """Guided self-scheduling, weighted by measured speed: about half of what
+        ``loop`` can run before the context's remaining work would be done by
+        all its holders. 0: leave the loop idle, the others finish sooner."""
+        queue = self.queues[key]
+        holders = [lp for lp in self.loops.values() if lp.ready and lp.holds(key)]
+        if loop not in holders:
+            holders.append(loop)
+        cap = self.cfg.dispatch.max_batch
+        if any(lp.rate is None for lp in holders):  # not measured yet: split the backlog evenly
+            return min(cap, max(1, math.ceil(len(queue) / (2 * len(holders)))))
+        pending = len(queue) + sum(len(b.items) for lp in holders for b in lp.batches.values()
+                                   if b.context_key == key)
+        finish = pending / sum(lp.rate for lp in holders)  # seconds until all of it is done
+        queued = sum(len(b.items) for b in loop.batches.values()) / loop.rate  # work this loop has
+        share = (finish - queued) * loop.rate
+        if share < 0.5 and (loop.batches or len(holders) > 1):
+            return 0
+        return min(cap, len(queue), max(1, math.ceil(share / 2)))
 
     def _fail_queued(self, error: str) -> list[Final]:
         items = [it for q in self.queues.values() for it in q]
@@ -219,10 +247,8 @@ class Dispatcher:
                 holders[k] = holders.get(k, 0) + 1
         return holders
 
-    def _ship(self, loop: WorkerLoop, key: str) -> None:
+    def _ship(self, loop: WorkerLoop, key: str, size: int) -> list[Final]:
         queue = self.queues[key]
-        holders = self._holders().get(key, 0) + (0 if loop.holds(key) else 1)
-        size = min(self.cfg.dispatch.max_batch, max(1, math.ceil(len(queue) / (2 * holders))))
         batch = Batch(next(self._batch_ids), key, [queue.popleft() for _ in range(min(size, len(queue)))],
                       time.time())
         if not queue:
@@ -239,9 +265,10 @@ class Dispatcher:
         frames = [*(self._bodies[f] for f in fids), *(it.args for it in batch.items)]
         msg = protocol.encode("batch", frames, batch=batch.id, functions=fids,
                               items=[[it.id, it.function_id] for it in batch.items], settings=self._settings)
-        if not self.link.send(loop.token, msg):
-            del loop.batches[batch.id]
-            self._lost(batch, f"worker loop {loop.name} unreachable")
+        if self.link.send(loop.token, msg):
+            return []
+        del loop.batches[batch.id]
+        return self._lost(batch, f"worker loop {loop.name} unreachable")
 
     def _retire_idle(self) -> None:
         if self.queues:
@@ -270,6 +297,7 @@ class Dispatcher:
             if sorted(o[0] for o in outcomes) != sorted(it.id for it in batch.items):
                 raise ValueError("its invocations are not the batch's")
             loop.contexts = dict(report["contexts"])
+            loop.measured(len(outcomes), max(o[5] for o in outcomes) - min(o[4] for o in outcomes))
         except (KeyError, TypeError, ValueError, IndexError) as e:
             return self._lost(batch, f"malformed report from {loop.name}: {e}")
         return self.complete(batch, dict(report, outcomes=outcomes))

@@ -36,6 +36,11 @@ class WorkerLoop:
     batches: dict = field(default_factory=dict)  # batch id -> Batch assigned, not yet done
     sent_functions: set[str] = field(default_factory=set)
     idle_since: float = 0.0
+    rate: float | None = None  # invocations per second of run time, smoothed over its batches
+
+    def measured(self, n: int, seconds: float) -> None:
+        if n and seconds > 0:
+            self.rate = n / seconds if self.rate is None else 0.7 * self.rate + 0.3 * n / seconds
 
     @property
     def name(self) -> str:
