@@ -266,16 +266,10 @@ def _all_acked(epdir, n) -> bool:
         store.close()
 
 
-def _workers_of(epdir) -> list[psutil.Process]:
-    """Worker processes of the endpoint: children of a worker pool, in the daemon's session."""
-    sid = int(epdir.pidfile.read_text())
-    out = []
-    for p in psutil.process_iter():
-        with contextlib.suppress(psutil.Error, OSError):
-            if os.getsid(p.pid) == sid and "spawn_main" in " ".join(p.cmdline()) \
-                    and "process_worker_pool" in " ".join(p.parent().cmdline()):
-                out.append(p)
-    return out
+def _worker_pids(epdir) -> list[int]:
+    """Worker processes that run our loops (not Parsl's own helper processes)."""
+    status = daemon.request(epdir.address, "status")["status"]
+    return [int(name.rsplit(":", 1)[1]) for name in status["worker_contexts"]]
 
 
 def b6_preemption(n=800, load=2.0, call=0.02, every=2.5) -> dict:
@@ -290,10 +284,10 @@ def b6_preemption(n=800, load=2.0, call=0.02, every=2.5) -> dict:
             def killer():
                 rng = random.Random(1)
                 while not stop.wait(every):
-                    pool = _workers_of(epdir)
-                    if pool:
-                        with contextlib.suppress(psutil.Error):
-                            rng.choice(pool).send_signal(signal.SIGKILL)
+                    pids = _worker_pids(epdir)
+                    if pids:
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(rng.choice(pids), signal.SIGKILL)
                             kills.append(time.time())
 
             t = threading.Thread(target=killer, daemon=True)

@@ -218,13 +218,15 @@ class Dispatcher:
         if loop not in holders:
             holders.append(loop)
         cap = self.cfg.dispatch.max_batch
-        if any(lp.rate is None for lp in holders):  # not measured yet: split the backlog evenly
+        rates = [lp.rates.get(key) for lp in holders]
+        if None in rates:  # not measured yet: split the backlog evenly
             return min(cap, max(1, math.ceil(len(queue) / (2 * len(holders)))))
+        rate = loop.rates[key]
         pending = len(queue) + sum(len(b.items) for lp in holders for b in lp.batches.values()
                                    if b.context_key == key)
-        finish = pending / sum(lp.rate for lp in holders)  # seconds until all of it is done
-        queued = sum(len(b.items) for b in loop.batches.values()) / loop.rate  # work this loop has
-        share = (finish - queued) * loop.rate
+        finish = pending / sum(rates)  # seconds until all of it is done
+        queued = sum(len(b.items) for b in loop.batches.values()) / rate  # work this loop has already
+        share = (finish - queued) * rate
         if share < 0.5 and (loop.batches or len(holders) > 1):
             return 0
         return min(cap, len(queue), max(1, math.ceil(share / 2)))
@@ -297,7 +299,8 @@ class Dispatcher:
             if sorted(o[0] for o in outcomes) != sorted(it.id for it in batch.items):
                 raise ValueError("its invocations are not the batch's")
             loop.contexts = dict(report["contexts"])
-            loop.measured(len(outcomes), max(o[5] for o in outcomes) - min(o[4] for o in outcomes))
+            loop.measured(batch.context_key, len(outcomes),
+                          max(o[5] for o in outcomes) - min(o[4] for o in outcomes))
         except (KeyError, TypeError, ValueError, IndexError) as e:
             return self._lost(batch, f"malformed report from {loop.name}: {e}")
         return self.complete(batch, dict(report, outcomes=outcomes))

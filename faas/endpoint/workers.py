@@ -36,11 +36,13 @@ class WorkerLoop:
     batches: dict = field(default_factory=dict)  # batch id -> Batch assigned, not yet done
     sent_functions: set[str] = field(default_factory=set)
     idle_since: float = 0.0
-    rate: float | None = None  # invocations per second of run time, smoothed over its batches
+    rates: dict[str, float] = field(default_factory=dict)  # context -> invocations/s, smoothed
 
-    def measured(self, n: int, seconds: float) -> None:
+    def measured(self, key: str, n: int, seconds: float) -> None:
+        """Per context: its functions' costs differ, and so do the workers' speeds."""
         if n and seconds > 0:
-            self.rate = n / seconds if self.rate is None else 0.7 * self.rate + 0.3 * n / seconds
+            old = self.rates.get(key)
+            self.rates[key] = n / seconds if old is None else 0.7 * old + 0.3 * n / seconds
 
     @property
     def name(self) -> str:
