@@ -175,9 +175,10 @@ def _assert_report_matches_store(report: str, store: Path, since: float | None):
 
 
 def _report(llm, *args) -> str:
-    return subprocess.run([sys.executable, "-m", "faas.endpoint.cli", "report", "llm", *args],
-                          capture_output=True, text=True, timeout=120, env={**os.environ, **llm["env"]},
-                          check=True).stdout
+    proc = subprocess.run([sys.executable, "-m", "faas.endpoint.cli", "report", "llm", *args],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, **llm["env"]})
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
 
 
 def test_report_figures_match_the_store(llm, tmp_path, monkeypatch):
