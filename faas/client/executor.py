@@ -102,7 +102,7 @@ class Executor(_BaseExecutor):
 
     @property
     def endpoint_dir(self) -> EndpointDir | None:
-        """The endpoint's folder on this machine (config, log, SQLite store) when it
+        """The endpoint's folder on this machine (config, log, default store) when it
         is embedded or given by name, else None; an embedded one is removed at shutdown."""
         if self._embedded is not None:
             return self._embedded.epdir
