@@ -16,6 +16,8 @@ from typing import Any
 from faas import protocol
 from faas.client import serialize
 from faas.client.connection import Connection
+from faas.client.progress import track
+from faas.endpoint.home import EndpointDir
 from faas.errors import EndpointError
 from faas.function import CtxFunction
 
@@ -46,6 +48,7 @@ class Executor(_BaseExecutor):
         self.batch_size = batch_size
         self.max_payload_bytes = max_payload_bytes
         self._embedded = None
+        self._endpoint = endpoint
         if endpoint is None:
             from faas.client.embedded import EmbeddedEndpoint
 
@@ -80,10 +83,12 @@ class Executor(_BaseExecutor):
         return fut
 
     def map(self, fn: Callable, *iterables: Iterable, timeout: float | None = None,
-            chunksize: int = 1) -> Iterator[Any]:
+            chunksize: int = 1, progress: bool | None = None) -> Iterator[Any]:
         """Like ``concurrent.futures.Executor.map``; submissions travel in chunks
-        of ``batch_size`` whatever ``chunksize`` says."""
+        of ``batch_size`` whatever ``chunksize`` says. ``progress`` shows a bar of
+        completed invocations (None: only when stderr is a terminal)."""
         futures = [self.submit(fn, *args) for args in zip(*iterables)]
+        track(futures, progress, desc=getattr(fn, "__qualname__", None))
 
         def results():
             try:
@@ -94,6 +99,14 @@ class Executor(_BaseExecutor):
                     fut.cancel()
 
         return results()
+
+    @property
+    def endpoint_dir(self) -> EndpointDir | None:
+        """The endpoint's folder on this machine (config, log, default store) when it
+        is embedded or given by name, else None; an embedded one is removed at shutdown."""
+        if self._embedded is not None:
+            return self._embedded.epdir
+        return EndpointDir.of(self._endpoint) if "://" not in self._endpoint else None
 
     def _function(self, fn: Callable) -> tuple[str, bytes]:
         cached = self._functions.get(id(fn))

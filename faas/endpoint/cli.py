@@ -141,6 +141,35 @@ def purge(name: str, older_than: float | None) -> None:
     click.echo(f"purged {n} invocations")
 
 
+@main.command()
+@click.argument("name")
+@click.option("--since", metavar="T", help="Only work since T: a duration back (90s, 30m, 1h, 2d) or an ISO time.")
+@click.option("--plot", type=click.Path(dir_okay=False, writable=True), metavar="FILE.png",
+              help="Also draw the timeline (workers, completed invocations, context inits) into FILE.")
+def report(name: str, since: str | None, plot: str | None) -> None:
+    """Per-worker and per-context figures from NAME's store (running or stopped)."""
+    from faas.endpoint.timeline import plot_timeline
+    from faas.store.report import build_report, build_timeline, parse_since, render_text
+
+    epdir = _endpoint(name)
+    try:
+        start = parse_since(since) if since is not None else None
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--since") from None
+    try:
+        config = load_config(epdir.config)
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
+    store = daemon.open_store(epdir, config)
+    try:
+        click.echo(f"endpoint {name}: " + render_text(build_report(store, start)), nl=False)
+        if plot:
+            path = plot_timeline(build_timeline(store, start), plot, title=f"endpoint {name}")
+            click.echo(f"timeline written to {path}")
+    finally:
+        store.close()
+
+
 @main.command(name="list")
 def list_() -> None:
     """List configured endpoints."""

