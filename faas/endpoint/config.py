@@ -216,6 +216,7 @@ class EngineConfig(_Strict):
 
 class DispatchConfig(_Strict):
     max_batch: int = Field(64, ge=1)
+    max_batch_seconds: float = Field(10.0, gt=0)  # of measured work: results flow, preemptions lose little
     max_attempts: int = Field(5, ge=1)
 
 

@@ -10,7 +10,10 @@ self-scheduling weighted by speed, capped by ``dispatch.max_batch``): about
 half of what the worker can run before the context's remaining work would be
 done by all its holders, so batches are large while there is much work, small
 at the tail and for slow workers, fast and slow GPUs finish together, and a
-preemption loses little, with no batch-size knob to tune.
+preemption loses little, with no batch-size knob to tune. A worker's first
+batch of a context is small (its speed is not known yet), and no batch holds
+more than ``dispatch.max_batch_seconds`` of measured work, so results keep
+flowing even when one invocation takes seconds.
 
 Why pull rather than Parsl's own task routing: HighThroughputExecutor sends a
 task to a random manager with free capacity and any idle worker there, knowing
@@ -43,6 +46,7 @@ from faas.warm_pool.runner import ERROR, INIT_ERROR, OK
 
 log = logging.getLogger(__name__)
 PREFETCH = 2  # batches a loop holds: one running, one queued behind it
+FIRST_BATCH = 4  # invocations in a worker's first batch of a context, before its speed is known
 
 
 @dataclass
@@ -217,11 +221,13 @@ class Dispatcher:
         holders = [lp for lp in self.loops.values() if lp.ready and lp.holds(key)]
         if loop not in holders:
             holders.append(loop)
-        cap = self.cfg.dispatch.max_batch
         rates = [lp.rates.get(key) for lp in holders]
-        if None in rates:  # not measured yet: split the backlog evenly
+        rate = loop.rates.get(key)
+        if rate is None:  # a first, small batch measures this worker's speed
+            return min(FIRST_BATCH, len(queue))
+        cap = min(self.cfg.dispatch.max_batch, max(1, int(rate * self.cfg.dispatch.max_batch_seconds)))
+        if None in rates:  # the others are not measured yet: split the backlog evenly
             return min(cap, max(1, math.ceil(len(queue) / (2 * len(holders)))))
-        rate = loop.rates[key]
         pending = len(queue) + sum(len(b.items) for lp in holders for b in lp.batches.values()
                                    if b.context_key == key)
         finish = pending / sum(rates)  # seconds until all of it is done

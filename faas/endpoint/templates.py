@@ -170,6 +170,7 @@ _PROVIDERS = {"local": _local, "slurm": _slurm, "condor": _condor, "pbs": _pbs, 
 _REST = """\
 dispatch:
   max_batch: 64 #~ upper bound; batches shrink as the backlog drains
+  max_batch_seconds: 10 #~ and hold at most this much measured work
   max_attempts: 5 #~ tries of an invocation whose worker was lost
 warm_pool:
   idle_timeout: 3600 #~ seconds before an unused context is released
