@@ -111,7 +111,7 @@ def b1_makespan(n=400, load=2.0, call=0.02, batch=16, kill_every: float | None =
     """faas (warm) vs Parsl tasks loading the context each time (same batch size) vs ideal."""
     ideal = WORKERS * load / WORKERS + n * call / WORKERS  # each worker loads once, in parallel
     fn = ctx_function(model=sleepy_context, load_seconds=load)(sleepy_call)
-    with endpoint(max_batch=batch) as epdir, Executor(endpoint="bench") as ex:
+    with endpoint(max_batch=batch), Executor(endpoint="bench") as ex:
         warm_up(ex)
         t0 = time.perf_counter()
         assert list(ex.map(fn, range(n), [call] * n)) == [2 * x for x in range(n)]
@@ -133,7 +133,7 @@ def b2_throughput(n=5000, latency_samples=300) -> dict:
     """No-op invocations/s end to end (each recorded in the store) vs raw HTEX no-op
     tasks/s on the same workers; single-invocation latency over ipc."""
     fn = ctx_function(model=dict)(noop)
-    with endpoint() as epdir, Executor(endpoint="bench") as ex:
+    with endpoint(), Executor(endpoint="bench") as ex:
         warm_up(ex)
         t0 = time.perf_counter()
         assert list(ex.map(fn, range(n))) == list(range(n))
@@ -178,7 +178,7 @@ def b3_heterogeneous(n=600, call=0.02) -> dict:
     """One worker 3x slower: makespan vs the ideal proportional split."""
     claim = tempfile.mkdtemp(prefix="faas-claim-")
     fn = ctx_function(model=_speed_loader, claim_dir=claim)(_hetero_call)
-    with endpoint() as epdir, Executor(endpoint="bench") as ex:
+    with endpoint(), Executor(endpoint="bench") as ex:
         warm_up(ex)
         list(ex.map(fn, range(2 * WORKERS), [call] * (2 * WORKERS)))  # both workers hold the context
         t0 = time.perf_counter()
@@ -241,7 +241,8 @@ def b5_queue(n=100_000) -> dict:
         proc = psutil.Process(int(epdir.pidfile.read_text()))
         rss0 = proc.memory_info().rss
         t0 = time.perf_counter()
-        futures = [ex.submit(fn, i, 0.01) for i in range(n)]  # workers drain slowly: the queue fills
+        for i in range(n):  # the workers drain slowly: the queue fills
+            ex.submit(fn, i, 0.01)
         peak = rss0
         while True:
             st = daemon.request(epdir.address, "status", timeout=30)["status"]

@@ -133,14 +133,14 @@ def session_processes(sid: int) -> list[psutil.Process]:
     return out
 
 
-@pytest.fixture
-def endpoint(faas_home):
-    """Factory: endpoint(name, config_text) -> a started RunningEndpoint, stopped after the test."""
+def started_endpoints(faas_home: Path, cls: type[RunningEndpoint] = RunningEndpoint, default_config=None):
+    """Generator behind the endpoint fixtures: yields make(name, config) -> a
+    started endpoint of ``cls``; stops every one it made when resumed."""
     started: list[RunningEndpoint] = []
 
     def make(name: str = "test", config: str | None = None) -> RunningEndpoint:
-        write_config(faas_home, name, config or local_config())
-        ep = RunningEndpoint(faas_home, name)
+        write_config(faas_home, name, config or default_config())
+        ep = cls(faas_home, name)
         ep.start()
         started.append(ep)
         return ep
@@ -148,6 +148,12 @@ def endpoint(faas_home):
     yield make
     for ep in started:
         ep.stop()
+
+
+@pytest.fixture
+def endpoint(faas_home):
+    """Factory: endpoint(name, config_text) -> a started RunningEndpoint, stopped after the test."""
+    yield from started_endpoints(faas_home, default_config=local_config)
 
 
 def run_client(script: str, *args: str, timeout: float = 180, env: dict | None = None) -> str:

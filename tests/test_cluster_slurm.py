@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, RunningEndpoint, session_processes, status, write_config
+from conftest import ROOT, RunningEndpoint, session_processes, started_endpoints, status
 from services._util import wait_until
 from services.slurm import slurm_cluster
 
@@ -68,18 +68,7 @@ def cluster(start_service, monkeypatch):
 def slurm_endpoint(cluster, faas_home):
     """Factory: slurm_endpoint(name, config) -> a started SlurmEndpoint, stopped
     after the test and before the cluster (this fixture is set up after it)."""
-    started: list[SlurmEndpoint] = []
-
-    def make(name: str, config: str) -> SlurmEndpoint:
-        write_config(faas_home, name, config)
-        ep = SlurmEndpoint(faas_home, name)
-        ep.start()
-        started.append(ep)
-        return ep
-
-    yield make
-    for ep in started:
-        ep.stop()
+    yield from started_endpoints(faas_home, SlurmEndpoint)
 
 
 def jobs() -> list[str]:

@@ -14,7 +14,6 @@ import sys
 import threading
 from pathlib import Path
 
-import pytest
 import sqlalchemy as sa
 from services._util import wait_until
 from services.postgres import postgres_server

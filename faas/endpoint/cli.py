@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 
@@ -22,6 +23,20 @@ def _endpoint(name: str, must_exist: bool = True) -> EndpointDir:
     if must_exist and not epdir.exists():
         raise click.ClickException(f"no endpoint {name!r} (run: faas-endpoint configure {name})")
     return epdir
+
+
+@contextlib.contextmanager
+def _store(epdir: EndpointDir):
+    """The endpoint's store (its config names it), whether the daemon runs or not."""
+    try:
+        config = load_config(epdir.config)
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
+    store = daemon.open_store(epdir, config)
+    try:
+        yield store, config
+    finally:
+        store.close()
 
 
 @click.group()
@@ -128,16 +143,8 @@ def endpoint_status(epdir: EndpointDir) -> dict:
               help="Age of the results to delete (default: the config's store.retention).")
 def purge(name: str, older_than: float | None) -> None:
     """Delete final invocations (results and errors) older than the retention time."""
-    epdir = _endpoint(name)
-    try:
-        config = load_config(epdir.config)
-    except ConfigError as e:
-        raise click.ClickException(str(e)) from None
-    store = daemon.open_store(epdir, config)
-    try:
+    with _store(_endpoint(name)) as (store, config):
         n = store.purge(config.store.retention if older_than is None else older_than)
-    finally:
-        store.close()
     click.echo(f"purged {n} invocations")
 
 
@@ -156,18 +163,11 @@ def report(name: str, since: str | None, plot: str | None) -> None:
         start = parse_since(since) if since is not None else None
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--since") from None
-    try:
-        config = load_config(epdir.config)
-    except ConfigError as e:
-        raise click.ClickException(str(e)) from None
-    store = daemon.open_store(epdir, config)
-    try:
+    with _store(epdir) as (store, _):
         click.echo(f"endpoint {name}: " + render_text(build_report(store, start)), nl=False)
         if plot:
             path = plot_timeline(build_timeline(store, start), plot, title=f"endpoint {name}")
             click.echo(f"timeline written to {path}")
-    finally:
-        store.close()
 
 
 @main.command(name="list")
