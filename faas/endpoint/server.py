@@ -250,7 +250,10 @@ class Server:
 
 def _invocation_ids(header: dict) -> list[str]:
     """The ids a refused submit carried, so the client can fail just those."""
-    return [inv["id"] for inv in header.get("invocations", ()) if isinstance(inv, dict) and "id" in inv]
+    invocations = header.get("invocations")
+    if not isinstance(invocations, list):
+        return []
+    return [inv["id"] for inv in invocations if isinstance(inv, dict) and isinstance(inv.get("id"), str)]
 
 
 def _alive(pid: int) -> bool:
