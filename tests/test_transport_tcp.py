@@ -192,26 +192,25 @@ def test_connection_cut_mid_run_completes_everything_once(tcp_endpoint, tmp_path
     public, secret = keygen(tmp_path / "laptop")
     cli("authorize", NAME, public)
     host, port = address.removeprefix("tcp://").rsplit(":", 1)
-    proxy = CuttableProxy((host, int(port)))
     log = tmp_path / "runs.log"
     fn = ctx_function(model=lambda path: {"log": path}, path=str(log))(logged_double)
     before = invocations()["succeeded"]
-    try:
-        with Executor(endpoint=f"tcp://127.0.0.1:{proxy.port}", server_key=server_key,
-                      client_key=secret) as ex:
-            futures = [ex.submit(fn, x) for x in range(N)]
-            while sum(f.done() for f in futures) < 20:
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(cli, "revoke", NAME, public)
+        proxy = CuttableProxy((host, int(port)))
+        cleanup.callback(proxy.close)
+        ex = Executor(endpoint=f"tcp://127.0.0.1:{proxy.port}", server_key=server_key, client_key=secret)
+        cleanup.callback(ex.shutdown, cancel_futures=True)  # a failed check must not wait for lost futures
+        futures = [ex.submit(fn, x) for x in range(N)]
+        while sum(f.done() for f in futures) < 20:
+            time.sleep(0.02)
+        for cuts in (1, 2):  # the second as soon as the link is back
+            while ex._conn.connects < cuts:
                 time.sleep(0.02)
-            for cuts in (1, 2):  # the second as soon as the link is back
-                while ex._conn.connects < cuts:
-                    time.sleep(0.02)
-                assert not all(f.done() for f in futures)
-                proxy.cut(refuse_for=0.5)  # reconnects fail for a while: ZeroMQ backs off and retries
-            assert [f.result(timeout=120) for f in futures] == [2 * x for x in range(N)]
-            assert ex._conn.connects >= 3
-    finally:
-        proxy.close()
-        cli("revoke", NAME, public)
+            assert not all(f.done() for f in futures)
+            proxy.cut(refuse_for=0.5)  # reconnects fail for a while: ZeroMQ backs off and retries
+        assert [f.result(timeout=120) for f in futures] == [2 * x for x in range(N)]
+        assert ex._conn.connects >= 3
     assert sorted(map(int, log.read_text().split())) == list(range(N)), "an invocation ran twice or never"
     assert status(NAME)["invocations"]["succeeded"] == before + N
 
