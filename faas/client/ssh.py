@@ -53,6 +53,8 @@ class SSHTransport(Transport):
     (a python with faas installed) or ``remote_command`` (a shell command that
     runs ``faas-endpoint``; default ``faas-endpoint``). With an absolute
     ``remote_faas_home`` and neither of the others, no remote command runs.
+    ``ssh`` is the ssh program; ``start_timeout`` bounds the lookup and the
+    tunnel's start.
     """
 
     def __init__(self, endpoint: str, *, ssh_options: Sequence[str] = (), remote_faas_home: str | None = None,
@@ -85,8 +87,9 @@ class SSHTransport(Transport):
         env = f"env FAAS_HOME={shlex.quote(faas_home)} " if faas_home else ""
         remote = f"{env}{command or 'faas-endpoint'} address {shlex.quote(name)}"
         try:
-            proc = subprocess.run([*self._ssh, self.destination, remote], stdin=subprocess.DEVNULL,
-                                  capture_output=True, text=True, timeout=timeout)
+            # ControlMaster=no: a master left running (ControlPersist) would hold our pipes open
+            proc = subprocess.run([*self._ssh, "-T", "-o", "ControlMaster=no", self.destination, remote],
+                                  stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
             raise EndpointError(f"ssh {self.destination} {remote!r} did not finish within {timeout:g}s") from None
         lines = proc.stdout.strip().splitlines()
