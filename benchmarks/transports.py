@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -152,6 +153,7 @@ def main() -> None:
             rows = measure(executors, args.rounds, args.n, args.repeats)
     finally:
         daemon.stop(epdir)
+        shutil.rmtree(tmp, ignore_errors=True)
     rounds = args.rounds // args.repeats * args.repeats
     print(f"{args.workers} workers on {os.cpu_count()} cores; latency over {rounds} single round trips, "
           f"throughput: median of {args.repeats} maps of {args.n} no-ops")
