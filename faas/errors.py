@@ -49,3 +49,7 @@ class EndpointError(FaasError):
 
 class InvocationFailed(FaasError):
     """The platform gave up on an invocation (e.g. its workers kept being lost)."""
+
+
+class NotAuthorised(EndpointError):
+    """The endpoint refused this client's key (``faas-endpoint authorize`` lets it in)."""

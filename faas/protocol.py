@@ -41,6 +41,7 @@ _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
 _FUNCTION_FIELDS = {"id": str, "name": str, "context_key": str, "context": str, "retries": int}
 _INVOCATION_FIELDS = {"id": str, "function": str}
 MAX_ID_LEN = 64
+MAX_RETRIES = 100
 
 
 def encode(kind: str, frames: Sequence[bytes] = (), **header: Any) -> list[bytes]:
@@ -54,12 +55,12 @@ def decode(frames: Sequence[bytes]) -> tuple[dict[str, Any], list[bytes]]:
         raise ProtocolError("empty message")
     try:
         header = json.loads(bytes(frames[0]))
-    except (UnicodeDecodeError, ValueError) as e:
-        raise ProtocolError(f"header is not JSON: {e}") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise ProtocolError(f"header is not JSON: {type(e).__name__}: {str(e)[:200]}") from None
     if not isinstance(header, dict):
         raise ProtocolError("header is not a JSON object")
     kind = header.get("type")
-    if kind not in _SCHEMA:
+    if not isinstance(kind, str) or kind not in _SCHEMA:
         raise ProtocolError(f"unknown message type {kind!r}")
     if header.get("v") != VERSION:
         raise ProtocolError(f"protocol version {header.get('v')!r} is not {VERSION}")
@@ -87,6 +88,8 @@ def _check_submit(header: dict[str, Any], body: list[bytes]) -> None:
     functions, invocations = header["functions"], header["invocations"]
     for f in functions:
         _check_fields(f, _FUNCTION_FIELDS, "submit.functions[]")
+        if not 0 <= f["retries"] <= MAX_RETRIES:
+            raise ProtocolError(f"submit.functions[]: retries must be 0..{MAX_RETRIES}")
     for inv in invocations:
         _check_fields(inv, _INVOCATION_FIELDS, "submit.invocations[]")
     if len(body) != len(functions) + len(invocations):

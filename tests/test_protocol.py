@@ -35,6 +35,9 @@ def test_round_trip():
     (_submit(invocations=[{"id": 3, "function": "f"}]), "'id'"),
     (_submit(functions=[dict(id="f", name="n", context_key="k", context="c", retries=True)]), "'retries'"),
     (_submit()[:2], "data frames"),
+    (_submit(functions=[dict(id="f", name="n", context_key="k", context="c", retries=10**6)]), "retries"),
+    ([b'{"type": ["ping"], "v": 1}'], "unknown message type"),
+    ([b"[" * 100_000], "not JSON"),
 ])
 def test_malformed_messages_are_rejected(frames, message):
     with pytest.raises(ProtocolError, match=message):

@@ -9,6 +9,7 @@ import os
 import queue
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
@@ -17,26 +18,37 @@ from faas import protocol
 from faas.errors import ProtocolError
 
 log = logging.getLogger(__name__)
+RECONNECT_IVL_MS, RECONNECT_IVL_MAX_MS = 100, 5000  # ZeroMQ's reconnect back-off
+_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+           | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_DISCONNECTED)
 
 
 class Connection:
     """Sends messages given by any thread; calls ``on_message(header, frames)``
     on its own thread for every message from the endpoint.
 
-    ZeroMQ reconnects by itself when the link drops or the endpoint restarts,
-    but messages queued on the dead link may be lost and the endpoint has
-    forgotten this client: on every (re)connection ``on_connect()`` returns the
-    messages to (re)send, which the endpoint treats idempotently.
+    ZeroMQ reconnects by itself, with back-off, when the link drops or the
+    endpoint restarts, but messages queued on the dead link may be lost and
+    the endpoint has forgotten this client: after every (re)connection (a
+    completed handshake) ``on_connect()`` returns the messages to (re)send,
+    which the endpoint treats idempotently. ``on_refused(detail)`` is called
+    when the endpoint rejects this client's CURVE key.
     """
 
     def __init__(self, address: str, on_message: Callable[[dict, list[bytes]], None],
                  on_idle: Callable[[], list[list[bytes]]] = lambda: [],
-                 on_connect: Callable[[], list[list[bytes]]] = lambda: []):
+                 on_connect: Callable[[], list[list[bytes]]] = lambda: [],
+                 on_refused: Callable[[str], None] = lambda detail: None,
+                 socket_options: dict[int, Any] | None = None):
         self.address = address
         self._on_message = on_message
         self._on_idle = on_idle
         self._on_connect = on_connect
+        self._on_refused = on_refused
+        self._socket_options = socket_options or {}
         self.connects = 0
+        self._up = False
+        self.last_failure = ""  # the latest failed handshake, to explain a timeout
         self._outbox: queue.SimpleQueue[list[bytes]] = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
@@ -63,12 +75,33 @@ class Connection:
         os.close(self._wake_r)
         os.close(self._wake_w)
 
+    def _on_event(self, event: dict) -> list[list[bytes]]:
+        kind = event["event"]
+        if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            self.connects += 1
+            self._up, self.last_failure = True, ""
+            return self._on_connect()
+        if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            self._on_refused(f"handshake refused with status {event['value']}")
+        elif kind == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+            self.last_failure = f"the endpoint does not speak this security mechanism (code {event['value']:#x})"
+        elif kind == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+            self.last_failure = "the handshake failed (a wrong server_key?)"
+        elif kind == zmq.EVENT_DISCONNECTED and self._up:
+            self._up = False
+            log.warning("lost the connection to %s; reconnecting", self.address)
+        return []
+
     def _run(self) -> None:
         sock = self._zctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 0)
         sock.setsockopt(zmq.RCVHWM, 0)
-        monitor = sock.get_monitor_socket(zmq.EVENT_CONNECTED)
+        sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
+        for option, value in self._socket_options.items():
+            sock.setsockopt(option, value)
+        monitor = sock.get_monitor_socket(_EVENTS)
         sock.connect(self.address)
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
@@ -79,10 +112,8 @@ class Connection:
                 events = dict(poller.poll(1000))
                 if self._wake_r in events:
                     os.read(self._wake_r, 65536)
-                if monitor in events:
-                    recv_monitor_message(monitor)
-                    self.connects += 1
-                    for frames in self._on_connect():
+                while monitor.poll(0):
+                    for frames in self._on_event(recv_monitor_message(monitor)):
                         sock.send_multipart(frames)
                 for frames in self._on_idle():
                     sock.send_multipart(frames)

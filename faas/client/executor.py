@@ -10,15 +10,16 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor as _BaseExecutor
 from concurrent.futures import Future
-from pathlib import Path
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from faas import protocol
 from faas.client import serialize
 from faas.client.connection import Connection
 from faas.client.progress import track
+from faas.client.transport import Transport, open_transport
 from faas.endpoint.home import EndpointDir
-from faas.errors import EndpointError
+from faas.errors import EndpointError, NotAuthorised, PayloadTooLarge
 from faas.function import CtxFunction
 
 log = logging.getLogger(__name__)
@@ -36,14 +37,21 @@ class Executor(_BaseExecutor):
     """Run ctx_functions on an endpoint.
 
     ``endpoint`` is an endpoint name (under ``$FAAS_HOME``), an ``ipc://``
-    address, or None to start an embedded local endpoint that lives as long as
-    this Executor. All invocations belong to ``task_group_id`` (a new one by
-    default).
+    address, ``ssh://[user@]host[:port]/NAME`` (through an OpenSSH tunnel;
+    options ``ssh_options``, ``remote_faas_home``, ``remote_python``,
+    ``remote_command``: see :class:`faas.client.ssh.SSHTransport`),
+    ``tcp://HOST:PORT`` (CurveZMQ; options ``server_key``, ``client_key``: see
+    :class:`faas.client.transport.TcpTransport`), or None to start an embedded
+    local endpoint that lives as long as this Executor. The constructor returns
+    once the endpoint answers, or raises after ``connect_timeout`` seconds.
+    All invocations belong to ``task_group_id`` (a new one by default).
+    Arguments over ``max_payload_bytes`` (or the endpoint's smaller limit)
+    raise PayloadTooLarge at submit.
     """
 
     def __init__(self, endpoint: str | None = None, task_group_id: str | None = None,
                  batch_size: int = 256, max_payload_bytes: int | None = 64 * 2**20,
-                 embedded_workers: int = 2):
+                 embedded_workers: int = 2, connect_timeout: float = 30.0, **transport_options: Any):
         self.task_group_id = task_group_id or uuid.uuid4().hex
         self.batch_size = batch_size
         self.max_payload_bytes = max_payload_bytes
@@ -52,10 +60,16 @@ class Executor(_BaseExecutor):
         if endpoint is None:
             from faas.client.embedded import EmbeddedEndpoint
 
+            if transport_options:
+                raise TypeError(f"{', '.join(sorted(transport_options))}: options of ssh:// and tcp:// only")
             self._embedded = EmbeddedEndpoint(workers=embedded_workers)
-            address = self._embedded.address
+            transport = Transport(self._embedded.address)
         else:
-            address = resolve(endpoint)
+            transport = open_transport(endpoint, **transport_options)
+        self._transport = transport
+        self._endpoint_limit: int | None = None  # the endpoint's max_payload_bytes, from its pong
+        self._refused: NotAuthorised | None = None
+        self._answered: Future = Future()  # the first pong
         self._lock = threading.Lock()
         self._futures: dict[str, ComputeFuture] = {}
         self._buffer: list[tuple[CtxFunction, str, str, bytes]] = []
@@ -64,15 +78,35 @@ class Executor(_BaseExecutor):
         self._unacked: dict[str, list[bytes]] = {}  # first invocation id -> submit message (IO thread)
         self._shutdown = False
         self._reload: Future | None = None
-        self._conn = Connection(address, self._on_message, self._flush, self._on_connect)
-        self._finalizer = weakref.finalize(self, _close, self._conn, self._embedded)
+        self._conn = Connection(transport.address, self._on_message, self._flush, self._on_connect,
+                                self._on_refused, transport.socket_options)
+        self._finalizer = weakref.finalize(self, _close, self._conn, self._embedded, transport)
+        self._await_endpoint(connect_timeout)
+
+    def _await_endpoint(self, timeout: float) -> None:
+        try:
+            self._answered.result(timeout)
+        except FutureTimeout:
+            detail = f": {self._conn.last_failure}" if self._conn.last_failure else ""
+            error = self._transport.unreachable(timeout, detail)
+            self._finalizer()
+            raise error from None
+        except BaseException:
+            self._finalizer()
+            raise
 
     # -- submitting -----------------------------------------------------------
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> ComputeFuture:
         if self._shutdown:
             raise RuntimeError("cannot submit after shutdown")
-        fid, _ = self._function(fn)
-        blob = serialize.args_blob(args, kwargs, self.max_payload_bytes)
+        if self._refused is not None:
+            raise self._refused
+        limit = self._payload_limit()
+        fid, fn_blob = self._function(fn)
+        if limit is not None and len(fn_blob) > limit:
+            raise PayloadTooLarge(f"function {fn.__qualname__} pickles to {len(fn_blob)} bytes, "
+                                  f"over the limit of {limit} bytes")
+        blob = serialize.args_blob(args, kwargs, limit)
         fut = ComputeFuture(uuid.uuid4().hex)
         with self._lock:
             self._futures[fut.task_id] = fut
@@ -108,6 +142,10 @@ class Executor(_BaseExecutor):
             return self._embedded.epdir
         return EndpointDir.of(self._endpoint) if "://" not in self._endpoint else None
 
+    def _payload_limit(self) -> int | None:
+        limits = [n for n in (self.max_payload_bytes, self._endpoint_limit) if n is not None]
+        return min(limits, default=None)
+
     def _function(self, fn: Callable) -> tuple[str, bytes]:
         cached = self._functions.get(id(fn))
         if cached is None or cached[2] is not fn:
@@ -137,10 +175,21 @@ class Executor(_BaseExecutor):
         return messages
 
     def _on_connect(self) -> list[list[bytes]]:
-        """After a (re)connection: watch our group again (results recorded
-        meanwhile come back) and resend what was not acknowledged."""
+        """After a (re)connection: learn the endpoint's limits (ping), watch our
+        group again (results recorded meanwhile come back) and resend what was
+        not acknowledged."""
         watch = protocol.encode("watch", group=self.task_group_id)
-        return [watch, *self._unacked.values()]
+        return [protocol.encode("ping"), watch, *self._unacked.values()]
+
+    def _on_refused(self, detail: str) -> None:
+        self._refuse(self._transport.refused(detail))
+
+    def _refuse(self, exc: NotAuthorised) -> None:
+        """The endpoint will not take this client's key: fail everything, now and later."""
+        self._refused = exc
+        if not self._answered.done():
+            self._answered.set_exception(exc)
+        self._fail_all(exc)
 
     def reload_tasks(self, timeout: float | None = 60) -> list[ComputeFuture]:
         """Futures for every invocation of this task group, done or not (e.g.
@@ -160,7 +209,12 @@ class Executor(_BaseExecutor):
     # -- results --------------------------------------------------------------
     def _on_message(self, header: dict, frames: list[bytes]) -> None:
         kind = header["type"]
-        if kind == "ack":
+        if kind == "pong":
+            limit = header.get("max_payload_bytes")
+            self._endpoint_limit = limit if isinstance(limit, int) else None
+            if not self._answered.done():
+                self._answered.set_result(None)
+        elif kind == "ack":
             if header["ids"]:
                 self._unacked.pop(header["ids"][0], None)
         elif kind == "tasks":
@@ -176,7 +230,7 @@ class Executor(_BaseExecutor):
                 else:
                     fut.set_exception(serialize.remote_exception(payload, item.get("error")))
         elif kind == "error":
-            self._fail_all(EndpointError(header["message"]))
+            self._on_error(header)
 
     def _on_tasks(self, ids: list[str]) -> None:
         with self._lock:
@@ -185,6 +239,25 @@ class Executor(_BaseExecutor):
                 return  # the reply to an automatic re-watch
             futures = [self._futures.setdefault(i, ComputeFuture(i)) for i in ids]
         waiter.set_result(futures)
+
+    def _on_error(self, header: dict) -> None:
+        """A refused request: fail the invocations it names, or all of them."""
+        if header.get("code") == "not_authorised":
+            self._refuse(self._transport.refused("the key is no longer authorised"))
+            return
+        exc = EndpointError(header["message"])
+        ids = header.get("ids")
+        if not ids or not isinstance(ids, list):
+            if not self._answered.done():
+                self._answered.set_exception(exc)
+            self._fail_all(exc)
+            return
+        for inv_id in ids:
+            with self._lock:
+                fut = self._futures.pop(inv_id, None) if isinstance(inv_id, str) else None
+            if fut is not None and not fut.done():
+                fut.set_exception(exc)
+        self._unacked.pop(ids[0], None)  # refused for good: resending cannot help
 
     def _fail_all(self, exc: Exception) -> None:
         with self._lock:
@@ -212,26 +285,9 @@ class Executor(_BaseExecutor):
         self._finalizer()
 
 
-def _close(conn: Connection, embedded) -> None:
+def _close(conn: Connection, embedded, transport: Transport) -> None:
     conn.close()
+    transport.close()
     if embedded is not None:
         embedded.close()
 
-
-def resolve(endpoint: str) -> str:
-    """An endpoint name or address -> the ZeroMQ address to connect to."""
-    if endpoint.startswith("ipc://"):
-        if not Path(endpoint.removeprefix("ipc://")).exists():
-            raise EndpointError(f"no endpoint socket at {endpoint}")
-        return endpoint
-    if "://" in endpoint:
-        raise EndpointError(f"unsupported endpoint address {endpoint!r}: use a name or ipc://PATH")
-    from faas.endpoint.daemon import read_pid
-    from faas.endpoint.home import EndpointDir
-
-    epdir = EndpointDir.of(endpoint)
-    if not epdir.exists():
-        raise EndpointError(f"no endpoint named {endpoint!r} (run: faas-endpoint configure {endpoint})")
-    if read_pid(epdir) is None:
-        raise EndpointError(f"endpoint {endpoint!r} is not running (run: faas-endpoint start {endpoint})")
-    return epdir.address

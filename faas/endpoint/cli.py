@@ -8,7 +8,9 @@ import sys
 
 import click
 
+from faas import keys
 from faas.endpoint import daemon
+from faas.endpoint.access import AuthorizedClients, endpoint_keys
 from faas.endpoint.config import ConfigError, load_config
 from faas.endpoint.home import EndpointDir, list_endpoints
 from faas.endpoint.templates import PROVIDERS, config_template
@@ -65,6 +67,7 @@ def configure(name: str, provider: str, gpus: int | None, workers: int | None, p
     epdir.path.mkdir(parents=True, mode=0o700, exist_ok=True)
     epdir.config.write_text(text)
     click.echo(f"created {epdir.config}")
+    click.echo(f"public key (for tcp:// clients' server_key): {endpoint_keys(epdir.path).public_text}")
 
 
 @main.command()
@@ -105,7 +108,8 @@ def status(name: str, as_json: bool) -> None:
         click.echo(json.dumps(info, indent=2, default=str))
         return
     click.echo(f"endpoint {name}: {'running, pid ' + str(info['pid']) if info['running'] else 'stopped'}")
-    click.echo(f"  address:     {info['address']}")
+    click.echo(f"  addresses:   {' '.join(info['addresses'])}")
+    click.echo(f"  public key:  {info['public_key']}  ({len(info['authorized_clients'])} authorised clients)")
     if info["running"]:
         click.echo(f"  worker slots: {info['live']['worker_slots']}  backlog: {info['live']['backlog']}")
     click.echo("  invocations: " + ", ".join(f"{k} {v}" for k, v in info["invocations"].items()))
@@ -126,6 +130,10 @@ def endpoint_status(epdir: EndpointDir) -> dict:
             "running": pid is not None,
             "pid": pid,
             "address": epdir.address,
+            "addresses": [epdir.address],
+            "public_key": endpoint_keys(epdir.path).public_text,
+            "authorized_clients": [{"key": k, "comment": c}
+                                   for k, c in AuthorizedClients(epdir.authorized_clients).keys().items()],
             "invocations": store.counts_by_state(),
             "contexts": store.context_summary(),
             "workers": store.workers(),
@@ -134,6 +142,7 @@ def endpoint_status(epdir: EndpointDir) -> dict:
         store.close()
     if pid is not None:
         info["live"] = daemon.request(epdir.address, "status", timeout=10)["status"]
+        info["addresses"] = info["live"]["addresses"]
     return info
 
 
@@ -168,6 +177,48 @@ def report(name: str, since: str | None, plot: str | None) -> None:
         if plot:
             path = plot_timeline(build_timeline(store, start), plot, title=f"endpoint {name}")
             click.echo(f"timeline written to {path}")
+
+
+@main.command()
+@click.argument("name")
+def address(name: str) -> None:
+    """Print NAME's ipc:// address if it is running (ssh:// clients ask this)."""
+    epdir = _endpoint(name)
+    if daemon.read_pid(epdir) is None:
+        raise click.ClickException(f"endpoint {name!r} is not running (run: faas-endpoint start {name})")
+    click.echo(epdir.address)
+
+
+@main.command()
+@click.argument("name")
+@click.argument("public_key")
+@click.option("--comment", default="", help="A note kept beside the key, e.g. whose laptop it is.")
+def authorize(name: str, public_key: str, comment: str) -> None:
+    """Let the client with PUBLIC_KEY (printed by `faas keygen`; or a .key file)
+    submit to NAME over tcp://. Takes effect at once, also on a running endpoint."""
+    epdir = _endpoint(name)
+    key = _public_key(public_key)
+    added = AuthorizedClients(epdir.authorized_clients).add(key, " ".join(comment.split()))
+    click.echo(f"authorised {key} on {name}" if added else f"{key} was already authorised on {name}")
+
+
+@main.command()
+@click.argument("name")
+@click.argument("public_key")
+def revoke(name: str, public_key: str) -> None:
+    """Withdraw PUBLIC_KEY's access to NAME; its open connections are refused too."""
+    epdir = _endpoint(name)
+    key = _public_key(public_key)
+    if not AuthorizedClients(epdir.authorized_clients).remove(key):
+        raise click.ClickException(f"{key} is not authorised on {name}")
+    click.echo(f"revoked {key} on {name}")
+
+
+def _public_key(value: str) -> str:
+    try:
+        return keys.public_key(value).decode()
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="PUBLIC_KEY") from None
 
 
 @main.command(name="list")

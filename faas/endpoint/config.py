@@ -231,8 +231,12 @@ class StoreConfig(_Strict):
     retention: float = Field(7 * 86400.0, gt=0)  # seconds a final result is kept
 
 
+_TCP_ADDRESS = re.compile(r"^tcp://(\*|\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\*|[0-9]{1,5})$")
+
+
 class EndpointConfig(_Strict):
     display_name: str | None = None
+    listen: list[str] = Field(default_factory=list)  # tcp://HOST:PORT, CURVE-encrypted (port 0: any)
     engine: EngineConfig = Field(default_factory=EngineConfig)
     dispatch: DispatchConfig = Field(default_factory=DispatchConfig)
     warm_pool: WarmPoolConfig = Field(default_factory=WarmPoolConfig)
@@ -243,6 +247,15 @@ class EndpointConfig(_Strict):
     @classmethod
     def _none_is_default(cls, v):
         return {} if v is None else v
+
+    @field_validator("listen")
+    @classmethod
+    def _tcp_addresses(cls, addresses: list[str]) -> list[str]:
+        for address in addresses:
+            match = _TCP_ADDRESS.match(address)
+            if not match or match[2] != "*" and int(match[2]) > 65535:
+                raise ValueError(f"{address!r} is not tcp://HOST:PORT (the ipc:// socket is always there)")
+        return addresses
 
 
 def load_config(path: Path) -> EndpointConfig:

@@ -50,7 +50,18 @@ def _is_our_daemon(pid: int, epdir: EndpointDir) -> bool:
 
 
 def open_store(epdir: EndpointDir, config: EndpointConfig) -> Store:
+    if config.store.url is None:
+        _owner_only_sqlite(epdir.path / "store.db")
     return Store(config.store.url or sqlite_url(epdir.path))
+
+
+def _owner_only_sqlite(db: Path) -> None:
+    """SQLite gives its -wal and -shm files the mode of the database file, so
+    the database is created 0600 before SQLite first opens it."""
+    os.close(os.open(db, os.O_WRONLY | os.O_CREAT, 0o600))
+    for path in (db, db.with_name(f"{db.name}-wal"), db.with_name(f"{db.name}-shm")):
+        if path.exists():
+            path.chmod(0o600)
 
 
 def run(epdir: EndpointDir) -> None:
@@ -63,18 +74,21 @@ def run(epdir: EndpointDir) -> None:
         raise EndpointError(f"endpoint {epdir.name} is already running (pid {read_pid(epdir)})")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("parsl").propagate = False  # Parsl logs in detail to runinfo/
+    epdir.path.chmod(0o700)  # it holds the socket, the store and the secret key
     epdir.pidfile.write_text(f"{os.getpid()}\n")
     store = open_store(epdir, config)
     engine = ParslEngine(config.engine, epdir.runinfo)
     exit_with = os.environ.pop(EXIT_WITH_ENV, None)
-    server = Server(epdir, config, store, engine, exit_with=int(exit_with) if exit_with else None)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: server.stop())
+    server = None
     try:
+        server = Server(epdir, config, store, engine, exit_with=int(exit_with) if exit_with else None)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: server.stop())
         server.serve_forever()
     finally:
         log.info("endpoint %s stopping", epdir.name)
-        server.close()
+        if server is not None:
+            server.close()
         engine.shutdown()
         store.close()
         epdir.pidfile.unlink(missing_ok=True)
@@ -93,7 +107,7 @@ def start_background(epdir: EndpointDir, timeout: float = 120.0, exit_with: int 
     env = dict(os.environ, FAAS_HOME=str(epdir.path.parent.parent))
     if exit_with is not None:
         env[EXIT_WITH_ENV] = str(exit_with)
-    with open(epdir.log, "ab") as logf:
+    with open(os.open(epdir.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as logf:
         proc = subprocess.Popen([sys.executable, "-m", "faas.endpoint.daemon", epdir.name],
                                 stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
                                 env=env, start_new_session=True, cwd=epdir.path)

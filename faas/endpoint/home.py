@@ -38,6 +38,10 @@ class EndpointDir:
         return f"ipc://{self.socket}"
 
     @property
+    def authorized_clients(self) -> Path:
+        return self.path / "authorized_clients"
+
+    @property
     def pidfile(self) -> Path:
         return self.path / "daemon.pid"
 

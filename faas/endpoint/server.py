@@ -2,9 +2,10 @@
 socket and the dispatcher.
 
 Clients talk to a ZeroMQ ROUTER socket (``ipc://`` in the endpoint folder,
-mode 0600). A submission is recorded in the store before it is acknowledged
-and dispatched; a result is recorded before it is pushed to the clients that
-watch its task group. Worker loops talk to a second, CurveZMQ-protected socket
+mode 0600, plus the config's CURVE-encrypted ``tcp://`` listeners). A
+submission is recorded in the store before it is acknowledged and dispatched;
+a result is recorded before it is pushed to the clients that watch its task
+group. Worker loops talk to a second, CurveZMQ-protected socket
 (faas.endpoint.workers). Parsl's done-callbacks wake the loop through a pipe.
 """
 
@@ -21,6 +22,7 @@ from typing import Any
 import zmq
 
 from faas import protocol
+from faas.endpoint.access import TcpListeners, endpoint_keys
 from faas.endpoint.config import EndpointConfig
 from faas.endpoint.dispatcher import Dispatcher, Final, Item
 from faas.endpoint.home import EndpointDir
@@ -49,6 +51,9 @@ class Server:
         self.sock.setsockopt(zmq.MAXMSGSIZE, 2 * config.max_payload_bytes + 2**20)
         self.sock.setsockopt(zmq.LINGER, 0)
         self._bind_ipc()
+        self.keys = endpoint_keys(epdir.path)
+        self.tcp = (TcpListeners(self.zctx, self.sock, self.keys, epdir.authorized_clients, config.listen)
+                    if config.listen else None)
         self.watchers: dict[str, set[bytes]] = {}  # task group -> client identities
         self._ended: queue.SimpleQueue[tuple[str, Future]] = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe()
@@ -116,20 +121,29 @@ class Server:
         poller.register(self.sock, zmq.POLLIN)
         poller.register(self.link.sock, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
-        log.info("endpoint %s listening on %s (workers: %s)", self.epdir.name, self.epdir.address,
+        log.info("endpoint %s listening on %s (workers: %s)", self.epdir.name, ", ".join(self.addresses()),
                  ", ".join(self.link.addresses))
         next_heartbeat = 0.0
         while not self._stop.is_set():
             events = dict(poller.poll(1000))
             if self._wake_r in events:
                 os.read(self._wake_r, 65536)
-            for sock, handle in ((self.link.sock, self._handle_worker), (self.sock, self._handle)):
-                for _ in range(1000):  # bounded, so neither side is starved
-                    try:
-                        frames = sock.recv_multipart(zmq.NOBLOCK, copy=True)
-                    except zmq.Again:
-                        break
-                    handle(frames[0], frames[1:])
+            for _ in range(1000):  # bounded, so neither socket is starved
+                try:
+                    frames = self.link.sock.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                self._handle_worker(frames[0], frames[1:])
+            for _ in range(1000):
+                try:
+                    frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    break
+                ident = frames[0].bytes
+                if self.tcp is not None and (key := self.tcp.refused_key(ident, frames[-1])):
+                    self._refuse(ident, key)
+                    continue
+                self._handle(ident, [f.bytes for f in frames[1:]])
             self._drain_ended()
             if time.monotonic() >= next_heartbeat:
                 next_heartbeat = time.monotonic() + self.cfg.engine.heartbeat_period
@@ -141,6 +155,8 @@ class Server:
             self.link.send(token, protocol.encode("retire"))
         self.link.close()
         self.sock.close(0)
+        if self.tcp is not None:
+            self.tcp.close()
         self.zctx.term()
         os.close(self._wake_r)
         os.close(self._wake_w)
@@ -188,16 +204,35 @@ class Server:
                                               ids=_invocation_ids(header)))
 
     def _send(self, ident: bytes, frames: list[bytes]) -> bool:
+        if self.tcp is not None and not self.tcp.may_receive(ident):  # revoked while connected
+            self._forget(ident)
+            return False
         try:
             self.sock.send_multipart([ident, *frames], zmq.NOBLOCK)
             return True
         except zmq.ZMQError:  # client gone (ROUTER_MANDATORY) or hopelessly behind
-            for group in self.watchers.values():
-                group.discard(ident)
+            self._forget(ident)
             return False
 
+    def _forget(self, ident: bytes) -> None:
+        for group in self.watchers.values():
+            group.discard(ident)
+        if self.tcp is not None:
+            self.tcp.forget(ident)
+
+    def _refuse(self, ident: bytes, key: str) -> None:
+        """A tcp client whose key was revoked while it was connected."""
+        log.warning("refused a message from client key %s: it is no longer authorised", key)
+        self._forget(ident)
+        try:
+            self.sock.send_multipart([ident, *protocol.encode(
+                "error", message=f"client key {key} is not authorised on this endpoint",
+                code="not_authorised")], zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
+
     def _on_ping(self, ident, header, body):
-        self._send(ident, protocol.encode("pong"))
+        self._send(ident, protocol.encode("pong", max_payload_bytes=self.cfg.max_payload_bytes))
 
     def _on_status(self, ident, header, body):
         self._send(ident, protocol.encode("status_reply", status=self.status()))
@@ -255,11 +290,16 @@ class Server:
             self._send(ident, _results_message(
                 [(r["id"], r["state"].value == "succeeded", r["result"], r["error"]) for r in rows]))
 
+    def addresses(self) -> list[str]:
+        return [self.epdir.address, *(self.tcp.addresses if self.tcp is not None else ())]
+
     def status(self) -> dict[str, Any]:
         return {
             "name": self.epdir.name,
             "pid": os.getpid(),
             "address": self.epdir.address,
+            "addresses": self.addresses(),
+            "public_key": self.keys.public_text,
             "uptime": time.time() - self.started_at,
             "managers": [{k: (v.decode() if isinstance(v, bytes) else v) for k, v in m.items()
                           if k in ("manager", "block_id", "worker_count", "tasks", "active", "hostname")}
@@ -274,7 +314,10 @@ class Server:
 
 def _invocation_ids(header: dict) -> list[str]:
     """The ids a refused submit carried, so the client can fail just those."""
-    return [inv["id"] for inv in header.get("invocations", ()) if isinstance(inv, dict) and "id" in inv]
+    invocations = header.get("invocations")
+    if not isinstance(invocations, list):
+        return []
+    return [inv["id"] for inv in invocations if isinstance(inv, dict) and isinstance(inv.get("id"), str)]
 
 
 def _alive(pid: int) -> bool:

@@ -1,0 +1,154 @@
+"""Garbage, malformed messages and oversized payloads against a live endpoint:
+each is answered with an error (or dropped), and the daemon stays up."""
+
+from __future__ import annotations
+
+import json
+import socket
+import uuid
+
+import pytest
+import zmq
+from conftest import RunningEndpoint, local_config, status, write_config
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from faas import Executor, ctx_function, protocol
+from faas.errors import EndpointError, PayloadTooLarge, ProtocolError
+
+NAME = "fuzz"
+LIMIT = 64 * 1024
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    """(RunningEndpoint, its tcp:// address), with a small max_payload_bytes."""
+    home = tmp_path_factory.mktemp("fuzz") / "faas-home"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FAAS_HOME", str(home))
+        write_config(home, NAME, local_config(workers=1, extra=f"listen: [tcp://127.0.0.1:0]\n"
+                                                                f"max_payload_bytes: {LIMIT}\n"))
+        ep = RunningEndpoint(home, NAME)
+        ep.start()
+        try:
+            (address,) = [a for a in status(NAME)["addresses"] if a.startswith("tcp://")]
+            yield ep, address
+        finally:
+            ep.stop()
+
+
+@pytest.fixture
+def dealer(live):
+    ep, _ = live
+    zctx = zmq.Context()
+    sock = zctx.socket(zmq.DEALER)
+    sock.linger = 0
+    sock.connect(f"ipc://{ep.path / 'endpoint.sock'}")
+    yield sock
+    sock.close(0)
+    zctx.term()
+
+
+def _replies_until_barrier(sock: zmq.Socket) -> list[dict]:
+    """Send a watch of a fresh group after the message under test; the
+    endpoint answers in order, so every reply before the barrier's belongs to
+    that message."""
+    barrier = uuid.uuid4().hex
+    sock.send_multipart(protocol.encode("watch", group=barrier))
+    replies = []
+    while True:
+        assert sock.poll(10_000), "the endpoint stopped answering"
+        header, _ = protocol.decode(sock.recv_multipart())  # replies are always well-formed
+        if header["type"] == "tasks" and header["group"] == barrier:
+            return replies
+        if header["type"] != "results":  # pushed whenever an earlier submit's work ends
+            replies.append(header)
+
+
+_FIELDS = ["group", "functions", "invocations", "ids", "items", "message", "status", "id", "function", "retries"]
+_json = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=70),
+                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(_FIELDS), inner,
+                                                                                  max_size=4),
+                     max_leaves=12)
+_TYPES = ["ping", "status", "submit", "watch", "pong", "ack", "results", "tasks", "status_reply", "error",
+          "launch", "", None, 1, [], {}]
+_header = st.fixed_dictionaries({"type": st.sampled_from(_TYPES), "v": st.sampled_from([1, 1, 1, 2, "1", None])},
+                                optional={f: _json for f in _FIELDS})
+_submit = st.builds(
+    lambda fid, inv, retries, group: {
+        "type": "submit", "v": 1, "group": group,
+        "functions": [{"id": fid, "name": "f", "context_key": "k", "context": "c", "retries": retries}],
+        "invocations": [{"id": inv, "function": fid}]},
+    st.text(min_size=1, max_size=70), st.text(min_size=1, max_size=70),
+    st.integers(-5, 10**20), st.text(max_size=70))
+_message = st.one_of(
+    st.lists(st.binary(max_size=64), min_size=1, max_size=4),  # raw garbage
+    st.tuples(_header | _submit, st.lists(st.binary(max_size=32), max_size=3)).map(
+        lambda hb: [json.dumps(hb[0]).encode(), *hb[1]]),
+)
+
+
+def test_fuzzed_messages_get_errors_and_the_endpoint_stays_up(live, dealer):
+    ep, _ = live
+    pid = ep.pid
+
+    @settings(max_examples=300, deadline=None, derandomize=True,
+              suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+    @given(_message)
+    @example([b'{"type": [], "v": 1}'])  # once a TypeError in the parser
+    @example([b'{"type": "pong", "v": 1, "invocations": 5}'])  # once a crash while refusing it
+    @example([b"[" * 100_000])  # a RecursionError in json
+    def check(frames):
+        dealer.send_multipart(frames)
+        replies = _replies_until_barrier(dealer)
+        try:
+            header, _ = protocol.decode(frames)
+        except ProtocolError:
+            assert [r["type"] for r in replies] == ["error"], replies
+        else:
+            if header["type"] not in ("ping", "status", "submit", "watch"):
+                assert [r["type"] for r in replies] == ["error"], replies
+
+    check()
+    dealer.send_multipart(protocol.encode("ping"))
+    assert dealer.poll(5000) and protocol.decode(dealer.recv_multipart())[0]["type"] == "pong"
+    assert ep.pid == pid
+
+
+@settings(max_examples=30, deadline=None, derandomize=True)
+@given(st.binary(min_size=1, max_size=512))
+def _send_raw_bytes(address: str, data: bytes) -> None:
+    host, port = address.removeprefix("tcp://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as s:
+        s.sendall(data)
+
+
+def test_garbage_on_the_tcp_port_is_dropped(live, dealer):
+    """Bytes that are not ZMTP never reach the message handler (nor anything that unpickles)."""
+    ep, address = live
+    _send_raw_bytes(address)
+    dealer.send_multipart(protocol.encode("ping"))
+    assert dealer.poll(5000) and protocol.decode(dealer.recv_multipart())[0]["type"] == "pong"
+
+
+@ctx_function(model=dict)
+def size(ctx, blob):
+    return len(blob)
+
+
+def test_payload_limit_is_clear_at_submit_and_at_the_endpoint(live, dealer):
+    ep, _ = live
+    with Executor(endpoint=NAME) as ex:  # its own limit is larger: it learns the endpoint's
+        assert ex.submit(size, b"x" * 1000).result(timeout=60) == 1000
+        with pytest.raises(PayloadTooLarge, match=f"over the limit of {LIMIT} bytes"):
+            ex.submit(size, b"x" * (LIMIT + 1))
+    # A client that does not check: the endpoint refuses just those invocations.
+    fid, inv = uuid.uuid4().hex, uuid.uuid4().hex
+    dealer.send_multipart(protocol.encode(
+        "submit", [b"f", b"x" * (LIMIT + 1)], group="g",
+        functions=[dict(id=fid, name="f", context_key="k", context="c", retries=0)],
+        invocations=[dict(id=inv, function=fid)]))
+    (reply,) = _replies_until_barrier(dealer)
+    assert reply["type"] == "error" and reply["ids"] == [inv] and "max_payload_bytes" in reply["message"]
+    with pytest.raises(EndpointError, match="invalid endpoint name"):
+        Executor(endpoint="../" + NAME)
