@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import re
 import typing
 from pathlib import Path
 from typing import Any, Literal
