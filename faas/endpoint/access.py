@@ -109,13 +109,11 @@ class TcpListeners:
     """Binds ``tcp://`` listeners on the endpoint's ROUTER socket, with the
     endpoint as CURVE server, and vets each message's client key."""
 
-    def __init__(self, zctx: zmq.Context, sock: zmq.Socket, keys: KeyPair, authorized: Path,
+    def __init__(self, auth: ThreadAuthenticator, sock: zmq.Socket, keys: KeyPair, authorized: Path,
                  listen: list[str]):
         self.clients = AuthorizedClients(authorized)
         self._peer_keys: dict[bytes, str] = {}  # ROUTER identity -> CURVE client key
-        self._auth = ThreadAuthenticator(zctx, log=log.getChild("zap"))
-        self._auth.start()
-        self._auth.configure_curve_callback(ZAP_DOMAIN, _ZapPolicy(authorized))
+        auth.configure_curve_callback(ZAP_DOMAIN, _ZapPolicy(authorized))
         sock.curve_server = True
         sock.curve_publickey = keys.public
         sock.curve_secretkey = keys.secret
@@ -125,7 +123,6 @@ class TcpListeners:
             try:
                 sock.bind(address)
             except zmq.ZMQError as e:
-                self._auth.stop()
                 raise EndpointError(f"cannot listen on {address}: {e}") from None
             self.addresses.append(sock.last_endpoint.decode())  # the real port for :0
 
@@ -145,9 +142,6 @@ class TcpListeners:
 
     def forget(self, ident: bytes) -> None:
         self._peer_keys.pop(ident, None)
-
-    def close(self) -> None:
-        self._auth.stop()
 
 
 def endpoint_keys(folder: Path) -> KeyPair:

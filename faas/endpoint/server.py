@@ -20,6 +20,7 @@ from concurrent.futures import Future
 from typing import Any
 
 import zmq
+from zmq.auth.thread import ThreadAuthenticator
 
 from faas import protocol
 from faas.endpoint.access import TcpListeners, endpoint_keys
@@ -52,7 +53,9 @@ class Server:
         self.sock.setsockopt(zmq.LINGER, 0)
         self._bind_ipc()
         self.keys = endpoint_keys(epdir.path)
-        self.tcp = (TcpListeners(self.zctx, self.sock, self.keys, epdir.authorized_clients, config.listen)
+        self.auth = ThreadAuthenticator(self.zctx, log=log.getChild("zap"))  # one per context
+        self.auth.start()
+        self.tcp = (TcpListeners(self.auth, self.sock, self.keys, epdir.authorized_clients, config.listen)
                     if config.listen else None)
         self.watchers: dict[str, set[bytes]] = {}  # task group -> client identities
         self._ended: queue.SimpleQueue[tuple[str, Future]] = queue.SimpleQueue()
@@ -60,7 +63,7 @@ class Server:
         os.set_blocking(self._wake_w, False)
         self._stop = threading.Event()
         self.managers: list[dict[str, Any]] = []
-        self.link = WorkerLink(self.zctx, config.engine.worker_address())
+        self.link = WorkerLink(self.zctx, self.auth, config.engine.worker_address())
         self.dispatcher = Dispatcher(store, engine, self.link, config, self._loop_ended)
 
     def _bind_ipc(self) -> None:
@@ -155,8 +158,7 @@ class Server:
             self.link.send(token, protocol.encode("retire"))
         self.link.close()
         self.sock.close(0)
-        if self.tcp is not None:
-            self.tcp.close()
+        self.auth.stop()
         self.zctx.term()
         os.close(self._wake_r)
         os.close(self._wake_w)
@@ -306,6 +308,7 @@ class Server:
                          for m in self.managers],
             "worker_slots": sum(m["worker_count"] for m in self.managers if m.get("active", True)),
             "worker_addresses": self.link.addresses,
+            "worker_server_key": self.link.server_public.decode(),
             "backlog": self.dispatcher.backlog(),
             "batches_in_flight": self.dispatcher.in_flight(),
             "worker_contexts": {lp.name: lp.contexts for lp in self.dispatcher.loops.values() if lp.ready},

@@ -3,24 +3,23 @@
 A ROUTER socket, on the address workers use for Parsl's interchange, protected
 by CurveZMQ: the endpoint makes a fresh server key pair and one client key pair
 for its workers at start, hands the client keys to each loop inside its Parsl
-task (over Parsl's own encrypted channel), and its authenticator admits that
-client key alone. A peer without it cannot connect, so no byte of a payload or
+task (over Parsl's own encrypted channel), and its authenticator (one per
+ZeroMQ context, shared with the tcp:// listeners under another ZAP domain)
+admits that client key alone on this socket. A peer without it cannot connect, so no byte of a payload or
 a forged result crosses this socket unauthenticated.
 """
 
 from __future__ import annotations
 
 import logging
-import tempfile
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import zmq
-import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
 log = logging.getLogger(__name__)
+ZAP_DOMAIN = "faas-workers"
 
 
 @dataclass
@@ -55,22 +54,22 @@ class WorkerLoop:
 
 
 class WorkerLink:
-    def __init__(self, zctx: zmq.Context, address: str | None):
+    def __init__(self, zctx: zmq.Context, auth: ThreadAuthenticator, address: str | None):
         self.server_public, server_secret = zmq.curve_keypair()
         self.client_public, self.client_secret = zmq.curve_keypair()
-        self._keys = tempfile.TemporaryDirectory(prefix="faas-worker-keys-")
-        Path(self._keys.name, "worker.key").write_bytes(
-            b"metadata\ncurve\n    public-key = \"" + self.client_public + b"\"\n")
-        self.auth = ThreadAuthenticator(zctx)
-        self.auth.start()
-        self.auth.configure_curve(domain="*", location=self._keys.name)
+        auth.configure_curve_callback(ZAP_DOMAIN, self)
         self.sock = zctx.socket(zmq.ROUTER)
+        self.sock.zap_domain = ZAP_DOMAIN.encode()
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.sock.curve_server = True
         self.sock.curve_publickey, self.sock.curve_secretkey = self.server_public, server_secret
         port = self.sock.bind_to_random_port(f"tcp://{address or '*'}")
         self.addresses = [f"tcp://{a}:{port}" for a in ([address] if address else _all_addresses())]
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        """ZAP: only this endpoint's worker loops hold the client key."""
+        return key == self.client_public
 
     def send(self, token: str, frames: list[bytes]) -> bool:
         try:
@@ -82,8 +81,6 @@ class WorkerLink:
 
     def close(self) -> None:
         self.sock.close(0)
-        self.auth.stop()
-        self._keys.cleanup()
 
 
 def _all_addresses() -> list[str]:
