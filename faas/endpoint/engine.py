@@ -1,8 +1,9 @@
 """The Parsl side of an endpoint: a DataFlowKernel with one HighThroughputExecutor.
 
 Parsl's provider and strategy get and release the blocks; the executor runs
-:func:`faas.warm_pool.runner.run_batch` in its workers. Parsl's own retries are
-off: the dispatcher retries per invocation, with the store as its record.
+one worker loop (:func:`faas.warm_pool.loop.serve`) in each worker, which pulls
+batches from the dispatcher. Parsl's own retries are off: the dispatcher
+retries per invocation, with the store as its record.
 
 On opportunistic clusters blocks come and go, so three Parsl defaults are
 changed here, by subclassing and documented hooks rather than patching Parsl:

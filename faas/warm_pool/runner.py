@@ -1,4 +1,5 @@
-"""The Parsl task body: run one batch of invocations in a worker process.
+"""Run one batch of invocations in a worker process (for the worker loop, and
+as the task body that Globus Compute endpoints run).
 
 Payloads stay opaque to the daemon: functions, arguments and results are
 cloudpickled bytes that only workers and clients open. One invocation's
