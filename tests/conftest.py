@@ -102,10 +102,15 @@ class RunningEndpoint:
 
     def stop(self) -> None:
         cli("stop", self.name, check=False)
-        leftovers = [p for p in self.processes.values() if _alive(p)]
+        # what it started (tracked), and any process still naming its folder (a worker
+        # pool started after the last track(), e.g. a replacement block)
+        stray = [p for p in psutil.process_iter() if str(self.path) in _cmdline(p)]
+        ending = [p for p in {*self.processes.values(), *stray} if _alive(p)]
+        psutil.wait_procs(ending, timeout=15)  # blocks cancelled by Parsl take a moment
+        leftovers = [p for p in ending if _alive(p)]
         for p in leftovers:  # only processes this endpoint started
             p.kill()
-        assert not leftovers, f"processes left after stop: {[' '.join(p.cmdline()) for p in leftovers]}"
+        assert not leftovers, f"processes left after stop: {[_cmdline(p) for p in leftovers]}"
 
 
 def _alive(p: psutil.Process) -> bool:

@@ -49,6 +49,30 @@ def _is_our_daemon(pid: int, epdir: EndpointDir) -> bool:
     return any(b"faas" in arg for arg in cmdline) and epdir.name.encode() in cmdline
 
 
+def _end_leftovers(epdir: EndpointDir) -> None:
+    """After a crash: end the worker pools the dead daemon started on this node.
+
+    Its interchange dies with it, but a Parsl worker pool that never reached the
+    interchange (started just before the crash) waits for it indefinitely. They
+    share the dead daemon's session (it started them) and name this endpoint's
+    run folder on their command line."""
+    try:
+        old = int(epdir.pidfile.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return
+    if read_pid(epdir) is not None:
+        return
+    marker = str(epdir.runinfo)
+    for proc in psutil.process_iter():
+        try:
+            if os.getsid(proc.pid) == old and any(marker in arg for arg in proc.cmdline()):
+                for p in [*proc.children(recursive=True), proc]:
+                    log.warning("ending pid %d, left by the previous daemon (pid %d)", p.pid, old)
+                    p.kill()
+        except (OSError, psutil.Error):
+            pass
+
+
 def open_store(epdir: EndpointDir, config: EndpointConfig) -> Store:
     if config.store.url is None:
         _owner_only_sqlite(epdir.path / "store.db")
@@ -75,6 +99,7 @@ def run(epdir: EndpointDir) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("parsl").propagate = False  # Parsl logs in detail to runinfo/
     epdir.path.chmod(0o700)  # it holds the socket, the store and the secret key
+    _end_leftovers(epdir)
     epdir.pidfile.write_text(f"{os.getpid()}\n")
     store = open_store(epdir, config)
     engine = ParslEngine(config.engine, epdir.runinfo)
