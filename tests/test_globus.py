@@ -13,6 +13,7 @@ pytest.importorskip("globus_compute_endpoint")
 
 from globus_compute_sdk.errors import TaskExecutionFailed  # noqa: E402
 from globus_local import LocalGlobusEndpoint  # noqa: E402
+from sample_functions import add_offset, load_offset  # noqa: E402
 
 from faas import ctx_function  # noqa: E402
 from faas.client.globus import GlobusExecutor  # noqa: E402
@@ -57,17 +58,6 @@ def test_context_initialised_once_per_worker_across_tasks_and_sessions(endpoint,
     assert all(n == 1 for n in inits.values()), f"a worker initialised its context twice: {inits}"
     assert set(inits) == ran_on <= endpoint.pool_pids()
     assert sum(inits.values()) <= 2 < tasks  # two workers, warm across tasks and sessions
-
-
-def load_offset(offset):
-    return {"offset": offset}
-
-
-@ctx_function(model=load_offset, offset=1000)
-def add_offset(ctx, x):
-    if x == 13:
-        raise ValueError(f"unlucky {x}")
-    return ctx["offset"] + x
 
 
 def no_gpu_here():

@@ -8,6 +8,7 @@ from collections import Counter
 
 import pytest
 from conftest import local_config, run_client, status
+from sample_functions import add_offset
 
 from faas import Executor, ctx_function
 from faas.errors import RemoteTraceback, SerializationError
@@ -31,17 +32,6 @@ def test_context_initialised_once_per_worker_across_client_processes(endpoint, t
     assert info["invocations"]["succeeded"] == 400
     (ctx,) = info["contexts"]
     assert ctx["inits"] == sum(second.values())
-
-
-def _load_offset(offset):
-    return {"offset": offset}
-
-
-@ctx_function(model=_load_offset, offset=1000)
-def add_offset(ctx, x):
-    if x == 13:
-        raise ValueError(f"unlucky {x}")
-    return ctx["offset"] + x
 
 
 def test_map_order_remote_traceback_and_batch_mates(endpoint, faas_home):
