@@ -1,6 +1,7 @@
 """faas: warm-context functions as a service on opportunistic GPU clusters."""
 
-from faas.client.executor import ComputeFuture, Executor
+from faas.client.base import ComputeFuture
+from faas.client.executor import Executor
 from faas.client.progress import as_completed
 from faas.function import ctx_function
 

@@ -53,3 +53,17 @@ class InvocationFailed(FaasError):
 
 class NotAuthorised(EndpointError):
     """The endpoint refused this client's key (``faas-endpoint authorize`` lets it in)."""
+
+
+class InvocationTimeout(FaasError, TimeoutError):
+    """The invocation ran longer than its timeout on a worker and was interrupted."""
+
+
+class Interrupted(BaseException):
+    """Raised inside a running invocation to stop it (timeout or cancel).
+
+    A BaseException, so that the user's ``except Exception`` cannot swallow it."""
+
+    def __init__(self, reason: str, message: str = ""):
+        super().__init__(message or reason)
+        self.reason = reason  # "timeout" or "cancel"

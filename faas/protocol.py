@@ -1,97 +1,298 @@
-"""The wire format between clients and an endpoint.
+"""The wire format between clients, the endpoint and its worker loops.
 
 A message is a ZeroMQ multipart message: one JSON header frame followed by
-opaque binary frames (pickled functions, arguments, results). The endpoint
-only parses the JSON header, checked here against a schema, and never
-unpickles a frame, so garbage from a peer can at worst earn an error reply.
+opaque binary frames (pickled functions, arguments, results). Every header is
+one of the typed messages below, validated (pydantic, strict types) on
+receipt; the frames after it are counted against what the header announces.
+The endpoint reads headers only: it never unpickles a frame, so garbage from a
+peer can at worst earn an error reply.
+
+Hops and their messages:
+
+- client -> endpoint: ``ping``, ``status``, ``submit``, ``watch``, ``cancel``
+- endpoint -> client: ``pong``, ``ack``, ``running``, ``results``, ``tasks``,
+  ``status_reply``, ``error``
+- worker loop -> endpoint: ``ready``, ``progress`` (invocations started and
+  outcomes, streamed as they happen), ``hb``
+- endpoint -> worker loop: ``batch``, ``revoke`` (cancel or take back
+  invocations), ``hb``, ``retire``
 """
 
 from __future__ import annotations
 
-import json
+import enum
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
 
 from faas.errors import ProtocolError
 
-VERSION = 1
-
-# message type -> required header fields and their types
-_SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
-    # client -> endpoint
-    "ping": {},
-    "status": {},
-    "submit": {"group": str, "functions": list, "invocations": list},
-    "watch": {"group": str},
-    # endpoint -> client
-    "pong": {},
-    "ack": {"ids": list},
-    "results": {"items": list},
-    "tasks": {"group": str, "ids": list},
-    "status_reply": {"status": dict},
-    "error": {"message": str},
-    # worker loop -> endpoint (see faas.warm_pool.loop)
-    "ready": {"host": str, "pid": int, "contexts": dict},
-    "done": {"batch": int, "report": dict},
-    # endpoint -> worker loop
-    "batch": {"batch": int, "functions": list, "items": list, "settings": dict},
-    "hb": {},
-    "retire": {},
-}
-_FUNCTION_FIELDS = {"id": str, "name": str, "context_key": str, "context": str, "retries": int}
-_INVOCATION_FIELDS = {"id": str, "function": str}
+VERSION = 2
 MAX_ID_LEN = 64
 MAX_RETRIES = 100
 
-
-def encode(kind: str, frames: Sequence[bytes] = (), **header: Any) -> list[bytes]:
-    header = dict(header, type=kind, v=VERSION)
-    return [json.dumps(header, separators=(",", ":")).encode(), *frames]
+Id = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LEN)]
+Text = Annotated[str, StringConstraints(max_length=1 << 20)]
 
 
-def decode(frames: Sequence[bytes]) -> tuple[dict[str, Any], list[bytes]]:
-    """Parse and validate a message; raises ProtocolError on anything malformed."""
+class Kind(str, enum.Enum):
+    """How one invocation's run on a worker ended."""
+
+    OK = "ok"                  # payload: the pickled result
+    ERROR = "error"            # the user's code raised; payload: the pickled exception
+    INIT_ERROR = "init_error"  # the context's loader raised; the code never ran
+    TIMEOUT = "timeout"        # it overran its timeout and was interrupted
+    CANCELLED = "cancelled"    # a client cancelled it
+    RETURNED = "returned"      # taken back unstarted (the worker was busy or retiring): run it elsewhere
+
+
+def retryable(kind: Kind, attempts: int, retries: int) -> bool:
+    """Whether an invocation whose attempt ended with ``kind`` runs again: the
+    user's own errors (and timeouts) only while it has ``retries`` left."""
+    return kind in (Kind.ERROR, Kind.TIMEOUT) and attempts <= retries
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+    v: int = VERSION
+
+    def frame_count(self) -> int:
+        """How many data frames follow the header."""
+        return 0
+
+
+# -- client -> endpoint ----------------------------------------------------------
+class FunctionInfo(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+    id: Id
+    name: Annotated[str, StringConstraints(max_length=256)]
+    context_key: Id
+    context: Text
+    retries: Annotated[int, Field(ge=0, le=MAX_RETRIES)] = 0
+    batch_size: Annotated[int, Field(ge=1, le=1 << 16)] = 1
+
+
+class InvocationRef(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+    id: Id
+    function: Id
+
+
+class Ping(_Message):
+    type: Literal["ping"] = "ping"
+
+
+class StatusRequest(_Message):
+    type: Literal["status"] = "status"
+
+
+class Submit(_Message):
+    """Frames: one body per new function (in order), then one per invocation."""
+
+    type: Literal["submit"] = "submit"
+    group: Id
+    functions: list[FunctionInfo]
+    invocations: list[InvocationRef]
+
+    def frame_count(self) -> int:
+        return len(self.functions) + len(self.invocations)
+
+
+class Watch(_Message):
+    type: Literal["watch"] = "watch"
+    group: Id
+
+
+class Cancel(_Message):
+    type: Literal["cancel"] = "cancel"
+    ids: list[Id]
+
+
+# -- endpoint -> client ----------------------------------------------------------
+class Pong(_Message):
+    type: Literal["pong"] = "pong"
+    max_payload_bytes: int | None = None
+
+
+class Ack(_Message):
+    type: Literal["ack"] = "ack"
+    ids: list[Id]
+
+
+class Running(_Message):
+    type: Literal["running"] = "running"
+    ids: list[Id]
+
+
+class ResultItem(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+    id: Id
+    state: Literal["succeeded", "failed", "cancelled"]
+    error: str | None = None  # remote traceback text, or why the platform gave up
+
+
+class Results(_Message):
+    """Frames: one payload per item (pickled result or exception; may be empty)."""
+
+    type: Literal["results"] = "results"
+    items: list[ResultItem]
+
+    def frame_count(self) -> int:
+        return len(self.items)
+
+
+class Tasks(_Message):
+    type: Literal["tasks"] = "tasks"
+    group: Id
+    ids: list[Id]
+
+
+class StatusReply(_Message):
+    type: Literal["status_reply"] = "status_reply"
+    status: dict[str, Any]
+
+
+class Error(_Message):
+    type: Literal["error"] = "error"
+    message: Text
+    ids: list[Id] = []  # the invocations it concerns; none: the whole request
+    code: str | None = None  # "not_authorised": the client's key was revoked
+
+
+# -- worker loop -> endpoint -------------------------------------------------------
+class Ready(_Message):
+    type: Literal["ready"] = "ready"
+    host: Annotated[str, StringConstraints(max_length=256)]
+    pid: int
+    contexts: dict[str, dict[str, Any]]
+    prewarm: dict[str, Any] = {}  # what the worker imported/initialised at start, with timings
+
+
+class OutcomeInfo(BaseModel):
+    """One invocation's end on a worker; its payload travels as a frame."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+    id: Id
+    kind: Kind
+    error: str | None = None  # traceback text
+    started: float = 0.0
+    finished: float = 0.0
+
+
+class InitInfo(BaseModel):
+    """One context initialisation in the worker (see faas.warm_pool.registry.InitEvent)."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+    context_key: Id
+    description: Text
+    started_at: float
+    seconds: float
+    error: str | None = None
+
+
+class Progress(_Message):
+    """Streamed by a worker loop: invocations it started and outcomes as they
+    finish. Frames: one payload per outcome."""
+
+    type: Literal["progress"] = "progress"
+    started: list[Id] = []
+    outcomes: list[OutcomeInfo] = []
+    inits: list[InitInfo] = []
+    contexts: dict[str, dict[str, Any]] | None = None  # the warm pool's statistics, when they changed
+
+    def frame_count(self) -> int:
+        return len(self.outcomes)
+
+
+class Heartbeat(_Message):
+    """Both ways: the endpoint's beat, and the loop's answer to it."""
+
+    type: Literal["hb"] = "hb"
+
+
+# -- endpoint -> worker loop -------------------------------------------------------
+class WorkerSettings(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+    idle_timeout: float | None = None
+    memory_budget: int | None = None
+    timeout: float | None = None  # default per-invocation timeout (a function's own wins)
+    timeout_grace: float = 10.0  # after an interrupt is ignored this long, the worker process is replaced
+    max_result_bytes: int | None = None  # a larger result fails its invocation (PayloadTooLarge)
+
+
+class Batch(_Message):
+    """Frames: one body per function the loop has not been sent yet, then one
+    argument blob per item."""
+
+    type: Literal["batch"] = "batch"
+    batch: int
+    functions: list[Id]
+    items: list[tuple[Id, Id]]  # (invocation id, function id)
+    settings: WorkerSettings
+
+    def frame_count(self) -> int:
+        return len(self.functions) + len(self.items)
+
+
+class Revoke(_Message):
+    """Cancel these invocations (``reason`` "cancel": interrupt or drop them),
+    or take them back if they have not started (``reason`` "reclaim")."""
+
+    type: Literal["revoke"] = "revoke"
+    ids: list[Id]
+    reason: Literal["cancel", "reclaim"] = "cancel"
+
+
+class Retire(_Message):
+    type: Literal["retire"] = "retire"
+
+
+def _adapter(*models: type[_Message]) -> TypeAdapter:
+    return TypeAdapter(Annotated[Union[models], Field(discriminator="type")])  # noqa: UP007
+
+
+CLIENT_REQUESTS = _adapter(Ping, StatusRequest, Submit, Watch, Cancel)
+CLIENT_REPLIES = _adapter(Pong, Ack, Running, Results, Tasks, StatusReply, Error)
+WORKER_REPORTS = _adapter(Ready, Progress, Heartbeat)
+WORKER_ORDERS = _adapter(Batch, Revoke, Heartbeat, Retire)
+ANY = _adapter(Ping, StatusRequest, Submit, Watch, Cancel, Pong, Ack, Running, Results, Tasks, StatusReply,
+               Error, Ready, Progress, Heartbeat, Batch, Revoke, Retire)
+_KNOWN = {m.model_fields["type"].default for m in _Message.__subclasses__()}
+
+
+def encode(msg: _Message, frames: Sequence[bytes] = ()) -> list[bytes]:
+    return [msg.model_dump_json().encode(), *frames]
+
+
+def decode(frames: Sequence[bytes], expect: TypeAdapter = ANY) -> tuple[Any, list[bytes]]:
+    """Parse and validate a message of one of the ``expect`` types; raises
+    ProtocolError, naming the field, on anything else."""
     if not frames:
         raise ProtocolError("empty message")
     try:
-        header = json.loads(bytes(frames[0]))
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise ProtocolError(f"header is not JSON: {type(e).__name__}: {str(e)[:200]}") from None
-    if not isinstance(header, dict):
-        raise ProtocolError("header is not a JSON object")
-    kind = header.get("type")
-    if not isinstance(kind, str) or kind not in _SCHEMA:
-        raise ProtocolError(f"unknown message type {kind!r}")
-    if header.get("v") != VERSION:
-        raise ProtocolError(f"protocol version {header.get('v')!r} is not {VERSION}")
-    _check_fields(header, _SCHEMA[kind], kind)
+        msg = expect.validate_json(bytes(frames[0]))
+    except ValidationError as e:
+        raise _explain(e, bytes(frames[0])) from None
     body = [bytes(f) for f in frames[1:]]
-    if kind == "submit":
-        _check_submit(header, body)
-    return header, body
+    if len(body) != msg.frame_count():
+        raise ProtocolError(f"{msg.type}: {len(body)} data frames where the header announces {msg.frame_count()}")
+    if msg.v != VERSION:
+        raise ProtocolError(f"protocol version {msg.v!r} is not {VERSION}")
+    return msg, body
 
 
-def _check_fields(obj: Any, fields: dict[str, type | tuple[type, ...]], what: str) -> None:
-    if not isinstance(obj, dict):
-        raise ProtocolError(f"{what}: expected an object")
-    for name, typ in fields.items():
-        value = obj.get(name)
-        if not isinstance(value, typ) or isinstance(value, bool) and typ is int:
-            raise ProtocolError(f"{what}: field {name!r} missing or not {getattr(typ, '__name__', typ)}")
-        if isinstance(value, str) and name in ("id", "function", "group", "context_key") \
-                and not 0 < len(value) <= MAX_ID_LEN:
-            raise ProtocolError(f"{what}: field {name!r} must be 1..{MAX_ID_LEN} characters")
-
-
-def _check_submit(header: dict[str, Any], body: list[bytes]) -> None:
-    """Frames after the header: one per function (in order), then one per invocation."""
-    functions, invocations = header["functions"], header["invocations"]
-    for f in functions:
-        _check_fields(f, _FUNCTION_FIELDS, "submit.functions[]")
-        if not 0 <= f["retries"] <= MAX_RETRIES:
-            raise ProtocolError(f"submit.functions[]: retries must be 0..{MAX_RETRIES}")
-    for inv in invocations:
-        _check_fields(inv, _INVOCATION_FIELDS, "submit.invocations[]")
-    if len(body) != len(functions) + len(invocations):
-        raise ProtocolError(f"submit: {len(body)} data frames for {len(functions)} functions "
-                            f"and {len(invocations)} invocations")
+def _explain(e: ValidationError, header: bytes) -> ProtocolError:
+    err = e.errors(include_url=False, include_input=False)[0]
+    kind, loc = err["type"], err["loc"]
+    if kind == "json_invalid":
+        return ProtocolError(f"header is not JSON: {err['msg'][:200]}")
+    if not loc and kind in ("model_attributes_type", "model_type", "dict_type"):
+        return ProtocolError("header is not a JSON object")
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        tag = err.get("ctx", {}).get("tag")
+        if tag in _KNOWN:
+            return ProtocolError(f"{tag!r} is not expected here")
+        return ProtocolError(f"unknown message type {tag!r}" if tag is not None else "message type missing")
+    where = ".".join(str(p) for p in loc[1:]) or "header"
+    return ProtocolError(f"{loc[0] if loc else 'message'}: field {where!r}: {err['msg'][:200]}")

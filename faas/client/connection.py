@@ -24,8 +24,9 @@ _EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
 
 
 class Connection:
-    """Sends messages given by any thread; calls ``on_message(header, frames)``
-    on its own thread for every message from the endpoint.
+    """Sends messages given by any thread; calls ``on_message(message, frames)``
+    on its own thread for every message from the endpoint (one of
+    :data:`faas.protocol.CLIENT_REPLIES`).
 
     ZeroMQ reconnects by itself, with back-off, when the link drops or the
     endpoint restarts, but messages queued on the dead link may be lost and
@@ -35,7 +36,7 @@ class Connection:
     when the endpoint rejects this client's CURVE key.
     """
 
-    def __init__(self, address: str, on_message: Callable[[dict, list[bytes]], None],
+    def __init__(self, address: str, on_message: Callable[[Any, list[bytes]], None],
                  on_idle: Callable[[], list[list[bytes]]] = lambda: [],
                  on_connect: Callable[[], list[list[bytes]]] = lambda: [],
                  on_refused: Callable[[str], None] = lambda detail: None,
@@ -46,7 +47,6 @@ class Connection:
         self._on_connect = on_connect
         self._on_refused = on_refused
         self._socket_options = socket_options or {}
-        self.connects = 0
         self._up = False
         self.last_failure = ""  # the latest failed handshake, to explain a timeout
         self._outbox: queue.SimpleQueue[list[bytes]] = queue.SimpleQueue()
@@ -78,7 +78,6 @@ class Connection:
     def _on_event(self, event: dict) -> list[list[bytes]]:
         kind = event["event"]
         if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-            self.connects += 1
             self._up, self.last_failure = True, ""
             return self._on_connect()
         if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
@@ -128,14 +127,14 @@ class Connection:
                     except zmq.Again:
                         break
                     try:
-                        header, body = protocol.decode(frames)
+                        msg, body = protocol.decode(frames, protocol.CLIENT_REPLIES)
                     except ProtocolError as e:
                         log.error("dropping a malformed message from the endpoint: %s", e)
                         continue
                     try:
-                        self._on_message(header, body)
+                        self._on_message(msg, body)
                     except Exception:
-                        log.exception("handling a %s message failed", header.get("type"))
+                        log.exception("handling a %s message failed", msg.type)
         finally:
             sock.disable_monitor()
             monitor.close(0)

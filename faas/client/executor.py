@@ -1,4 +1,4 @@
-"""``faas.Executor``: a ``concurrent.futures.Executor`` for ctx_functions,
+"""``faas.Executor``: a ``concurrent.futures.Executor`` for ctx_functions (and plain functions),
 shaped like ``globus_compute_sdk.Executor``."""
 
 from __future__ import annotations
@@ -7,16 +7,15 @@ import logging
 import threading
 import uuid
 import weakref
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor as _BaseExecutor
-from concurrent.futures import Future
+from collections.abc import Callable
+from concurrent.futures import CancelledError, Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from faas import protocol
 from faas.client import serialize
 from faas.client.connection import Connection
-from faas.client.progress import track
+from faas.client.base import ComputeFuture, FaasExecutor
 from faas.client.transport import Transport, open_transport
 from faas.endpoint.home import EndpointDir
 from faas.errors import EndpointError, NotAuthorised, PayloadTooLarge
@@ -25,16 +24,9 @@ from faas.function import CtxFunction
 log = logging.getLogger(__name__)
 
 
-class ComputeFuture(Future):
-    """A future with the invocation's id (``task_id``, as in Globus Compute)."""
-
-    def __init__(self, task_id: str):
-        super().__init__()
-        self.task_id = task_id
-
-
-class Executor(_BaseExecutor):
-    """Run ctx_functions on an endpoint.
+class Executor(FaasExecutor):
+    """Run functions on an endpoint: ctx_functions in their warm contexts, and
+    plain callables without one.
 
     ``endpoint`` is an endpoint name (under ``$FAAS_HOME``), an ``ipc://``
     address, ``ssh://[user@]host[:port]/NAME`` (through an OpenSSH tunnel;
@@ -42,16 +34,23 @@ class Executor(_BaseExecutor):
     ``remote_command``: see :class:`faas.client.ssh.SSHTransport`),
     ``tcp://HOST:PORT`` (CurveZMQ; options ``server_key``, ``client_key``: see
     :class:`faas.client.transport.TcpTransport`), or None to start an embedded
-    local endpoint that lives as long as this Executor. The constructor returns
-    once the endpoint answers, or raises after ``connect_timeout`` seconds.
-    All invocations belong to ``task_group_id`` (a new one by default).
-    Arguments over ``max_payload_bytes`` (or the endpoint's smaller limit)
-    raise PayloadTooLarge at submit.
+    local endpoint with ``embedded_workers`` workers that lives as long as
+    this Executor. The constructor returns once the endpoint answers, or
+    raises after ``connect_timeout`` seconds. All invocations belong to
+    ``task_group_id`` (a new one by default). Arguments over
+    ``max_payload_bytes`` (or the endpoint's smaller limit) raise
+    PayloadTooLarge at submit. Futures go RUNNING when their invocation starts
+    on a worker; ``cancel()`` before that cancels it on the endpoint.
     """
 
     def __init__(self, endpoint: str | None = None, task_group_id: str | None = None,
                  batch_size: int = 256, max_payload_bytes: int | None = 64 * 2**20,
                  embedded_workers: int = 2, connect_timeout: float = 30.0, **transport_options: Any):
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, not {batch_size!r}")
+        if not isinstance(embedded_workers, int) or embedded_workers < 1:
+            raise ValueError(f"embedded_workers must be a positive int, not {embedded_workers!r}")
+        super().__init__()
         self.task_group_id = task_group_id or uuid.uuid4().hex
         self.batch_size = batch_size
         self.max_payload_bytes = max_payload_bytes
@@ -71,13 +70,13 @@ class Executor(_BaseExecutor):
         self._refused: NotAuthorised | None = None
         self._answered: Future = Future()  # the first pong
         self._lock = threading.Lock()
-        self._futures: dict[str, ComputeFuture] = {}
-        self._buffer: list[tuple[CtxFunction, str, str, bytes]] = []
-        self._functions: dict[int, tuple[str, bytes, CtxFunction]] = {}  # id(fn) -> (fid, blob, fn)
-        self._sent_fids: set[str] = set()
-        self._unacked: dict[str, list[bytes]] = {}  # first invocation id -> submit message (IO thread)
-        self._shutdown = False
+        self._futures: dict[str, ComputeFuture] = {}  # not resolved yet
+        self._buffer: list[tuple[CtxFunction, str, bytes, ComputeFuture, bytes]] = []  # fn, id, body, future, args
+        self._cancels: list[str] = []
+        self._sent_fids: set[str] = set()  # acknowledged by the endpoint
+        self._unacked: dict[str, tuple[list[bytes], list[str]]] = {}  # first id -> (submit message, its fids)
         self._reload: Future | None = None
+        self._closer: threading.Thread | None = None
         self._conn = Connection(transport.address, self._on_message, self._flush, self._on_connect,
                                 self._on_refused, transport.socket_options)
         self._finalizer = weakref.finalize(self, _close, self._conn, self._embedded, transport)
@@ -97,42 +96,29 @@ class Executor(_BaseExecutor):
 
     # -- submitting -----------------------------------------------------------
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> ComputeFuture:
-        if self._shutdown:
-            raise RuntimeError("cannot submit after shutdown")
+        self._check_open()
         if self._refused is not None:
             raise self._refused
         limit = self._payload_limit()
-        fid, fn_blob = self._function(fn)
+        ctx_fn, fid, fn_blob = self._function(fn)
         if limit is not None and len(fn_blob) > limit:
-            raise PayloadTooLarge(f"function {fn.__qualname__} pickles to {len(fn_blob)} bytes, "
+            raise PayloadTooLarge(f"function {ctx_fn.__qualname__} pickles to {len(fn_blob)} bytes, "
                                   f"over the limit of {limit} bytes")
         blob = serialize.args_blob(args, kwargs, limit)
-        fut = ComputeFuture(uuid.uuid4().hex)
+        fut = ComputeFuture(uuid.uuid4().hex, _weak_call(self._cancel))
         with self._lock:
             self._futures[fut.task_id] = fut
-            self._buffer.append((fn, fid, fut.task_id, blob))
+            self._buffer.append((ctx_fn, fid, fn_blob, fut, blob))
             first = len(self._buffer) == 1
         if first:
             self._conn.wake()
         return fut
 
-    def map(self, fn: Callable, *iterables: Iterable, timeout: float | None = None,
-            chunksize: int = 1, progress: bool | None = None) -> Iterator[Any]:
-        """Like ``concurrent.futures.Executor.map``; submissions travel in chunks
-        of ``batch_size`` whatever ``chunksize`` says. ``progress`` shows a bar of
-        completed invocations (None: only when stderr is a terminal)."""
-        futures = [self.submit(fn, *args) for args in zip(*iterables)]
-        track(futures, progress, desc=getattr(fn, "__qualname__", None))
-
-        def results():
-            try:
-                for fut in futures:
-                    yield fut.result(timeout)
-            finally:
-                for fut in futures:
-                    fut.cancel()
-
-        return results()
+    def _cancel(self, task_id: str) -> None:
+        with self._lock:
+            self._futures.pop(task_id, None)
+            self._cancels.append(task_id)
+        self._conn.wake()
 
     @property
     def endpoint_dir(self) -> EndpointDir | None:
@@ -146,40 +132,39 @@ class Executor(_BaseExecutor):
         limits = [n for n in (self.max_payload_bytes, self._endpoint_limit) if n is not None]
         return min(limits, default=None)
 
-    def _function(self, fn: Callable) -> tuple[str, bytes]:
-        cached = self._functions.get(id(fn))
-        if cached is None or cached[2] is not fn:
-            fid, blob = serialize.function_blob(fn)
-            cached = self._functions[id(fn)] = (fid, blob, fn)
-        return cached[0], cached[1]
-
     def _flush(self) -> list[list[bytes]]:
-        """Turn buffered submissions into submit messages (on the IO thread)."""
+        """Turn buffered submissions and cancellations into messages (on the IO thread)."""
         with self._lock:
             buffered, self._buffer = self._buffer, []
+            cancels, self._cancels = self._cancels, []
+        buffered = [b for b in buffered if not b[3].cancelled()]  # cancelled before it left: never sent
         messages = []
         for start in range(0, len(buffered), self.batch_size):
             chunk = buffered[start:start + self.batch_size]
-            functions, blobs = [], []
-            for fn, fid, _, _ in chunk:
-                if fid not in self._sent_fids:
-                    self._sent_fids.add(fid)
-                    functions.append({"id": fid, "name": fn.__qualname__, "context_key": fn.context_key,
-                                      "context": fn.spec.description, "retries": fn.retries})
-                    blobs.append(self._function(fn)[1])
-            invocations = [{"id": inv_id, "function": fid} for _, fid, inv_id, _ in chunk]
-            message = protocol.encode("submit", [*blobs, *(a for *_, a in chunk)],
-                                      group=self.task_group_id, functions=functions, invocations=invocations)
-            self._unacked[invocations[0]["id"]] = message
+            functions, blobs, fresh = [], [], set()
+            for fn, fid, body, _, _ in chunk:
+                if fid not in self._sent_fids and fid not in fresh:
+                    fresh.add(fid)
+                    functions.append(protocol.FunctionInfo(
+                        id=fid, name=fn.__qualname__[:256], context_key=fn.context_key,
+                        context=fn.context_description, retries=fn.retries, batch_size=fn.batch_size))
+                    blobs.append(body)
+            invocations = [protocol.InvocationRef(id=fut.task_id, function=fid) for _, fid, _, fut, _ in chunk]
+            message = protocol.encode(protocol.Submit(group=self.task_group_id, functions=functions,
+                                                      invocations=invocations),
+                                      [*blobs, *(a for *_, a in chunk)])
+            self._unacked[invocations[0].id] = (message, sorted(fresh))
             messages.append(message)
+        if cancels:
+            messages.append(protocol.encode(protocol.Cancel(ids=cancels)))
         return messages
 
     def _on_connect(self) -> list[list[bytes]]:
         """After a (re)connection: learn the endpoint's limits (ping), watch our
         group again (results recorded meanwhile come back) and resend what was
         not acknowledged."""
-        watch = protocol.encode("watch", group=self.task_group_id)
-        return [protocol.encode("ping"), watch, *self._unacked.values()]
+        watch = protocol.encode(protocol.Watch(group=self.task_group_id))
+        return [protocol.encode(protocol.Ping()), watch, *(m for m, _ in self._unacked.values())]
 
     def _on_refused(self, detail: str) -> None:
         self._refuse(self._transport.refused(detail))
@@ -200,64 +185,82 @@ class Executor(_BaseExecutor):
                 raise RuntimeError("reload_tasks is already running")
             self._reload = waiter
         try:
-            self._conn.send(protocol.encode("watch", group=self.task_group_id))
+            self._conn.send(protocol.encode(protocol.Watch(group=self.task_group_id)))
             return waiter.result(timeout)
         finally:
             with self._lock:
                 self._reload = None
 
-    # -- results --------------------------------------------------------------
-    def _on_message(self, header: dict, frames: list[bytes]) -> None:
-        kind = header["type"]
-        if kind == "pong":
-            limit = header.get("max_payload_bytes")
-            self._endpoint_limit = limit if isinstance(limit, int) else None
+    # -- from the endpoint (on the IO thread) ------------------------------------
+    def _on_message(self, msg: Any, frames: list[bytes]) -> None:
+        if isinstance(msg, protocol.Results):
+            self._on_results(msg.items, frames)
+        elif isinstance(msg, protocol.Running):
+            with self._lock:
+                futures = [self._futures.get(i) for i in msg.ids]
+            for fut in futures:
+                if fut is not None and not fut.running() and not fut.done():
+                    fut.set_running_or_notify_cancel()
+        elif isinstance(msg, protocol.Ack):
+            if msg.ids:
+                _, fids = self._unacked.pop(msg.ids[0], (None, []))
+                self._sent_fids.update(fids)  # only now: a refused submit sends its bodies again
+        elif isinstance(msg, protocol.Pong):
+            self._endpoint_limit = msg.max_payload_bytes
             if not self._answered.done():
                 self._answered.set_result(None)
-        elif kind == "ack":
-            if header["ids"]:
-                self._unacked.pop(header["ids"][0], None)
-        elif kind == "tasks":
-            self._on_tasks(header["ids"])
-        elif kind == "results":
-            for item, payload in zip(header["items"], frames):
-                with self._lock:
-                    fut = self._futures.pop(item["id"], None)
-                if fut is None or fut.done():
+        elif isinstance(msg, protocol.Tasks):
+            self._on_tasks(msg.ids)
+        elif isinstance(msg, protocol.Error):
+            self._on_error(msg)
+
+    def _on_results(self, items: list[protocol.ResultItem], payloads: list[bytes]) -> None:
+        """Each item on its own: one result that cannot be loaded here fails its
+        own future, never the others."""
+        for item, payload in zip(items, payloads):
+            with self._lock:
+                fut = self._futures.pop(item.id, None)
+            if fut is None or fut.done():
+                continue
+            if item.state == "cancelled":
+                if not fut.cancel():  # running: it was cancelled by someone else
+                    fut.set_exception(CancelledError(f"invocation {item.id} was cancelled on the endpoint"))
+                continue
+            if item.state == "succeeded":
+                try:
+                    value = serialize.load_result(payload)
+                except Exception as e:
+                    fut.set_exception(serialize.unloadable(payload, e))
                     continue
-                if item["ok"]:
-                    fut.set_result(serialize.load_result(payload))
-                else:
-                    fut.set_exception(serialize.remote_exception(payload, item.get("error")))
-        elif kind == "error":
-            self._on_error(header)
+                fut.set_result(value)
+            else:
+                fut.set_exception(serialize.remote_exception(payload, item.error))
 
     def _on_tasks(self, ids: list[str]) -> None:
         with self._lock:
             waiter = self._reload
             if waiter is None or waiter.done():
                 return  # the reply to an automatic re-watch
-            futures = [self._futures.setdefault(i, ComputeFuture(i)) for i in ids]
+            futures = [self._futures.setdefault(i, ComputeFuture(i, _weak_call(self._cancel))) for i in ids]
         waiter.set_result(futures)
 
-    def _on_error(self, header: dict) -> None:
+    def _on_error(self, msg: protocol.Error) -> None:
         """A refused request: fail the invocations it names, or all of them."""
-        if header.get("code") == "not_authorised":
+        if msg.code == "not_authorised":
             self._refuse(self._transport.refused("the key is no longer authorised"))
             return
-        exc = EndpointError(header["message"])
-        ids = header.get("ids")
-        if not ids or not isinstance(ids, list):
+        exc = EndpointError(msg.message)
+        if not msg.ids:
             if not self._answered.done():
                 self._answered.set_exception(exc)
             self._fail_all(exc)
             return
-        for inv_id in ids:
+        for inv_id in msg.ids:
             with self._lock:
-                fut = self._futures.pop(inv_id, None) if isinstance(inv_id, str) else None
+                fut = self._futures.pop(inv_id, None)
             if fut is not None and not fut.done():
                 fut.set_exception(exc)
-        self._unacked.pop(ids[0], None)  # refused for good: resending cannot help
+        self._unacked.pop(msg.ids[0], None)  # refused for good: resending cannot help
 
     def _fail_all(self, exc: Exception) -> None:
         with self._lock:
@@ -267,22 +270,42 @@ class Executor(_BaseExecutor):
                 fut.set_exception(exc)
 
     # -- lifecycle --------------------------------------------------------------
+    def _pending(self) -> list[ComputeFuture]:
+        with self._lock:
+            return [f for f in self._futures.values() if not f.done()]
+
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """As ``concurrent.futures``: ``cancel_futures`` cancels (on the endpoint
+        too) what has not started; ``wait=False`` returns at once, and the
+        pending work still finishes (an embedded endpoint lives until it has)."""
         if self._shutdown:
             return
         self._shutdown = True
-        with self._lock:
-            futures = list(self._futures.values())
         if cancel_futures:
-            for fut in futures:
+            for fut in self._pending():
                 fut.cancel()
-        elif wait:
-            for fut in futures:
-                try:
-                    fut.exception()
-                except Exception:  # cancelled
-                    pass
+        if wait:
+            self._wait(self._pending())
+            self._finalizer()
+            return
+        self._closer = threading.Thread(target=self._close_when_done, name="faas-executor-closer")
+        self._closer.start()  # not a daemon: the interpreter waits for it at exit
+
+    def _close_when_done(self) -> None:
+        self._wait(self._pending())
         self._finalizer()
+
+
+def _weak_call(method: Callable[[str], None]) -> Callable[[str], None]:
+    """``method``, without keeping its object alive (futures outlive executors)."""
+    ref = weakref.WeakMethod(method)
+
+    def call(arg: str) -> None:
+        bound = ref()
+        if bound is not None:
+            bound(arg)
+
+    return call
 
 
 def _close(conn: Connection, embedded, transport: Transport) -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 import threading
 import uuid
-import weakref
 from collections.abc import Callable, Iterable
 from concurrent.futures import CancelledError, Future
 from concurrent.futures import Executor as _BaseExecutor
@@ -25,11 +24,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from faas.client import serialize
+from faas.client.base import ComputeFuture, FaasExecutor
 from faas.client.batching import Batcher
-from faas.client.executor import ComputeFuture
 from faas.errors import PayloadTooLarge
 from faas.function import CtxFunction
-from faas.warm_pool.runner import ERROR, OK, run_batch
+from faas.protocol import Kind, retryable
+from faas.warm_pool.runner import run_batch
 
 
 @dataclass(eq=False)
@@ -42,8 +42,9 @@ class _Invocation:
     attempts: int = 0
 
 
-class GlobusExecutor(_BaseExecutor):
-    """A ``concurrent.futures.Executor`` for ctx_functions on a Globus Compute endpoint.
+class GlobusExecutor(FaasExecutor):
+    """A ``concurrent.futures.Executor`` for ctx_functions (and plain functions)
+    on a Globus Compute endpoint.
 
     ``GlobusExecutor(endpoint_id=..., **executor_kwargs)`` submits through a
     ``globus_compute_sdk.Executor(endpoint_id=..., **executor_kwargs)`` that it
@@ -61,6 +62,7 @@ class GlobusExecutor(_BaseExecutor):
     def __init__(self, endpoint_id: str | None = None, *, executor: _BaseExecutor | None = None,
                  batch_window: float = 0.1, max_batch: int = 128, max_batch_bytes: int = 4 * 2**20,
                  idle_timeout: float | None = 3600.0, **executor_kwargs: Any):
+        super().__init__()
         if executor is None:
             try:
                 import globus_compute_sdk
@@ -77,31 +79,21 @@ class GlobusExecutor(_BaseExecutor):
         self.idle_timeout = idle_timeout
         self._lock = threading.Lock()
         self._futures: dict[str, ComputeFuture] = {}
-        self._functions: weakref.WeakKeyDictionary[CtxFunction, tuple[str, bytes]] = weakref.WeakKeyDictionary()
-        self._shutdown = False
         self._batcher: Batcher[_Invocation] = Batcher(self._send, window=batch_window, max_items=max_batch,
                                                       max_bytes=max_batch_bytes, name="faas-globus-batcher")
 
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> ComputeFuture:
-        if self._shutdown:
-            raise RuntimeError("cannot submit after shutdown")
-        fid, fn_blob = self._function(fn)
+        self._check_open()
+        ctx_fn, fid, fn_blob = self._function(fn)
         if len(fn_blob) >= self.max_batch_bytes:
-            raise PayloadTooLarge(f"{fn.__qualname__} pickles to {len(fn_blob)} bytes, over max_batch_bytes")
+            raise PayloadTooLarge(f"{ctx_fn.__qualname__} pickles to {len(fn_blob)} bytes, over max_batch_bytes")
         args_blob = serialize.args_blob(args, kwargs, self.max_batch_bytes - len(fn_blob))
-        inv = _Invocation(ComputeFuture(uuid.uuid4().hex), fn, fid, fn_blob, args_blob)
+        inv = _Invocation(ComputeFuture(uuid.uuid4().hex), ctx_fn, fid, fn_blob, args_blob)
         with self._lock:
             self._futures[inv.future.task_id] = inv.future
         inv.future.add_done_callback(self._forget)
         self._batcher.add(inv, len(args_blob), shared=(fid, len(fn_blob)))
         return inv.future
-
-    def _function(self, fn: Callable) -> tuple[str, bytes]:
-        cached = self._functions.get(fn) if isinstance(fn, CtxFunction) else None
-        if cached is None:
-            cached = serialize.function_blob(fn)  # TypeError unless fn is a ctx_function
-            self._functions[fn] = cached
-        return cached
 
     def _forget(self, fut: Future) -> None:
         with self._lock:
@@ -130,18 +122,19 @@ class GlobusExecutor(_BaseExecutor):
             _fail(batch, e)
             return
         by_id = {inv.future.task_id: inv for inv in batch}
-        for inv_id, kind, payload, tb, _started, _finished in report["outcomes"]:
-            inv = by_id[inv_id]
-            if kind == ERROR and inv.attempts <= inv.fn.retries:
+        for info, payload in report["outcomes"]:
+            inv = by_id[info.id]
+            if retryable(info.kind, inv.attempts, inv.fn.retries):
                 self._retry(inv)
-                continue
-            try:
-                if kind == OK:
-                    inv.future.set_result(serialize.load_result(payload))
+            elif info.kind is Kind.OK:
+                try:
+                    value = serialize.load_result(payload)
+                except Exception as e:  # e.g. the result's class cannot be imported here
+                    inv.future.set_exception(serialize.unloadable(payload, e))
                 else:
-                    inv.future.set_exception(serialize.remote_exception(payload, tb))
-            except Exception as e:  # e.g. the result's class cannot be imported here
-                inv.future.set_exception(e)
+                    inv.future.set_result(value)
+            else:
+                inv.future.set_exception(serialize.remote_exception(payload, info.error))
 
     def _retry(self, inv: _Invocation) -> None:
         try:
@@ -150,22 +143,21 @@ class GlobusExecutor(_BaseExecutor):
             inv.future.set_exception(e)
 
     # -- lifecycle ----------------------------------------------------------------
+    def _pending(self) -> list[Future]:
+        with self._lock:
+            return [f for f in self._futures.values() if not f.done()]
+
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         if self._shutdown:
             return
         self._shutdown = True
-        with self._lock:
-            futures = list(self._futures.values())
+        futures = self._pending()
         if cancel_futures:
             for fut in futures:
                 fut.cancel()  # only those not yet sent: a sent task cannot be recalled
         self._batcher.flush()
         if wait:
-            for fut in futures:
-                try:
-                    fut.exception()
-                except CancelledError:
-                    pass
+            self._wait(futures)
         self._batcher.close()
         if self._owns_executor:
             self._executor.shutdown(wait=wait, cancel_futures=cancel_futures)

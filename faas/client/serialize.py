@@ -4,6 +4,7 @@ workers that never saw it."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import linecache
 import sys
@@ -22,10 +23,9 @@ _INSTALLED = {Path(p).resolve() for p in (sysconfig.get_paths()["purelib"], sysc
 
 def function_blob(fn: CtxFunction) -> tuple[str, bytes]:
     """(id, pickled function). The id is the content hash, so resends dedupe."""
-    if not isinstance(fn, CtxFunction):
-        raise TypeError(f"{fn!r} is not a @ctx_function; decorate it with faas.ctx_function(model=...)")
-    for obj in (fn.fn, fn.spec.loader):
-        _by_value_if_local(obj)
+    _by_value_if_local(fn.fn)
+    if fn.spec is not None:
+        _by_value_if_local(fn.spec.loader)
     code = getattr(fn.fn, "__code__", None)
     if code is not None and fn.source is None:  # lets remote tracebacks show the user's lines
         fn.source = (code.co_filename, linecache.getlines(code.co_filename))
@@ -39,6 +39,11 @@ def function_blob(fn: CtxFunction) -> tuple[str, bytes]:
 def _by_value_if_local(obj: Any) -> None:
     """Ship the module of a user's function by value unless it is installed
     (workers can import installed packages, not the user's scripts)."""
+    if isinstance(obj, functools.partial):
+        for part in (obj.func, *obj.args, *obj.keywords.values()):
+            if callable(part):
+                _by_value_if_local(part)
+        return
     name = getattr(obj, "__module__", None)
     module = sys.modules.get(name or "")
     path = getattr(module, "__file__", None)
@@ -61,6 +66,14 @@ def args_blob(args: tuple, kwargs: dict, limit: int | None) -> bytes:
 
 def load_result(payload: bytes) -> Any:
     return cloudpickle.loads(payload)
+
+
+def unloadable(payload: bytes, error: Exception) -> SerializationError:
+    """Why a result that arrived cannot be used here (e.g. its class's module is not installed)."""
+    exc = SerializationError(f"the result ({len(payload)} bytes) could not be unpickled here: "
+                             f"{type(error).__name__}: {error}")
+    exc.__cause__ = error
+    return exc
 
 
 def remote_exception(payload: bytes, tb: str | None) -> BaseException:

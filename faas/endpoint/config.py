@@ -219,6 +219,8 @@ class DispatchConfig(_Strict):
     max_batch: int = Field(64, ge=1)
     max_batch_seconds: float = Field(10.0, gt=0)  # of measured work: results flow, preemptions lose little
     max_attempts: int = Field(5, ge=1)
+    invocation_timeout: float | None = Field(None, gt=0)  # seconds; a function's own timeout wins
+    timeout_grace: float = Field(10.0, gt=0)  # an interrupted invocation still running after this: worker replaced
 
 
 class WarmPoolConfig(_Strict):

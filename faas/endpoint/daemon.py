@@ -167,18 +167,18 @@ def stop(epdir: EndpointDir, timeout: float = 60.0) -> bool:
     return True
 
 
-def request(address: str, kind: str, timeout: float = 5.0, **header) -> dict:
-    """One request/reply exchange with an endpoint (for the CLI)."""
+def request(address: str, kind: str, timeout: float = 5.0) -> dict:
+    """One request/reply exchange with an endpoint (``ping`` or ``status``, for the CLI)."""
     zctx = zmq.Context.instance()
     sock = zctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     try:
         sock.connect(address)
-        sock.send_multipart(protocol.encode(kind, **header))
+        sock.send_multipart(protocol.encode(protocol.Ping() if kind == "ping" else protocol.StatusRequest()))
         if not sock.poll(int(timeout * 1000)):
             raise EndpointError(f"no answer from {address} within {timeout:.0f}s")
-        reply, _ = protocol.decode(sock.recv_multipart())
-        return reply
+        reply, _ = protocol.decode(sock.recv_multipart(), protocol.CLIENT_REPLIES)
+        return reply.model_dump()
     finally:
         sock.close(0)
 

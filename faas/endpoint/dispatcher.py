@@ -1,52 +1,46 @@
-"""Places invocations on the workers that hold their context.
+"""Places invocations on the workers that hold their context, and keeps the
+record of what each one is doing.
 
 Invocations wait here, per context. Each Parsl worker runs a loop task
 (faas.warm_pool.loop) that pulls from the endpoint; when a loop has room (one
-batch running, one queued behind it) the dispatcher picks a context for that
-loop, preferring one it already holds (:func:`choose_context`), so workers do
-not thrash between contexts, and contexts nobody holds still get a worker.
-Batch size follows the backlog and each worker's measured speed (guided
-self-scheduling weighted by speed, capped by ``dispatch.max_batch``): about
-half of what the worker can run before the context's remaining work would be
-done by all its holders, so batches are large while there is much work, small
-at the tail and for slow workers, fast and slow GPUs finish together, and a
-preemption loses little, with no batch-size knob to tune. A worker's first
-batch of a context is small (its speed is not known yet), and no batch holds
-more than ``dispatch.max_batch_seconds`` of measured work, so results keep
-flowing even when one invocation takes seconds.
+batch running, one queued behind it) the dispatcher picks a context and a
+batch size for it (:mod:`faas.endpoint.policy`), so workers keep to their warm
+contexts and batches follow the backlog and each worker's measured speed.
 
-Why pull rather than Parsl's own task routing: HighThroughputExecutor sends a
-task to a random manager with free capacity and any idle worker there, knowing
-nothing of warm contexts. Parsl still gets the nodes, starts, scales and
-replaces the workers and reports their loss; the loops only choose the work.
+Batches are the unit of dispatch only. Loops report each invocation as it
+starts and as it ends (``progress``); each outcome is recorded, with the
+others of the server's pass, in one transaction (:meth:`commit`) before any
+client is told. A lost worker costs only its unfinished invocations.
+Cancellations reach queued invocations here and running ones through the
+loop (``revoke``); a loop whose current invocation runs far longer than usual
+has its unstarted work taken back for others.
 
-Each batch's outcomes are recorded in the store, in one transaction, before
-anyone is told of them. Everything here runs on the server's loop thread;
-Parsl's done-callbacks only hand the loop's future over via ``notify``.
+Everything here runs on the server's loop thread and does no socket I/O: the
+messages for loops collect in :attr:`outbox`, which the server sends.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-import math
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
 
 from faas import protocol
+from faas.endpoint import policy
 from faas.endpoint.config import EndpointConfig
-from faas.endpoint.workers import WorkerLink, WorkerLoop
+from faas.endpoint.policy import Step
+from faas.endpoint.workers import LoopBatch, WorkerLoop
+from faas.protocol import Kind
 from faas.store import Outcome, State, Store
-from faas.warm_pool.runner import ERROR, INIT_ERROR, OK
 
 log = logging.getLogger(__name__)
 PREFETCH = 2  # batches a loop holds: one running, one queued behind it
-FIRST_BATCH = 4  # invocations in a worker's first batch of a context, before its speed is known
+_STATE = {Step.SUCCEEDED: State.SUCCEEDED, Step.FAILED: State.FAILED, Step.CANCELLED: State.CANCELLED}
 
 
 @dataclass
@@ -58,14 +52,16 @@ class Item:
     args: bytes
     attempts: int = 0
     history: list[str] = field(default_factory=list)  # why earlier attempts ended
+    loop: str | None = None  # the loop it was sent to, while there
+    batch: int | None = None
+    cancel_requested: bool = False
+    reclaiming: bool = False
 
 
 @dataclass
-class Batch:
-    id: int
-    context_key: str
-    items: list[Item]
-    dispatched_at: float
+class FunctionMeta:
+    retries: int = 0
+    batch_size: int = 1
 
 
 @dataclass
@@ -74,178 +70,327 @@ class Final:
 
     id: str
     group_id: str
-    ok: bool
+    state: State
     payload: bytes | None
     error: str | None
 
 
-def choose_context(holds: set[str], backlog: dict[str, int], holders: dict[str, int]) -> str | None:
-    """The context a free worker should serve next.
+@dataclass
+class _Pending:
+    """What the current pass decided, to be written in one transaction."""
 
-    ``holds``: contexts the worker holds; ``backlog``: waiting invocations per
-    context; ``holders``: workers holding (or about to hold) each context. A
-    worker keeps to a context it holds, the one with most backlog per holder,
-    unless some context with backlog has no holder at all and the worker's
-    context keeps another; a worker holding nothing useful takes the context
-    with most backlog per holder, counting itself.
-    """
-    wanted = {k: n for k, n in backlog.items() if n > 0}
-    if not wanted:
-        return None
-    held = [k for k in wanted if k in holds]
-    orphans = [k for k in wanted if not holders.get(k)]
-    if held:
-        best = max(held, key=lambda k: wanted[k] / max(1, holders.get(k, 1)))
-        if orphans and holders.get(best, 1) > 1:
-            return max(orphans, key=wanted.__getitem__)
-        return best
-    return max(wanted, key=lambda k: wanted[k] / (holders.get(k, 0) + 1))
+    outcomes: list[tuple[Outcome, Item]] = field(default_factory=list)
+    requeue: dict[str, tuple[Item, str]] = field(default_factory=dict)
+    refund: set[str] = field(default_factory=set)
+    workers: dict[str, tuple[str, str, int]] = field(default_factory=dict)
+    inits: list[dict] = field(default_factory=list)
+    lost_workers: list[str] = field(default_factory=list)
 
 
 class Dispatcher:
-    def __init__(self, store: Store, engine, link: WorkerLink, config: EndpointConfig,
+    def __init__(self, store: Store, engine, config: EndpointConfig, worker_link,
                  notify: Callable[[str, Future], None]):
         self.store = store
         self.engine = engine
-        self.link = link
         self.cfg = config
+        self.link = worker_link  # only its addresses and keys, handed to new loop tasks
         self.notify = notify
         self.queues: dict[str, deque[Item]] = {}
+        self.items: dict[str, Item] = {}  # every invocation not final yet
         self.loops: dict[str, WorkerLoop] = {}
+        self.functions: dict[str, FunctionMeta] = {}
+        self.outbox: list[tuple[str, list[bytes]]] = []  # (loop token, message) for the server to send
+        self.started: list[Item] = []  # invocations that started since the last call of take_started
+        self._pending = _Pending()
         self._batch_ids = itertools.count(1)
         self._bodies: dict[str, bytes] = {}
-        self._retries: dict[str, int] = {}
-        self._init_failures: dict[str, int] = {}  # context key -> batches whose loader raised
+        self._init_failures: set[str] = set()  # contexts whose loader failed once: one more try
         budget = config.warm_pool.memory_budget
-        self._settings = {"idle_timeout": config.warm_pool.idle_timeout,
-                          "memory_budget": int(budget) if budget is not None else None}
+        self._settings = protocol.WorkerSettings(
+            idle_timeout=config.warm_pool.idle_timeout,
+            memory_budget=int(budget) if budget is not None else None,
+            timeout=config.dispatch.invocation_timeout, timeout_grace=config.dispatch.timeout_grace,
+            max_result_bytes=config.max_payload_bytes)
 
     # -- intake -------------------------------------------------------------
-    def register_function(self, fid: str, body: bytes, retries: int) -> None:
+    def register_function(self, fid: str, body: bytes, info: protocol.FunctionInfo) -> None:
         self._bodies[fid] = body
-        self._retries[fid] = retries
+        self.functions[fid] = FunctionMeta(info.retries, info.batch_size)
 
     def submit(self, items: Iterable[Item]) -> None:
-        """New work from a client. A context whose loader failed everywhere gets
-        a fresh chance with new work (its files may have been fixed)."""
+        """New work from a client. A context whose loader failed gets a fresh
+        chance with new work (its files may have been fixed)."""
         items = list(items)
-        for key in {it.context_key for it in items}:
-            self._init_failures.pop(key, None)
-        self.add(items)
+        self._init_failures -= {it.context_key for it in items}
+        self._enqueue(items)
 
-    def add(self, items: Iterable[Item]) -> None:
+    def _enqueue(self, items: Iterable[Item]) -> None:
         for it in items:
+            it.loop = it.batch = None
+            it.reclaiming = False
+            self.items[it.id] = it
             self.queues.setdefault(it.context_key, deque()).append(it)
 
     def backlog(self) -> int:
         return sum(len(q) for q in self.queues.values())
 
     def in_flight(self) -> int:
-        return sum(len(loop.batches) for loop in self.loops.values())
+        return sum(lp.outstanding() for lp in self.loops.values())
+
+    def cancel(self, ids: Iterable[str]) -> None:
+        """A client cancels: queued invocations never run; running ones are
+        revoked at their loop (and recorded when it answers)."""
+        queued: dict[str, set[str]] = {}
+        revoke: dict[str, list[str]] = {}
+        for inv_id in ids:
+            it = self.items.get(inv_id)
+            if it is None or it.cancel_requested:
+                continue  # final already, or unknown
+            it.cancel_requested = True
+            if it.loop is None:
+                queued.setdefault(it.context_key, set()).add(inv_id)
+            else:
+                revoke.setdefault(it.loop, []).append(inv_id)
+        for key, gone in queued.items():
+            queue = self.queues.get(key, deque())
+            self.queues[key] = deque(it for it in queue if it.id not in gone)
+            if not self.queues[key]:
+                del self.queues[key]
+            now = time.time()
+            for inv_id in gone:
+                self._final(self.items[inv_id], Step.CANCELLED, None, None, "", now, now)
+        for token, revoked in revoke.items():
+            self.outbox.append((token, protocol.encode(protocol.Revoke(ids=revoked, reason="cancel"))))
 
     # -- worker loops -------------------------------------------------------
     def start_loops(self, n: int) -> None:
-        """Submit ``n`` loop tasks to Parsl; each connects back when a worker runs it."""
+        """Submit ``n`` loop tasks to the engine; each connects back when a worker runs it."""
         for _ in range(n):
             loop = WorkerLoop(uuid.uuid4().hex)
             self.loops[loop.token] = loop
             loop.future = self.engine.start_loop(loop.token, self.link)
             loop.future.add_done_callback(lambda f, t=loop.token: self.notify(t, f))
 
-    def on_ready(self, token: str, header: dict[str, Any]) -> None:
+    def on_ready(self, token: str, msg: protocol.Ready) -> None:
         loop = self.loops.get(token)
         if loop is None:  # retired or lost meanwhile
-            self.link.send(token, protocol.encode("retire"))
+            self.outbox.append((token, protocol.encode(protocol.Retire())))
             return
-        loop.host, loop.pid, loop.contexts = header["host"], header["pid"], header["contexts"]
-        loop.ready, loop.idle_since = True, time.monotonic()
-        self.link.send(token, protocol.encode("hb"))
+        loop.host, loop.pid, loop.contexts = msg.host, msg.pid, msg.contexts
+        loop.ready, loop.idle_since, loop.last_heard = True, time.monotonic(), time.monotonic()
+        if msg.prewarm:
+            log.info("worker %s prewarmed: %s", loop.name, msg.prewarm)
+        self.outbox.append((token, protocol.encode(protocol.Heartbeat())))
+
+    def heard(self, token: str) -> None:
+        loop = self.loops.get(token)
+        if loop is not None:
+            loop.last_heard = time.monotonic()
 
     def heartbeat(self) -> None:
-        for loop in self.loops.values():
-            if loop.ready:
-                self.link.send(loop.token, protocol.encode("hb"))
+        """Beat to every ready loop; a loop silent past the threshold is lost."""
+        now = time.monotonic()
+        for loop in list(self.loops.values()):
+            if not loop.ready:
+                continue
+            if now - loop.last_heard > self.cfg.engine.heartbeat_threshold:
+                self.lose(loop.token, f"silent for {now - loop.last_heard:.0f}s")
+            else:
+                self.outbox.append((loop.token, protocol.encode(protocol.Heartbeat())))
 
-    def on_loop_end(self, token: str, fut: Future) -> list[Final]:
-        """A loop task ended: retired, lost with its worker, or its endpoint
-        link fell silent. Whatever it still held runs again elsewhere."""
-        loop = self.loops.pop(token, None)
-        if loop is None or not loop.batches:
-            return []
+    def on_loop_end(self, token: str, fut: Future) -> None:
+        """A loop task ended: retired, lost with its worker, or its endpoint link
+        fell silent. Whatever it still held runs again elsewhere."""
         try:
             cause = f"loop ended ({fut.result()})"
         except Exception as e:
             cause = f"{type(e).__name__}: {e}"
-        finals = []
-        for batch in loop.batches.values():
-            finals += self._lost(batch, cause)
-        return finals
+        self.lose(token, cause)
+
+    def lose(self, token: str, cause: str) -> None:
+        loop = self.loops.pop(token, None)
+        if loop is None:
+            return
+        open_ids = [i for b in loop.batches.values() for i in b.open]
+        if open_ids:
+            log.warning("worker loop %s lost with %d invocations: %s", loop.name, len(open_ids), cause)
+        if loop.ready:
+            self._pending.lost_workers.append(loop.name)
+        where = f"at {time.strftime('%H:%M:%S')} on {loop.name or 'a worker'}: {cause}"
+        now = time.time()
+        for inv_id in open_ids:
+            it = self.items[inv_id]
+            if it.cancel_requested:
+                self._final(it, Step.CANCELLED, None, None, "", now, now)
+                continue
+            note = f"attempt {it.attempts} {where}"
+            step = policy.after_loss(it.attempts, self.cfg.dispatch.max_attempts)
+            if step is Step.RETRY:
+                self._requeue(it, note)
+            else:
+                self._final(it, Step.FAILED, None, _gave_up(it, note), "", now, now)
+
+    # -- progress from a loop -------------------------------------------------
+    def on_progress(self, token: str, msg: protocol.Progress, payloads: list[bytes]) -> None:
+        loop = self.loops.get(token)
+        if loop is None:
+            log.warning("progress from unknown worker loop %s ignored", token)
+            return
+        now = time.monotonic()
+        loop.last_heard = now
+        if msg.contexts is not None:
+            loop.contexts = msg.contexts
+        worker = loop.name
+        for inv_id in msg.started:
+            it = self.items.get(inv_id)
+            if it is not None and it.loop == token:
+                loop.running[inv_id] = now
+                self.started.append(it)
+        if msg.inits:
+            self._pending.workers[worker] = (worker, loop.host, loop.pid)
+            for e in msg.inits:
+                self._pending.inits.append(dict(e.model_dump(), worker_id=worker))
+                if e.error is None:
+                    self._init_failures.discard(e.context_key)  # the loader works (at least here)
+        for info, payload in zip(msg.outcomes, payloads):
+            it = self.items.get(info.id)
+            if it is None or it.loop != token:
+                continue  # a late duplicate, or revoked meanwhile
+            batch = loop.batches[it.batch]
+            if info.kind is not Kind.RETURNED:
+                batch.first_started = min(batch.first_started, info.started)
+                batch.last_finished = max(batch.last_finished, info.finished)
+            self._pending.workers[worker] = (worker, loop.host, loop.pid)
+            self._on_outcome(it, info, payload, worker)
+
+    def _on_outcome(self, it: Item, info: protocol.OutcomeInfo, payload: bytes, worker: str) -> None:
+        fn = self.functions.get(it.function_id, FunctionMeta())
+        key = it.context_key
+        step = policy.after_attempt(info.kind, it.attempts, fn.retries, it.cancel_requested,
+                                    key in self._init_failures)
+        where = f"on {worker} at {time.strftime('%H:%M:%S')}"
+        if step is Step.RETURN:
+            self._pending.refund.add(it.id)
+            it.attempts -= 1
+            self._requeue(it, f"returned unstarted {where}")
+        elif step is Step.RETRY:
+            if info.kind is Kind.INIT_ERROR:
+                self._init_failures.add(key)
+                self._requeue(it, f"attempt {it.attempts} {where}: context init failed")
+            else:
+                self._requeue(it, f"attempt {it.attempts} {where}: {_last_line(info.error)}")
+        else:
+            self._final(it, step, payload if step is not Step.CANCELLED else None, info.error, worker,
+                        info.started, info.finished)
+            if info.kind is Kind.INIT_ERROR:  # failed twice: fail the waiting ones too, not try forever
+                waiting = self.queues.pop(key, deque())
+                log.warning("context %s failed to initialise again; failing %d waiting invocations", key,
+                            len(waiting))
+                for other in waiting:
+                    self._final(other, Step.FAILED, payload, info.error, "", time.time(), time.time())
+
+    def _batch_done(self, loop: WorkerLoop, batch: LoopBatch) -> None:
+        del loop.batches[batch.id]
+        if batch.last_finished > batch.first_started:
+            loop.measured(batch.context_key, batch.size, batch.last_finished - batch.first_started)
+        if not loop.batches:
+            loop.idle_since = time.monotonic()
+
+    def _detach(self, it: Item) -> None:
+        """Take an invocation off its loop's books (it was requeued or became final)."""
+        loop = self.loops.get(it.loop) if it.loop is not None else None
+        if loop is not None and it.batch in loop.batches:
+            batch = loop.batches[it.batch]
+            batch.open.discard(it.id)
+            loop.running.pop(it.id, None)
+            if not batch.open:
+                self._batch_done(loop, batch)
+
+    def _requeue(self, it: Item, note: str) -> None:
+        self._detach(it)
+        it.loop = None
+        it.history.append(note)
+        self._pending.requeue[it.id] = (it, note)
+
+    def _final(self, it: Item, step: Step, payload: bytes | None, error: str | None, worker: str,
+               started: float, finished: float) -> None:
+        self._detach(it)
+        self.items.pop(it.id, None)
+        it.loop = None
+        self._pending.outcomes.append((Outcome(it.id, _STATE[step], payload, error, worker, started, finished), it))
+
+    def take_started(self) -> list[Item]:
+        started, self.started = self.started, []
+        return [it for it in started if not it.cancel_requested]
+
+    # -- the pass's one transaction -------------------------------------------
+    def commit(self) -> list[Final]:
+        """Write what this pass decided; then requeued invocations become
+        dispatchable. Returns the newly final ones, to push to clients."""
+        p, self._pending = self._pending, _Pending()
+        if not (p.outcomes or p.requeue or p.inits or p.lost_workers):
+            return []
+        recorded = self.store.record_outcomes(
+            [o for o, _ in p.outcomes], p.workers.values(), p.inits,
+            requeue={i: note for i, (_, note) in p.requeue.items()}, refund=p.refund)
+        for name in p.lost_workers:
+            self.store.mark_worker_lost(name, time.time())
+        self._enqueue(it for it, _ in p.requeue.values())
+        return [Final(o.id, it.group_id, o.state, o.payload, o.error) for o, it in p.outcomes if o.id in recorded]
 
     # -- dispatch -----------------------------------------------------------
-    def pump(self) -> list[Final]:
-        """Give free loops work; start loops for a backlog; retire idle ones.
-        Returns invocations that became final here (the engine gave up, or a
-        loop was unreachable too often)."""
-        engine = self.engine
-        broken = engine.failure()
+    def pump(self) -> None:
+        """Give free loops work; start loops for a backlog; retire idle ones;
+        take queued work back from loops held up by one long invocation."""
+        broken = self.engine.failure()
         if broken is not None:
-            return self._fail_queued(f"the endpoint's workers cannot start: {broken}")
-        finals: list[Final] = []
-        skip: set[str] = set()  # loops better left idle for now (the others finish sooner)
+            self._fail_queued(f"the endpoint's workers cannot start: {broken}")
+            return
+        now = time.monotonic()
+        skip = {lp.token for lp in self.loops.values() if self._held_up(lp, now)}  # and those left idle
         while self.queues:
             free = [lp for lp in self.loops.values()
                     if lp.ready and len(lp.batches) < PREFETCH and lp.token not in skip]
             if not free:
                 break
             loop = min(free, key=lambda lp: len(lp.batches))
-            key = choose_context({k for k in self.queues if loop.holds(k)},
-                                 {k: len(q) for k, q in self.queues.items()}, self._holders())
+            key = policy.choose_context({k for k in self.queues if loop.holds(k)},
+                                        {k: len(q) for k, q in self.queues.items()}, self._holders())
             size = self._batch_size(loop, key) if key is not None else 0
             if size == 0:
                 skip.add(loop.token)
                 continue
-            finals += self._ship(loop, key, size)
+            self._ship(loop, key, size)
+        engine = self.engine
         waiting = sum(1 for lp in self.loops.values() if not lp.ready)
         if self.queues and not waiting and len(self.loops) < engine.max_loops:
             self.start_loops(min(engine.loops_per_block, engine.max_loops - len(self.loops)))
         elif len(self.loops) < engine.min_loops:
             self.start_loops(engine.min_loops - len(self.loops))
         self._retire_idle()
-        return finals
+        self._reclaim()
 
     def _batch_size(self, loop: WorkerLoop, key: str) -> int:
-        """Guided self-scheduling, weighted by measured speed: about half of what
-        ``loop`` can run before the context's remaining work would be done by
-        all its holders. 0: leave the loop idle, the others finish sooner."""
         queue = self.queues[key]
-        holders = [lp for lp in self.loops.values() if lp.ready and lp.holds(key)]
-        if loop not in holders:
-            holders.append(loop)
-        rates = [lp.rates.get(key) for lp in holders]
-        rate = loop.rates.get(key)
-        if rate is None:  # a first, small batch measures this worker's speed
-            return min(FIRST_BATCH, len(queue))
-        cap = min(self.cfg.dispatch.max_batch, max(1, int(rate * self.cfg.dispatch.max_batch_seconds)))
-        if None in rates:  # the others are not measured yet: split the backlog evenly
-            return min(cap, max(1, math.ceil(len(queue) / (2 * len(holders)))))
-        pending = len(queue) + sum(len(b.items) for lp in holders for b in lp.batches.values()
-                                   if b.context_key == key)
-        finish = pending / sum(rates)  # seconds until all of it is done
-        queued = sum(len(b.items) for b in loop.batches.values()) / rate  # work this loop has already
-        share = (finish - queued) * rate
-        if share < 0.5 and (loop.batches or len(holders) > 1):
-            return 0
-        return min(cap, len(queue), max(1, math.ceil(share / 2)))
+        holders = [lp for lp in self.loops.values() if lp.ready and lp.holds(key) and lp is not loop]
+        in_flight = sum(len(b.open) for lp in [loop, *holders] for b in lp.batches.values()
+                        if b.context_key == key)
+        fn = self.functions.get(queue[0].function_id, FunctionMeta())
+        return policy.batch_size(self._load(loop, key), [self._load(lp, key) for lp in holders], len(queue),
+                                 in_flight, self.cfg.dispatch.max_batch, self.cfg.dispatch.max_batch_seconds,
+                                 min_batch=fn.batch_size)
 
-    def _fail_queued(self, error: str) -> list[Final]:
-        items = [it for q in self.queues.values() for it in q]
-        self.queues.clear()
-        if not items:
-            return []
+    @staticmethod
+    def _load(loop: WorkerLoop, key: str) -> policy.LoopLoad:
+        outstanding = loop.outstanding()
+        return policy.LoopLoad(loop.rates.get(key), outstanding, outstanding > 0)
+
+    def _fail_queued(self, error: str) -> None:
         now = time.time()
-        outcomes = [Outcome(it.id, False, None, error, "", now, now) for it in items]
-        recorded = self.store.record_outcomes(outcomes)
-        return [Final(it.id, it.group_id, False, None, error) for it in items if it.id in recorded]
+        for queue in self.queues.values():
+            for it in queue:
+                self._final(it, Step.FAILED, None, error, "", now, now)
+        self.queues.clear()
 
     def _holders(self) -> dict[str, int]:
         holders: dict[str, int] = {}
@@ -255,28 +400,26 @@ class Dispatcher:
                 holders[k] = holders.get(k, 0) + 1
         return holders
 
-    def _ship(self, loop: WorkerLoop, key: str, size: int) -> list[Final]:
+    def _ship(self, loop: WorkerLoop, key: str, size: int) -> None:
         queue = self.queues[key]
-        batch = Batch(next(self._batch_ids), key, [queue.popleft() for _ in range(min(size, len(queue)))],
-                      time.time())
+        items = [queue.popleft() for _ in range(min(size, len(queue)))]
         if not queue:
             del self.queues[key]
-        self.store.mark_dispatched([it.id for it in batch.items])
-        for it in batch.items:
+        batch = LoopBatch(next(self._batch_ids), key, len(items), {it.id for it in items})
+        self.store.mark_dispatched([it.id for it in items])
+        for it in items:
             it.attempts += 1
-        fids = sorted({it.function_id for it in batch.items} - loop.sent_functions)
+            it.loop, it.batch = loop.token, batch.id
+        fids = sorted({it.function_id for it in items} - loop.sent_functions)
         missing = [f for f in fids if f not in self._bodies]
         if missing:
             self._bodies.update(self.store.function_bodies(missing))
         loop.sent_functions.update(fids)
         loop.batches[batch.id] = batch
-        frames = [*(self._bodies[f] for f in fids), *(it.args for it in batch.items)]
-        msg = protocol.encode("batch", frames, batch=batch.id, functions=fids,
-                              items=[[it.id, it.function_id] for it in batch.items], settings=self._settings)
-        if self.link.send(loop.token, msg):
-            return []
-        del loop.batches[batch.id]
-        return self._lost(batch, f"worker loop {loop.name} unreachable")
+        msg = protocol.Batch(batch=batch.id, functions=fids, items=[(it.id, it.function_id) for it in items],
+                             settings=self._settings)
+        self.outbox.append((loop.token, protocol.encode(msg, [*(self._bodies[f] for f in fids),
+                                                              *(it.args for it in items)])))
 
     def _retire_idle(self) -> None:
         if self.queues:
@@ -286,83 +429,26 @@ class Dispatcher:
             if len(self.loops) <= self.engine.min_loops:
                 return
             if loop.ready and not loop.batches and now - loop.idle_since > self.cfg.engine.max_idletime:
-                self.link.send(loop.token, protocol.encode("retire"))
+                self.outbox.append((loop.token, protocol.encode(protocol.Retire())))
                 del self.loops[loop.token]
 
-    # -- completion ---------------------------------------------------------
-    def on_done(self, token: str, header: dict[str, Any], frames: list[bytes]) -> list[Final]:
-        """A loop reports a batch: payloads come as frames, the rest as JSON."""
-        loop = self.loops.get(token)
-        batch = loop.batches.pop(header["batch"], None) if loop is not None else None
-        if batch is None:
-            log.warning("report of unknown batch %s from loop %s ignored", header["batch"], token)
-            return []
-        if not loop.batches:
-            loop.idle_since = time.monotonic()
-        report = header["report"]
-        try:
-            outcomes = [(o[0], o[1], payload, *o[3:]) for o, payload in zip(report["outcomes"], frames, strict=True)]
-            if sorted(o[0] for o in outcomes) != sorted(it.id for it in batch.items):
-                raise ValueError("its invocations are not the batch's")
-            loop.contexts = dict(report["contexts"])
-            loop.measured(batch.context_key, len(outcomes),
-                          max(o[5] for o in outcomes) - min(o[4] for o in outcomes))
-        except (KeyError, TypeError, ValueError, IndexError) as e:
-            return self._lost(batch, f"malformed report from {loop.name}: {e}")
-        return self.complete(batch, dict(report, outcomes=outcomes))
+    def _held_up(self, loop: WorkerLoop, now: float, queued_behind: int = 1) -> bool:
+        """Its current invocation has run far longer than usual."""
+        if not loop.running:
+            return False
+        since = min(loop.running.values())
+        key = self.items[next(iter(loop.running))].context_key
+        return policy.should_reclaim(now - since, loop.rates.get(key), queued_behind)
 
-    def complete(self, batch: Batch, report: dict[str, Any]) -> list[Final]:
-        """Record a finished batch; requeue what may run again. Returns new finals."""
-        worker = f"{report['host']}:{report['pid']}"
-        if any(e["context_key"] == batch.context_key and e["error"] is None for e in report["inits"]):
-            self._init_failures.pop(batch.context_key, None)  # the loader works (at least here)
-        where = f"on {worker} at {time.strftime('%H:%M:%S')}"
-        items = {it.id: it for it in batch.items}
-        outcomes, retry, init_failed = [], {}, None
-        for inv_id, kind, payload, tb, started, finished in report["outcomes"]:
-            it = items[inv_id]
-            if kind == ERROR and it.attempts <= self._retries.get(it.function_id, 0):
-                retry[inv_id] = f"attempt {it.attempts} {where}: {_last_line(tb)}"
-                continue
-            if kind == INIT_ERROR:
-                init_failed = init_failed or (payload, tb)
-                if not self._init_failures.get(batch.context_key):
-                    retry[inv_id] = f"attempt {it.attempts} {where}: context init failed"
-                    continue
-            outcomes.append(Outcome(inv_id, kind == OK, payload, tb, worker, started, finished))
-        if init_failed and not self._init_failures.get(batch.context_key):
-            self._init_failures[batch.context_key] = 1  # try the loader once more
-        elif init_failed:  # failed twice: fail the waiting ones too rather than try forever
-            waiting = self.queues.pop(batch.context_key, deque())
-            log.warning("context %s failed to initialise again; failing %d waiting invocations",
-                        batch.context_key, len(waiting))
-            items.update({it.id: it for it in waiting})
-            outcomes += [Outcome(it.id, False, *init_failed, "", time.time(), time.time()) for it in waiting]
-        inits = [dict(e, worker_id=worker) for e in report["inits"]]
-        recorded = self.store.record_outcomes(outcomes, [(worker, report["host"], report["pid"])], inits)
-        self._requeue([items[i] for i in retry], retry)
-        return [Final(o.id, items[o.id].group_id, o.ok, o.payload, o.error) for o in outcomes if o.id in recorded]
-
-    def _lost(self, batch: Batch, cause: str) -> list[Final]:
-        log.warning("batch %d (%d invocations) lost: %s", batch.id, len(batch.items), cause)
-        notes = {it.id: f"attempt {it.attempts} at {time.strftime('%H:%M:%S')}: {cause}" for it in batch.items}
-        give_up = [it for it in batch.items if it.attempts >= self.cfg.dispatch.max_attempts]
-        self._requeue([it for it in batch.items if it not in give_up], notes)
-        if not give_up:
-            return []
-        now = time.time()
-        outcomes = [Outcome(it.id, False, None, _gave_up(it, notes[it.id]), "", now, now) for it in give_up]
-        recorded = self.store.record_outcomes(outcomes)
-        return [Final(o.id, it.group_id, False, None, o.error)
-                for o, it in zip(outcomes, give_up) if o.id in recorded]
-
-    def _requeue(self, items: list[Item], notes: dict[str, str]) -> None:
-        if not items:
-            return
-        self.store.requeue({it.id: notes[it.id] for it in items})
-        for it in items:
-            it.history.append(notes[it.id])
-        self.add(items)
+    def _reclaim(self) -> None:
+        now = time.monotonic()
+        for loop in self.loops.values():
+            behind = [i for b in loop.batches.values() for i in b.open
+                      if i not in loop.running and not self.items[i].reclaiming]
+            if self._held_up(loop, now, len(behind)):
+                for inv_id in behind:
+                    self.items[inv_id].reclaiming = True
+                self.outbox.append((loop.token, protocol.encode(protocol.Revoke(ids=behind, reason="reclaim"))))
 
     def recover(self) -> int:
         """After a restart: every invocation not final goes back to the queue."""
@@ -370,9 +456,9 @@ class Dispatcher:
         self.store.requeue({r["id"]: f"attempt {r['attempts']}: interrupted by an endpoint restart"
                             for r in rows if r["state"] is State.DISPATCHED})
         for fid, meta in self.store.functions().items():
-            self._retries[fid] = meta["retries"]
-        self.add(Item(r["id"], r["group_id"], r["function_id"], r["context_key"], r["args"], r["attempts"],
-                      (r["history"] or "").splitlines()) for r in rows)
+            self.functions[fid] = FunctionMeta(meta["retries"])
+        self._enqueue(Item(r["id"], r["group_id"], r["function_id"], r["context_key"], r["args"], r["attempts"],
+                           (r["history"] or "").splitlines()) for r in rows)
         return len(rows)
 
 

@@ -11,6 +11,7 @@ group. Worker loops talk to a second, CurveZMQ-protected socket
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
@@ -29,10 +30,11 @@ from faas.endpoint.dispatcher import Dispatcher, Final, Item
 from faas.endpoint.home import EndpointDir
 from faas.endpoint.workers import WorkerLink
 from faas.errors import ProtocolError
-from faas.store import Store
+from faas.store import State, Store
 
 log = logging.getLogger(__name__)
 MONITOR_PERIOD = 1.0
+PER_PASS = 1000  # messages read from each socket per pass of the loop
 PURGE_PERIOD = 600.0
 
 
@@ -64,7 +66,7 @@ class Server:
         self._stop = threading.Event()
         self.managers: list[dict[str, Any]] = []
         self.link = WorkerLink(self.zctx, self.auth, config.engine.worker_address())
-        self.dispatcher = Dispatcher(store, engine, self.link, config, self._loop_ended)
+        self.dispatcher = Dispatcher(store, engine, config, self.link, self._loop_ended)
 
     def _bind_ipc(self) -> None:
         self.epdir.socket.unlink(missing_ok=True)  # a stale socket from a killed daemon
@@ -131,31 +133,56 @@ class Server:
             events = dict(poller.poll(1000))
             if self._wake_r in events:
                 os.read(self._wake_r, 65536)
-            for _ in range(1000):  # bounded, so neither socket is starved
-                try:
-                    frames = self.link.sock.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                self._handle_worker(frames[0], frames[1:])
-            for _ in range(1000):
-                try:
-                    frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
-                except zmq.Again:
-                    break
-                ident = frames[0].bytes
-                if self.tcp is not None and (key := self.tcp.refused_key(ident, frames[-1])):
-                    self._refuse(ident, key)
-                    continue
-                self._handle(ident, [f.bytes for f in frames[1:]])
+            self._read_workers()
+            self._read_clients()
             self._drain_ended()
             if time.monotonic() >= next_heartbeat:
                 next_heartbeat = time.monotonic() + self.cfg.engine.heartbeat_period
                 self.dispatcher.heartbeat()
-            self._push(self.dispatcher.pump())
+            self._record_and_push()  # before dispatch: requeued work is recorded as pending first
+            self.dispatcher.pump()
+            self._record_and_push()
+            self._send_to_workers()
+
+    def _read_workers(self) -> None:
+        for _ in range(PER_PASS):  # bounded, so neither socket is starved
+            try:
+                frames = self.link.sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._handle_worker(frames[0], frames[1:])
+
+    def _read_clients(self) -> None:
+        for _ in range(PER_PASS):
+            try:
+                frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            ident = frames[0].bytes
+            if self.tcp is not None and (key := self.tcp.refused_key(ident, frames[-1])):
+                self._refuse(ident, key)
+                continue
+            self._handle(ident, [f.bytes for f in frames[1:]])
+
+    def _record_and_push(self) -> None:
+        """Record what the pass decided (one transaction), then tell the clients:
+        invocations that started, and outcomes now on record."""
+        self._push(self.dispatcher.commit())
+        by_group: dict[str, list[str]] = {}
+        for it in self.dispatcher.take_started():
+            by_group.setdefault(it.group_id, []).append(it.id)
+        for group, ids in by_group.items():
+            self._send_group(group, protocol.encode(protocol.Running(ids=ids)))
+
+    def _send_to_workers(self) -> None:
+        outbox, self.dispatcher.outbox = self.dispatcher.outbox, []
+        for token, frames in outbox:
+            if not self.link.send(token, frames):
+                self.dispatcher.lose(token, "its worker loop is unreachable")
 
     def close(self) -> None:
         for token in list(self.dispatcher.loops):
-            self.link.send(token, protocol.encode("retire"))
+            self.link.send(token, protocol.encode(protocol.Retire()))
         self.link.close()
         self.sock.close(0)
         self.auth.stop()
@@ -170,19 +197,19 @@ class Server:
                 token, fut = self._ended.get_nowait()
             except queue.Empty:
                 return
-            self._push(self.dispatcher.on_loop_end(token, fut))
+            self.dispatcher.on_loop_end(token, fut)
 
     def _handle_worker(self, ident: bytes, frames: list[bytes]) -> None:
         """A message from an (authenticated) worker loop."""
         token = ident.decode(errors="replace")
         try:
-            header, body = protocol.decode(frames)
-            if header["type"] == "ready":
-                self.dispatcher.on_ready(token, header)
-            elif header["type"] == "done":
-                self._push(self.dispatcher.on_done(token, header, body))
+            msg, body = protocol.decode(frames, protocol.WORKER_REPORTS)
+            if isinstance(msg, protocol.Progress):
+                self.dispatcher.on_progress(token, msg, body)
+            elif isinstance(msg, protocol.Ready):
+                self.dispatcher.on_ready(token, msg)
             else:
-                raise ProtocolError(f"{header['type']!r} is not a worker message")
+                self.dispatcher.heard(token)
         except ProtocolError as e:
             log.warning("bad message from worker loop %s: %s", token, e)
         except Exception:
@@ -190,20 +217,18 @@ class Server:
 
     # -- messages -------------------------------------------------------------
     def _handle(self, ident: bytes, frames: list[bytes]) -> None:
-        header: dict = {}
+        msg = None
         try:
-            header, body = protocol.decode(frames)
-            handler = getattr(self, f"_on_{header['type']}", None)
-            if handler is None:
-                raise ProtocolError(f"{header['type']!r} is not a request")
-            handler(ident, header, body)
+            msg, body = protocol.decode(frames, protocol.CLIENT_REQUESTS)
+            getattr(self, f"_on_{msg.type}")(ident, msg, body)
         except ProtocolError as e:
             log.warning("bad message from client: %s", e)
-            self._send(ident, protocol.encode("error", message=str(e), ids=_invocation_ids(header)))
+            self._send(ident, protocol.encode(protocol.Error(message=str(e), ids=_invocation_ids(frames))))
         except Exception as e:
             log.exception("request failed")
-            self._send(ident, protocol.encode("error", message=f"endpoint error: {type(e).__name__}: {e}",
-                                              ids=_invocation_ids(header)))
+            self._send(ident, protocol.encode(protocol.Error(
+                message=f"endpoint error: {type(e).__name__}: {e}",
+                ids=[inv.id for inv in msg.invocations] if isinstance(msg, protocol.Submit) else [])))
 
     def _send(self, ident: bytes, frames: list[bytes]) -> bool:
         if self.tcp is not None and not self.tcp.may_receive(ident):  # revoked while connected
@@ -227,55 +252,53 @@ class Server:
         log.warning("refused a message from client key %s: it is no longer authorised", key)
         self._forget(ident)
         try:
-            self.sock.send_multipart([ident, *protocol.encode(
-                "error", message=f"client key {key} is not authorised on this endpoint",
-                code="not_authorised")], zmq.NOBLOCK)
+            self.sock.send_multipart([ident, *protocol.encode(protocol.Error(
+                message=f"client key {key} is not authorised on this endpoint", code="not_authorised"))],
+                zmq.NOBLOCK)
         except zmq.ZMQError:
             pass
 
-    def _on_ping(self, ident, header, body):
-        self._send(ident, protocol.encode("pong", max_payload_bytes=self.cfg.max_payload_bytes))
+    def _on_ping(self, ident: bytes, msg: protocol.Ping, body: list[bytes]) -> None:
+        self._send(ident, protocol.encode(protocol.Pong(max_payload_bytes=self.cfg.max_payload_bytes)))
 
-    def _on_status(self, ident, header, body):
-        self._send(ident, protocol.encode("status_reply", status=self.status()))
+    def _on_status(self, ident: bytes, msg: protocol.StatusRequest, body: list[bytes]) -> None:
+        self._send(ident, protocol.encode(protocol.StatusReply(status=self.status())))
 
-    def _on_submit(self, ident, header, body):
+    def _on_submit(self, ident: bytes, msg: protocol.Submit, body: list[bytes]) -> None:
         limit = self.cfg.max_payload_bytes
         too_big = [len(b) for b in body if len(b) > limit]
         if too_big:
             raise ProtocolError(f"payload of {max(too_big)} bytes exceeds the endpoint's "
                                 f"max_payload_bytes ({limit})")
-        functions, invocations = header["functions"], header["invocations"]
-        known_fids = set()
-        for f, blob in zip(functions, body):
-            self.store.add_function(f["id"], f["name"], f["context_key"], f["context"], f["retries"], blob)
-            self.dispatcher.register_function(f["id"], blob, f["retries"])
-            known_fids.add(f["id"])
-        ctx_of = {f["id"]: f["context_key"] for f in functions}
-        missing = {inv["function"] for inv in invocations} - known_fids
+        ctx_of = {}
+        for f, blob in zip(msg.functions, body):
+            self.store.add_function(f.id, f.name, f.context_key, f.context, f.retries, blob)
+            self.dispatcher.register_function(f.id, blob, f)
+            ctx_of[f.id] = f.context_key
+        missing = {inv.function for inv in msg.invocations} - set(ctx_of)
         if missing:
             stored = self.store.functions()
             if missing - set(stored):
                 raise ProtocolError(f"unknown function id(s) {sorted(missing - set(stored))}")
             ctx_of.update({fid: stored[fid]["context_key"] for fid in missing})
-        group = header["group"]
-        rows = [dict(id=inv["id"], group_id=group, function_id=inv["function"],
-                     context_key=ctx_of[inv["function"]], args=args)
-                for inv, args in zip(invocations, body[len(functions):])]
+        rows = [dict(id=inv.id, group_id=msg.group, function_id=inv.function, context_key=ctx_of[inv.function],
+                     args=args) for inv, args in zip(msg.invocations, body[len(msg.functions):])]
         new = self.store.add_invocations(rows)
-        self.watchers.setdefault(group, set()).add(ident)
-        self.dispatcher.submit(Item(r["id"], group, r["function_id"], r["context_key"], r["args"])
+        self.watchers.setdefault(msg.group, set()).add(ident)
+        self.dispatcher.submit(Item(r["id"], msg.group, r["function_id"], r["context_key"], r["args"])
                                for r in rows if r["id"] in new)
-        self._send(ident, protocol.encode("ack", ids=[r["id"] for r in rows]))
+        self._send(ident, protocol.encode(protocol.Ack(ids=[r["id"] for r in rows])))
         resent = [r["id"] for r in rows if r["id"] not in new]
         if resent:  # a resend after a reconnect: results already recorded go out again
             self._push_to(ident, self.store.final_results(ids=resent))
 
-    def _on_watch(self, ident, header, body):
-        group = header["group"]
-        self.watchers.setdefault(group, set()).add(ident)
-        self._send(ident, protocol.encode("tasks", group=group, ids=self.store.group_ids(group)))
-        self._push_to(ident, self.store.final_results(group_id=group))
+    def _on_watch(self, ident: bytes, msg: protocol.Watch, body: list[bytes]) -> None:
+        self.watchers.setdefault(msg.group, set()).add(ident)
+        self._send(ident, protocol.encode(protocol.Tasks(group=msg.group, ids=self.store.group_ids(msg.group))))
+        self._push_to(ident, self.store.final_results(group_id=msg.group))
+
+    def _on_cancel(self, ident: bytes, msg: protocol.Cancel, body: list[bytes]) -> None:
+        self.dispatcher.cancel(msg.ids)
 
     # -- results --------------------------------------------------------------
     def _push(self, finals: list[Final]) -> None:
@@ -283,14 +306,15 @@ class Server:
         for f in finals:
             by_group.setdefault(f.group_id, []).append(f)
         for group, items in by_group.items():
-            msg = _results_message([(f.id, f.ok, f.payload, f.error) for f in items])
-            for ident in list(self.watchers.get(group, ())):
-                self._send(ident, msg)
+            self._send_group(group, _results_message([(f.id, f.state, f.payload, f.error) for f in items]))
+
+    def _send_group(self, group: str, msg: list[bytes]) -> None:
+        for ident in list(self.watchers.get(group, ())):
+            self._send(ident, msg)
 
     def _push_to(self, ident: bytes, rows: list[dict]) -> None:
         if rows:
-            self._send(ident, _results_message(
-                [(r["id"], r["state"].value == "succeeded", r["result"], r["error"]) for r in rows]))
+            self._send(ident, _results_message([(r["id"], r["state"], r["result"], r["error"]) for r in rows]))
 
     def addresses(self) -> list[str]:
         return [self.epdir.address, *(self.tcp.addresses if self.tcp is not None else ())]
@@ -315,12 +339,17 @@ class Server:
         }
 
 
-def _invocation_ids(header: dict) -> list[str]:
+def _invocation_ids(frames: list[bytes]) -> list[str]:
     """The ids a refused submit carried, so the client can fail just those."""
-    invocations = header.get("invocations")
+    try:
+        header = json.loads(frames[0]) if frames else None
+    except (ValueError, RecursionError):
+        return []
+    invocations = header.get("invocations") if isinstance(header, dict) else None
     if not isinstance(invocations, list):
         return []
-    return [inv["id"] for inv in invocations if isinstance(inv, dict) and isinstance(inv.get("id"), str)]
+    return [inv["id"] for inv in invocations
+            if isinstance(inv, dict) and isinstance(inv.get("id"), str) and 0 < len(inv["id"]) <= protocol.MAX_ID_LEN]
 
 
 def _alive(pid: int) -> bool:
@@ -333,6 +362,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _results_message(rows: list[tuple[str, bool, bytes | None, str | None]]) -> list[bytes]:
-    items = [{"id": i, "ok": ok, "error": err} if not ok else {"id": i, "ok": True} for i, ok, _, err in rows]
-    return protocol.encode("results", [p or b"" for _, _, p, _ in rows], items=items)
+def _results_message(rows: list[tuple[str, State, bytes | None, str | None]]) -> list[bytes]:
+    items = [protocol.ResultItem(id=i, state=state.value, error=err if state is not State.SUCCEEDED else None)
+             for i, state, _, err in rows]
+    return protocol.encode(protocol.Results(items=items), [p or b"" for _, _, p, _ in rows])

@@ -12,6 +12,7 @@ a forged result crosses this socket unauthenticated.
 from __future__ import annotations
 
 import logging
+import math
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -20,6 +21,19 @@ from zmq.auth.thread import ThreadAuthenticator
 
 log = logging.getLogger(__name__)
 ZAP_DOMAIN = "faas-workers"
+
+
+@dataclass
+class LoopBatch:
+    """A batch sent to a loop: its invocations not finished yet, and when its
+    first started and last finished (on the worker's clock), to measure speed."""
+
+    id: int
+    context_key: str
+    size: int
+    open: set[str]  # invocation ids
+    first_started: float = math.inf
+    last_finished: float = 0.0
 
 
 @dataclass
@@ -32,9 +46,11 @@ class WorkerLoop:
     pid: int = 0
     ready: bool = False
     contexts: dict[str, dict] = field(default_factory=dict)  # its warm pool's statistics
-    batches: dict = field(default_factory=dict)  # batch id -> Batch assigned, not yet done
+    batches: dict[int, LoopBatch] = field(default_factory=dict)  # sent, not finished
+    running: dict[str, float] = field(default_factory=dict)  # invocation id -> when it started (monotonic)
     sent_functions: set[str] = field(default_factory=set)
     idle_since: float = 0.0
+    last_heard: float = 0.0  # monotonic
     rates: dict[str, float] = field(default_factory=dict)  # context -> invocations/s, smoothed
 
     def measured(self, key: str, n: int, seconds: float) -> None:
@@ -46,6 +62,9 @@ class WorkerLoop:
     @property
     def name(self) -> str:
         return f"{self.host}:{self.pid}"
+
+    def outstanding(self) -> int:
+        return sum(len(b.open) for b in self.batches.values())
 
     def holds(self, key: str) -> bool:
         """Loaded, or about to be: a batch of it is on its way to this loop."""

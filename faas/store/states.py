@@ -12,12 +12,13 @@ import enum
 
 class State(str, enum.Enum):
     PENDING = "pending"        # recorded, waiting for a worker
-    DISPATCHED = "dispatched"  # shipped to Parsl in a batch
+    DISPATCHED = "dispatched"  # shipped to a worker loop in a batch (running there, or queued)
     SUCCEEDED = "succeeded"    # result recorded
-    FAILED = "failed"          # error recorded (user exception or gave up)
+    FAILED = "failed"          # error recorded (user exception, timeout or gave up)
+    CANCELLED = "cancelled"    # a client cancelled it before it finished
 
 
-FINAL = frozenset({State.SUCCEEDED, State.FAILED})
+FINAL = frozenset({State.SUCCEEDED, State.FAILED, State.CANCELLED})
 
 # target state -> states it may be reached from
 _TRANSITIONS: dict[State, frozenset[State]] = {
@@ -25,6 +26,7 @@ _TRANSITIONS: dict[State, frozenset[State]] = {
     State.DISPATCHED: frozenset({State.PENDING}),
     State.SUCCEEDED: frozenset({State.PENDING, State.DISPATCHED}),
     State.FAILED: frozenset({State.PENDING, State.DISPATCHED}),
+    State.CANCELLED: frozenset({State.PENDING, State.DISPATCHED}),
 }
 
 

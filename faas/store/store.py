@@ -41,10 +41,10 @@ def _make_engine(url: str) -> Engine:
 
 @dataclass
 class Outcome:
-    """What a worker reports for one invocation."""
+    """The final state of one invocation, as recorded."""
 
     id: str
-    ok: bool
+    state: State  # one of FINAL
     payload: bytes | None  # pickled result or pickled exception
     error: str | None  # traceback text when not ok
     worker_id: str
@@ -99,20 +99,17 @@ class Store:
         self._transition(ids, State.DISPATCHED, dispatched_at=time.time(),
                          attempts=Invocation.attempts + 1)
 
-    def requeue(self, notes: dict[str, str]) -> None:
+    def requeue(self, notes: dict[str, str], refund: Iterable[str] = ()) -> None:
         """Back to pending; each invocation's note (why the attempt ended) is
-        appended to its history."""
-        if not notes:
-            return
+        appended to its history. ``refund``: ids whose attempt did not count
+        (taken back from a worker before they started)."""
         with self.engine.begin() as conn:
-            conn.execute(
-                update(Invocation)
-                .where(Invocation.id == bindparam("b_id"),  # no IN (...): executemany cannot expand it
-                       or_(*(Invocation.state == src for src in allowed_sources(State.PENDING))))
-                .values(state=State.PENDING, history=func.coalesce(Invocation.history, "") + bindparam("note"))
-                .execution_options(synchronize_session=False),
-                [{"b_id": i, "note": note + "\n"} for i, note in notes.items()],
-            )
+            _requeue(conn, notes, set(refund))
+
+    def mark_worker_lost(self, worker_id: str, at: float) -> None:
+        """The worker's loop was lost (its process died, or it fell silent)."""
+        with self.engine.begin() as conn:
+            conn.execute(update(Worker).where(Worker.id == worker_id).values(lost_at=at))
 
     def purge(self, older_than: float) -> int:
         """Delete final invocations that finished more than ``older_than`` seconds ago."""
@@ -122,12 +119,16 @@ class Store:
                                                          Invocation.finished_at < cutoff)).rowcount
 
     def record_outcomes(self, outcomes: Sequence[Outcome], workers: Iterable[tuple[str, str, int]] = (),
-                        inits: Iterable[dict] = ()) -> set[str]:
-        """Record results, the workers that produced them and context inits, in
-        one transaction. Returns the ids whose result was newly recorded (a late
+                        inits: Iterable[dict] = (), requeue: dict[str, str] | None = None,
+                        refund: Iterable[str] = ()) -> set[str]:
+        """Record final outcomes, the workers that produced them, context inits
+        and invocations going back to the queue (see :meth:`requeue`), in one
+        transaction. Returns the ids whose outcome was newly recorded (a late
         duplicate of a final invocation is ignored)."""
         now = time.time()
         with self.engine.begin() as conn:
+            if requeue:
+                _requeue(conn, requeue, set(refund))
             for wid, host, pid in workers:
                 updated = conn.execute(update(Worker).where(Worker.id == wid).values(last_seen=now))
                 if updated.rowcount == 0:
@@ -143,8 +144,8 @@ class Store:
                         conn.execute(insert(Context).values(key=key, description=desc, created_at=now))
                 conn.execute(insert(ContextInit), inits)
             recorded: set[str] = set()
-            for target in (State.SUCCEEDED, State.FAILED):
-                rows = [o for o in outcomes if o.ok == (target is State.SUCCEEDED)]
+            for target in FINAL:
+                rows = [o for o in outcomes if o.state is target]
                 if not rows:
                     continue
                 open_ids = set()
@@ -235,6 +236,20 @@ class Store:
     def workers(self) -> list[dict]:
         with self.engine.connect() as conn:
             return [r._asdict() for r in conn.execute(select(Worker.__table__).order_by(Worker.first_seen))]
+
+
+def _requeue(conn, notes: dict[str, str], refund: set[str]) -> None:
+    for ids, attempts in ((notes.keys() - refund, Invocation.attempts), (notes.keys() & refund, Invocation.attempts - 1)):
+        if ids:
+            conn.execute(
+                update(Invocation)
+                .where(Invocation.id == bindparam("b_id"),  # no IN (...): executemany cannot expand it
+                       or_(*(Invocation.state == src for src in allowed_sources(State.PENDING))))
+                .values(state=State.PENDING, attempts=attempts,
+                        history=func.coalesce(Invocation.history, "") + bindparam("note"))
+                .execution_options(synchronize_session=False),
+                [{"b_id": i, "note": notes[i] + "\n"} for i in ids],
+            )
 
 
 def _chunks(seq: Sequence, n: int):

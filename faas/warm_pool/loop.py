@@ -2,54 +2,67 @@
 
 Parsl places one loop in each worker process it runs (and replaces lost ones);
 the loop connects back to the endpoint over CurveZMQ, says which contexts its
-process holds, and runs the batches the endpoint sends it, one at a time, with
-one more queued behind it. Because the endpoint chooses the batch for a given
-worker, work follows the warm contexts; Parsl alone would send each task to a
-random free worker.
+process holds, and runs the invocations the endpoint sends it in batches. Two
+threads share the work:
+
+- the task's own (main) thread runs invocations one at a time, or merged into
+  one call for a batched function, and reports each as it starts and ends;
+- an IO thread owns the socket: it queues incoming batches, answers
+  heartbeats, streams the reports to the endpoint as they come, drops or
+  interrupts revoked invocations, and enforces timeouts.
+
+An invocation that overruns its timeout (or is cancelled while it runs) is
+interrupted: a signal makes the running Python code raise
+:class:`~faas.errors.Interrupted`. If it is still running ``timeout_grace``
+seconds later (stuck in native code), the loop reports it as timed out, hands
+back what it had queued, and ends its process; Parsl starts a fresh worker.
 
 The loop ends when the endpoint retires it or falls silent for longer than the
-heartbeat threshold (the endpoint died); the worker process, and its warm pool,
-outlive it.
+heartbeat threshold; the worker process, and its warm pool, outlive it.
 """
 
 from __future__ import annotations
 
+import itertools
+import logging
 import os
+import queue
+import signal
 import socket
+import threading
 import time
+from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
 import zmq
 
 from faas import protocol
+from faas.errors import Interrupted, InvocationTimeout, ProtocolError
+from faas.protocol import Kind, OutcomeInfo
 from faas.warm_pool.registry import process_pool
-from faas.warm_pool.runner import run_batch
+from faas.warm_pool.runner import Result, Runner, WorkItem, dumps_exception
+
+log = logging.getLogger(__name__)
+INTERRUPT_SIGNAL = signal.SIGUSR1
+EXIT_STUCK = 75  # exit status of a worker process ended because an invocation would not stop
 
 
 def serve(addresses: list[str], token: str, server_key: bytes, public_key: bytes, secret_key: bytes,
-          heartbeat_threshold: float) -> str:
-    """Pull and run batches until retired; returns why the loop ended."""
+          heartbeat_threshold: float, prewarm: dict[str, Any] | None = None) -> str:
+    """Pull and run invocations until retired; returns why the loop ended."""
     zctx = zmq.Context()
-    sock = None
     try:
-        sock = _connect(zctx, addresses, token, server_key, public_key, secret_key, heartbeat_threshold)
+        sock = _connect(zctx, addresses, token, server_key, public_key, secret_key, heartbeat_threshold,
+                        prewarm or {})
         if sock is None:
             return f"no endpoint answered at {addresses}"
-        while True:
-            if not sock.poll(int(heartbeat_threshold * 1000)):
-                return "endpoint silent"
-            header, frames = protocol.decode(sock.recv_multipart())
-            if header["type"] == "retire":
-                return "retired"
-            if header["type"] == "batch":
-                sock.send_multipart(_run(header, frames))
+        return WorkerLoop(zctx, sock, heartbeat_threshold).run()
     finally:
-        if sock is not None:
-            sock.close(0)
-        zctx.term()
+        zctx.destroy(linger=0)
 
 
-def _connect(zctx, addresses, token, server_key, public_key, secret_key, timeout):
+def _connect(zctx, addresses, token, server_key, public_key, secret_key, timeout, prewarm):
     """Say ``ready`` on the first address where the endpoint answers."""
     for address in addresses:
         sock = zctx.socket(zmq.DEALER)
@@ -57,22 +70,270 @@ def _connect(zctx, addresses, token, server_key, public_key, secret_key, timeout
         sock.setsockopt(zmq.IDENTITY, token.encode())
         sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = server_key, public_key, secret_key
         sock.connect(address)
-        sock.send_multipart(protocol.encode("ready", host=socket.gethostname(), pid=os.getpid(),
-                                            contexts=process_pool().snapshot()))
+        sock.send_multipart(protocol.encode(protocol.Ready(
+            host=socket.gethostname(), pid=os.getpid(), contexts=process_pool().snapshot(), prewarm=prewarm)))
         if sock.poll(int(timeout * 1000)):
             return sock
         sock.close(0)
     return None
 
 
-def _run(header: dict[str, Any], frames: list[bytes]) -> list[bytes]:
-    """Run one batch; the outcomes' payloads travel as frames, the rest as JSON."""
-    nfun = len(header["functions"])
-    functions = dict(zip(header["functions"], frames[:nfun]))
-    items = [(inv_id, fid, args) for (inv_id, fid), args in zip(header["items"], frames[nfun:])]
-    settings = header["settings"]
-    report = run_batch(functions, items, settings.get("idle_timeout"), settings.get("memory_budget"))
-    payloads = [o[2] for o in report["outcomes"]]
-    report["outcomes"] = [[o[0], o[1], None, *o[3:]] for o in report["outcomes"]]
-    report["at"] = time.time()
-    return protocol.encode("done", payloads, batch=header["batch"], report=report)
+@dataclass
+class _Running:
+    token: int
+    ids: list[str]
+    deadline: float | None  # monotonic
+    timeout: float | None
+    interrupted_at: float | None = None
+
+
+class WorkerLoop:
+    def __init__(self, zctx: zmq.Context, sock: zmq.Socket, heartbeat_threshold: float):
+        self.sock = sock
+        self.threshold = heartbeat_threshold
+        self.runner = Runner()
+        self.settings = protocol.WorkerSettings()
+        self.cond = threading.Condition()
+        self.queue: deque[WorkItem] = deque()
+        self.running: _Running | None = None
+        self.dropped: set[str] = set()  # cancelled while running in a merged call: result dropped
+        self.stop: str | None = None
+        self.finished = False
+        self._reports: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._tokens = itertools.count(1)
+        self._interrupt: tuple[int, str, str] | None = None  # (running token, reason, message)
+        self._main = threading.get_ident()
+        address = f"inproc://faas-loop-{id(self)}"
+        self._wake_out = zctx.socket(zmq.PAIR)
+        self._wake_out.bind(address)
+        self._wake_in = zctx.socket(zmq.PAIR)
+        self._wake_in.connect(address)
+        self._io = threading.Thread(target=self._serve_io, name="faas-loop-io", daemon=True)
+
+    # -- the main thread: run invocations ---------------------------------------
+    def run(self) -> str:
+        can_interrupt = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(INTERRUPT_SIGNAL, self._on_signal) if can_interrupt else None
+        self._io.start()
+        try:
+            while (work := self._take()) is not None:
+                self._execute(*work)
+        finally:
+            if can_interrupt:
+                signal.signal(INTERRUPT_SIGNAL, previous)
+            with self.cond:
+                self.finished = True
+            self._wake()
+            self._io.join()
+        return self.stop or "ended"
+
+    def _take(self) -> tuple[Any, list[WorkItem]] | None:
+        """The next invocation, or for a batched function up to ``batch_size``
+        queued invocations of it, waiting at most ``batch_wait`` for more."""
+        while True:
+            with self.cond:
+                while not self.queue and self.stop is None:
+                    self.cond.wait(1.0)
+                if self.stop is not None:
+                    return None
+                first = self.queue.popleft()
+            try:
+                fn = self.runner.function(first.function_id)
+                break
+            except BaseException as e:  # noqa: BLE001 - e.g. a module the function needs is missing here
+                self._report("outcomes", [self.runner.failed(first, e, time.time())])
+        items = [first]
+        if fn.batch_size == 1:
+            return fn, items
+        until = time.monotonic() + fn.batch_wait
+        with self.cond:
+            while True:
+                for it in [it for it in self.queue if it.function_id == first.function_id]:
+                    if len(items) == fn.batch_size:
+                        break
+                    self.queue.remove(it)
+                    items.append(it)
+                left = until - time.monotonic()
+                if len(items) == fn.batch_size or left <= 0 or self.stop is not None:
+                    return fn, items
+                self.cond.wait(left)
+
+    def _execute(self, fn: Any, items: list[WorkItem]) -> None:
+        timeout = fn.timeout or self.settings.timeout
+        token = next(self._tokens)
+        with self.cond:
+            self.running = _Running(token, [it.id for it in items],
+                                    time.monotonic() + timeout if timeout else None, timeout)
+        self._report("started", [it.id for it in items])
+        started = time.time()
+        try:
+            results = self.runner.run(fn, items)
+        except Interrupted as e:  # arrived between the runner's own guards
+            results = [self.runner.failed(it, e, started) for it in items]
+        finally:
+            self.running = None  # first, and a plain store: from here on the signal handler raises nothing
+        with self.cond:
+            self._interrupt = None
+            dropped = self.dropped & {it.id for it in items}
+            self.dropped -= dropped
+        results = [(OutcomeInfo(id=info.id, kind=Kind.CANCELLED, started=info.started, finished=info.finished), b"")
+                   if info.id in dropped else (info, payload) for info, payload in results]
+        self._report("outcomes", results)
+
+    def _on_signal(self, signum, frame) -> None:
+        pending = self._interrupt
+        running = self.running
+        if pending is not None and running is not None and pending[0] == running.token:
+            self._interrupt = None
+            raise Interrupted(pending[1], pending[2])
+
+    def _report(self, kind: str, value: Any) -> None:
+        self._reports.put((kind, value))
+        self._wake()
+
+    def _wake(self) -> None:
+        self._wake_out.send(b"", zmq.NOBLOCK)
+
+    # -- the IO thread: the socket, timeouts, revocations -------------------------
+    def _serve_io(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        poller.register(self._wake_in, zmq.POLLIN)
+        last_heard = time.monotonic()
+        while True:
+            events = dict(poller.poll(self._poll_ms()))
+            if self._wake_in in events:
+                while self._wake_in.poll(0):
+                    self._wake_in.recv()
+            if self.sock in events:
+                last_heard = time.monotonic()
+                while self.sock.poll(0):
+                    self._on_order(self.sock.recv_multipart())
+            self._send_reports()
+            self._enforce_timeouts()
+            if self.stop is None and time.monotonic() - last_heard > self.threshold:
+                self._end("endpoint silent", interrupt=True)
+            with self.cond:
+                if self.finished:
+                    self._send_reports()
+                    return
+
+    def _poll_ms(self) -> int:
+        running = self.running
+        if running is None or running.deadline is None:
+            return 1000
+        due = running.deadline if running.interrupted_at is None else \
+            running.interrupted_at + self.settings.timeout_grace
+        return max(1, min(1000, int((due - time.monotonic()) * 1000) + 1))
+
+    def _on_order(self, frames: list[bytes]) -> None:
+        try:
+            msg, body = protocol.decode(frames, protocol.WORKER_ORDERS)
+        except ProtocolError as e:
+            log.error("ignoring a malformed message from the endpoint: %s", e)
+            return
+        if isinstance(msg, protocol.Heartbeat):
+            self.sock.send_multipart(protocol.encode(protocol.Heartbeat()))
+        elif isinstance(msg, protocol.Batch):
+            self._on_batch(msg, body)
+        elif isinstance(msg, protocol.Revoke):
+            self._on_revoke(msg.ids, msg.reason)
+        elif isinstance(msg, protocol.Retire):
+            self._end("retired", interrupt=False)
+
+    def _on_batch(self, msg: protocol.Batch, body: list[bytes]) -> None:
+        self.settings = msg.settings
+        pool = self.runner.pool
+        pool.idle_timeout, pool.memory_budget = msg.settings.idle_timeout, msg.settings.memory_budget
+        self.runner.max_result_bytes = msg.settings.max_result_bytes
+        self.runner.add_bodies(dict(zip(msg.functions, body)))
+        items = [WorkItem(inv_id, fid, args)
+                 for (inv_id, fid), args in zip(msg.items, body[len(msg.functions):])]
+        with self.cond:
+            self.queue.extend(items)
+            self.cond.notify()
+
+    def _on_revoke(self, ids: list[str], reason: str) -> None:
+        """Queued ones leave the queue (reported cancelled, or returned unstarted);
+        a running one is interrupted, or its result dropped when it shares a
+        merged call with invocations that go on."""
+        wanted = set(ids)
+        with self.cond:
+            taken = [it for it in self.queue if it.id in wanted]
+            for it in taken:
+                self.queue.remove(it)
+            running = self.running
+            if reason == "cancel" and running is not None and wanted & set(running.ids):
+                if wanted >= set(running.ids):
+                    self._interrupt_main(running, "cancel", "cancelled by a client")
+                else:
+                    self.dropped |= wanted & set(running.ids)
+        kind = Kind.CANCELLED if reason == "cancel" else Kind.RETURNED
+        now = time.time()
+        self._send_reports([(OutcomeInfo(id=it.id, kind=kind, started=now, finished=now), b"") for it in taken])
+
+    def _interrupt_main(self, running: _Running, reason: str, message: str) -> None:
+        self._interrupt = (running.token, reason, message)
+        running.interrupted_at = time.monotonic()
+        signal.pthread_kill(self._main, INTERRUPT_SIGNAL)
+
+    def _enforce_timeouts(self) -> None:
+        running = self.running
+        if running is None or running.deadline is None or time.monotonic() < running.deadline:
+            return
+        if running.interrupted_at is None:
+            self._interrupt_main(running, "timeout", f"ran longer than its timeout of {running.timeout:g}s "
+                                                     f"on {socket.gethostname()}:{os.getpid()}")
+        elif time.monotonic() > running.interrupted_at + self.settings.timeout_grace:
+            self._give_up(running)
+
+    def _give_up(self, running: _Running) -> None:
+        """The interrupted code does not return (native code): report it, hand
+        back the queue, and end this process so that Parsl starts a fresh one."""
+        log.error("invocation(s) %s ignored the interrupt for %.0fs; ending worker process %d",
+                  running.ids, self.settings.timeout_grace, os.getpid())
+        error = InvocationTimeout(f"ran longer than its timeout of {running.timeout:g}s and did not stop "
+                                  f"within {self.settings.timeout_grace:g}s; its worker process was replaced")
+        now = time.time()
+        with self.cond:
+            queued, self.queue = list(self.queue), deque()
+        self._send_reports([(OutcomeInfo(id=i, kind=Kind.TIMEOUT, started=now, finished=now),
+                             dumps_exception(error)) for i in running.ids]
+                           + [(OutcomeInfo(id=it.id, kind=Kind.RETURNED, started=now, finished=now), b"")
+                              for it in queued])
+        self.sock.setsockopt(zmq.LINGER, 5000)
+        self.sock.close()
+        os._exit(EXIT_STUCK)
+
+    def _end(self, reason: str, interrupt: bool) -> None:
+        """Stop taking work; hand back the queue; interrupt what runs if asked."""
+        with self.cond:
+            self.stop = reason
+            queued, self.queue = list(self.queue), deque()
+            running = self.running
+            self.cond.notify()
+        if interrupt and running is not None and running.interrupted_at is None:
+            self._interrupt_main(running, "cancel", f"its worker loop ended: {reason}")
+        now = time.time()
+        self._send_reports([(OutcomeInfo(id=it.id, kind=Kind.RETURNED, started=now, finished=now), b"")
+                            for it in queued])
+
+    def _send_reports(self, extra: list[Result] = ()) -> None:
+        """Everything reported since the last send, in one progress message."""
+        started: list[str] = []
+        outcomes: list[Result] = list(extra)
+        while True:
+            try:
+                kind, value = self._reports.get_nowait()
+            except queue.Empty:
+                break
+            (started if kind == "started" else outcomes).extend(value)
+        if not started and not outcomes:
+            return
+        inits = self.runner.inits() if outcomes else []
+        msg = protocol.Progress(started=started, outcomes=[info for info, _ in outcomes], inits=inits,
+                                contexts=self.runner.pool.snapshot() if outcomes else None)
+        try:
+            self.sock.send_multipart(protocol.encode(msg, [payload for _, payload in outcomes]), zmq.NOBLOCK)
+        except zmq.ZMQError as e:
+            log.error("cannot report to the endpoint: %s", e)

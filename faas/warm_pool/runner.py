@@ -1,9 +1,12 @@
-"""Run one batch of invocations in a worker process (for the worker loop, and
-as the task body that Globus Compute endpoints run).
+"""Run invocations in a worker process (for the worker loop, and as the task
+body that Globus Compute endpoints run).
 
 Payloads stay opaque to the daemon: functions, arguments and results are
-cloudpickled bytes that only workers and clients open. One invocation's
-exception is caught and returned, so it never fails its batch mates.
+cloudpickled bytes that only workers and clients open. Each invocation gets its
+own outcome: an exception, even a BaseException such as SystemExit, is that
+invocation's error and never fails the others. A batched function's merged
+call that raises is run again one invocation at a time, so that only the
+culprit fails.
 """
 
 from __future__ import annotations
@@ -13,69 +16,203 @@ import os
 import socket
 import time
 import traceback
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import cloudpickle
 
-from faas.errors import ContextInitError, RemoteError, SerializationError
-from faas.warm_pool.registry import process_pool
+from faas.errors import (ContextInitError, Interrupted, InvocationTimeout, PayloadTooLarge, RemoteError,
+                         SerializationError)
+from faas.protocol import InitInfo, Kind, OutcomeInfo
+from faas.warm_pool.registry import WarmPool, process_pool
 
-_functions: dict[str, Any] = {}  # function id -> unpickled ctx_function, per worker process
+MAX_FUNCTIONS = 256  # unpickled function bodies kept per worker process (least recently used go)
+Result = tuple[OutcomeInfo, bytes]
 
-OK, ERROR, INIT_ERROR = "ok", "error", "init_error"
+
+@dataclass
+class WorkItem:
+    id: str
+    function_id: str
+    args: bytes  # pickled (args, kwargs)
+    arrived: float = field(default_factory=time.monotonic)
+
+
+class Runner:
+    """Function bodies by id and the process's warm pool; one per worker process."""
+
+    def __init__(self, pool: WarmPool | None = None, max_result_bytes: int | None = None):
+        self.pool = pool or process_pool()
+        self.max_result_bytes = max_result_bytes
+        self.bodies: dict[str, bytes] = {}  # as received; unpickled on first use
+        self._functions: OrderedDict[str, Any] = OrderedDict()
+        self._failed_inits: dict[str, tuple[float, str]] = {}  # context key -> (when, loader's traceback)
+
+    def add_bodies(self, bodies: dict[str, bytes]) -> None:
+        self.bodies.update(bodies)
+
+    def function(self, fid: str) -> Any:
+        fn = self._functions.get(fid)
+        if fn is None:
+            fn = cloudpickle.loads(self.bodies[fid])
+            _restore_source(fn)
+            self._functions[fid] = fn
+            while len(self._functions) > MAX_FUNCTIONS:
+                self._functions.popitem(last=False)
+        self._functions.move_to_end(fid)
+        return fn
+
+    def run(self, fn: Any, items: list[WorkItem]) -> list[Result]:
+        """Outcomes of ``items``, all invocations of ``fn``: one call per item, or
+        merged calls when ``fn`` is batched."""
+        if fn.batch_size > 1 and len(items) > 1:
+            return self._run_merged(fn, items)
+        return [self._run_one(fn, it) for it in items]
+
+    def _run_one(self, fn: Any, it: WorkItem) -> Result:
+        started = time.time()
+        try:
+            args, kwargs = cloudpickle.loads(it.args)
+            with self._context(fn, [it]) as ctx:
+                if fn.batch_size > 1:
+                    value = _batch_results(fn, _call(fn, ctx, [[a] for a in args],
+                                                     {k: [v] for k, v in kwargs.items()}), 1)[0]
+                else:
+                    value = _call(fn, ctx, args, kwargs)
+            return self._ok(it, value, started)
+        except BaseException as e:  # noqa: BLE001 - any exception of the user's code is this invocation's
+            return self.failed(it, e, started)
+
+    def _run_merged(self, fn: Any, items: list[WorkItem]) -> list[Result]:
+        started = time.time()
+        calls, out = [], {}
+        for it in items:
+            try:
+                calls.append((it, *cloudpickle.loads(it.args)))
+            except BaseException as e:  # noqa: BLE001
+                out[it.id] = self.failed(it, e, started)
+        for group in _by_shape(calls):
+            members = [it for it, _, _ in group]
+            try:
+                with self._context(fn, members) as ctx:
+                    columns = [list(col) for col in zip(*(args for _, args, _ in group))]
+                    kwcolumns = {k: [kw[k] for _, _, kw in group] for k in group[0][2]}
+                    values = _batch_results(fn, _call(fn, ctx, columns, kwcolumns), len(group))
+            except (ContextInitError, Interrupted) as e:
+                out.update({it.id: self.failed(it, e, started) for it in members})
+            except BaseException:  # noqa: BLE001 - find the culprit: each member alone
+                out.update({it.id: self._run_one(fn, it) for it in members})
+            else:
+                out.update({it.id: self._ok(it, v, started) for it, v in zip(members, values)})
+        return [out[it.id] for it in items]
+
+    @contextmanager
+    def _context(self, fn: Any, items: list[WorkItem]) -> Iterator[Any]:
+        """The warm context of ``fn`` (None for a plain function). A loader that
+        failed is not run again for work that arrived before it failed."""
+        if fn.spec is None:
+            yield None
+            return
+        key = fn.spec.key
+        failed = self._failed_inits.get(key)
+        if failed is not None and max(it.arrived for it in items) <= failed[0]:
+            raise _init_error(fn, failed[1])  # it failed since this work arrived: not again for it
+        try:
+            ctx = self.pool.acquire(fn.spec)
+        except Exception:
+            tb = traceback.format_exc()
+            self._failed_inits[key] = (time.monotonic(), tb)
+            raise _init_error(fn, tb) from None
+        self._failed_inits.pop(key, None)
+        try:
+            yield ctx
+        finally:
+            self.pool.release(fn.spec)
+
+    def _ok(self, it: WorkItem, value: Any, started: float) -> Result:
+        try:
+            payload = _dumps_result(value)
+            if self.max_result_bytes is not None and len(payload) > self.max_result_bytes:
+                raise PayloadTooLarge(f"the result pickles to {len(payload)} bytes, over the endpoint's "
+                                      f"max_payload_bytes ({self.max_result_bytes})")
+        except Exception as e:
+            return self.failed(it, e, started)
+        return OutcomeInfo(id=it.id, kind=Kind.OK, started=started, finished=time.time()), payload
+
+    def failed(self, it: WorkItem, exc: BaseException, started: float) -> Result:
+        if isinstance(exc, ContextInitError):
+            kind, tb = Kind.INIT_ERROR, getattr(exc, "tb", None)
+        elif isinstance(exc, Interrupted):
+            kind = Kind.TIMEOUT if exc.reason == "timeout" else Kind.CANCELLED
+            exc, tb = InvocationTimeout(str(exc)), None
+        else:
+            kind, tb = Kind.ERROR, "".join(traceback.format_exception(exc))
+        return (OutcomeInfo(id=it.id, kind=kind, error=tb, started=started, finished=time.time()),
+                dumps_exception(exc) if kind is not Kind.CANCELLED else b"")
+
+    def inits(self) -> list[InitInfo]:
+        """Context initialisations since the last call (the worker reports them)."""
+        return [InitInfo(**vars(e)) for e in self.pool.drain_events()]
+
+
+def _init_error(fn: Any, tb: str) -> ContextInitError:
+    error = ContextInitError(f"context {fn.spec.description} failed to initialise")
+    error.tb = tb  # the loader's traceback, reported as the invocation's
+    return error
+
+
+def _call(fn: Any, ctx: Any, args: Any, kwargs: dict) -> Any:
+    return fn.fn(*args, **kwargs) if fn.spec is None else fn.fn(ctx, *args, **kwargs)
+
+
+def _by_shape(calls: list[tuple[WorkItem, tuple, dict]]) -> list[list[tuple[WorkItem, tuple, dict]]]:
+    """Invocations that can share one call: the same number of positional
+    arguments and the same keyword names."""
+    groups: dict[tuple, list] = {}
+    for call in calls:
+        groups.setdefault((len(call[1]), tuple(sorted(call[2]))), []).append(call)
+    return list(groups.values())
+
+
+def _batch_results(fn: Any, values: Any, n: int) -> list[Any]:
+    if not isinstance(values, (list, tuple)) or len(values) != n:
+        got = f"{len(values)} results" if isinstance(values, (list, tuple)) else type(values).__name__
+        raise ValueError(f"batched function {fn.__qualname__} returned {got} for {n} inputs; "
+                         "it must return a list with one result per input")
+    return list(values)
 
 
 def run_batch(functions: dict[str, bytes], items: list[tuple[str, str, bytes]],
               idle_timeout: float | None = None, memory_budget: int | None = None) -> dict[str, Any]:
-    """Run ``items`` = [(invocation id, function id, pickled (args, kwargs))].
-
-    Returns the worker's identity, one outcome per item
-    ``(id, kind, payload, traceback text, started, finished)``, the context
-    init events this batch caused and the warm pool's statistics.
-    """
-    pool = process_pool()
-    pool.idle_timeout = idle_timeout
-    pool.memory_budget = memory_budget
-    failed_inits: dict[str, str] = {}  # a loader that failed is not retried within the batch
+    """Run ``items`` = [(invocation id, function id, pickled (args, kwargs))] in
+    order, in this process (a Globus Compute task). Returns the worker's
+    identity, one ``(OutcomeInfo, payload)`` per item and the context inits."""
+    runner = _process_runner()
+    runner.pool.idle_timeout, runner.pool.memory_budget = idle_timeout, memory_budget
+    runner.add_bodies(functions)
     outcomes = []
-    for inv_id, fid, args_blob in items:
-        started = time.time()
+    for inv_id, fid, args in items:
+        work = WorkItem(inv_id, fid, args)
         try:
-            fn = _function(fid, functions)
-            key = fn.spec.key
-            if key in failed_inits:
-                raise ContextInitError(f"context {fn.spec.description} failed to initialise")
-            args, kwargs = cloudpickle.loads(args_blob)
-            try:
-                ctx = pool.acquire(fn.spec)
-            except Exception:
-                failed_inits[key] = traceback.format_exc()
-                raise ContextInitError(f"context {fn.spec.description} failed to initialise") from None
-            try:
-                value = fn.fn(ctx, *args, **kwargs)
-            finally:
-                pool.release(fn.spec)
-            outcome = (OK, _dumps_result(value), None)
-        except ContextInitError as e:
-            outcome = (INIT_ERROR, _dumps_exception(e), failed_inits[key])
-        except Exception as e:
-            outcome = (ERROR, _dumps_exception(e), traceback.format_exc())
-        outcomes.append((inv_id, *outcome, started, time.time()))
-    return {
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-        "outcomes": outcomes,
-        "inits": [vars(e) for e in pool.drain_events()],
-        "contexts": pool.snapshot(),
-    }
+            fn = runner.function(fid)
+        except BaseException as e:  # noqa: BLE001
+            outcomes.append(runner.failed(work, e, time.time()))
+            continue
+        outcomes += runner.run(fn, [work])
+    return {"host": socket.gethostname(), "pid": os.getpid(), "outcomes": outcomes, "inits": runner.inits()}
 
 
-def _function(fid: str, bodies: dict[str, bytes]) -> Any:
-    fn = _functions.get(fid)
-    if fn is None:
-        fn = _functions[fid] = cloudpickle.loads(bodies[fid])
-        _restore_source(fn)
-    return fn
+_runner: Runner | None = None
+
+
+def _process_runner() -> Runner:
+    global _runner
+    if _runner is None:
+        _runner = Runner()
+    return _runner
 
 
 def _restore_source(fn: Any) -> None:
@@ -97,7 +234,7 @@ def _dumps_result(value: Any) -> bytes:
         raise SerializationError(f"the result ({type(value).__name__}) could not be pickled: {e}") from e
 
 
-def _dumps_exception(exc: BaseException) -> bytes:
+def dumps_exception(exc: BaseException) -> bytes:
     try:
         blob = cloudpickle.dumps(exc)
         cloudpickle.loads(blob)  # some exceptions pickle but cannot be rebuilt

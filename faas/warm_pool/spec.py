@@ -21,15 +21,19 @@ import cloudpickle
 
 @dataclass(frozen=True)
 class ContextSpec:
+    """``key`` is computed once, where the context is declared, and travels
+    with the spec: a worker uses the key the client computed rather than
+    hashing the code it unpickled (whose bytes and pickled state may differ)."""
+
     loader: str | Callable[..., Any]
     options: dict[str, Any] = field(default_factory=dict)
+    key: str = field(init=False, compare=False)
 
-    @property
-    def key(self) -> str:
+    def __post_init__(self) -> None:
         h = hashlib.sha256()
         h.update(_loader_identity(self.loader))
         h.update(json.dumps(self.options, sort_keys=True, default=repr).encode())
-        return h.hexdigest()[:32]
+        object.__setattr__(self, "key", h.hexdigest()[:32])
 
     @property
     def description(self) -> str:

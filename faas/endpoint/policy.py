@@ -1,0 +1,106 @@
+"""The dispatcher's rules, as pure functions over typed records: which context
+a free worker serves, how large its batch is, what becomes of an invocation
+after an attempt ends, and when queued work is taken back from a busy worker.
+No I/O here, so every rule is tested without Parsl, sockets or a store.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+
+from faas.protocol import Kind, retryable
+
+FIRST_BATCH = 4  # invocations in a worker's first batch of a context, before its speed is known
+RECLAIM_MIN_SECONDS = 2.0  # an invocation running this long (and several times its usual time) holds up its queue
+
+
+@dataclass
+class LoopLoad:
+    """What the batch-size rule needs to know of one worker loop and a context."""
+
+    rate: float | None  # measured invocations/s of this context on this loop; None: not measured yet
+    outstanding: int  # invocations of any context sent to the loop and not finished
+    busy: bool  # it has outstanding work
+
+
+def choose_context(holds: set[str], backlog: dict[str, int], holders: dict[str, int]) -> str | None:
+    """The context a free worker should serve next.
+
+    ``holds``: contexts the worker holds; ``backlog``: waiting invocations per
+    context; ``holders``: workers holding (or about to hold) each context. A
+    worker keeps to a context it holds, the one with most backlog per holder,
+    unless some context with backlog has no holder at all and the worker's
+    context keeps another; a worker holding nothing useful takes the context
+    with most backlog per holder, counting itself.
+    """
+    wanted = {k: n for k, n in backlog.items() if n > 0}
+    if not wanted:
+        return None
+    held = [k for k in wanted if k in holds]
+    orphans = [k for k in wanted if not holders.get(k)]
+    if held:
+        best = max(held, key=lambda k: wanted[k] / max(1, holders.get(k, 1)))
+        if orphans and holders.get(best, 1) > 1:
+            return max(orphans, key=wanted.__getitem__)
+        return best
+    return max(wanted, key=lambda k: wanted[k] / (holders.get(k, 0) + 1))
+
+
+def batch_size(me: LoopLoad, others: list[LoopLoad], queued: int, in_flight: int, max_batch: int,
+               max_batch_seconds: float, min_batch: int = 1) -> int:
+    """Guided self-scheduling, weighted by measured speed: about half of what
+    ``me`` can run before the context's remaining work (``queued`` waiting plus
+    ``in_flight`` on its holders) would be done by all holders (``me`` and
+    ``others``). A worker's first batch is small (its speed is not known);
+    no batch holds more than ``max_batch_seconds`` of work. ``min_batch``: a
+    batched function's size, so a worker can fill one merged call. 0: leave
+    the loop idle, the others finish sooner."""
+    if me.rate is None:
+        return min(max(FIRST_BATCH, min_batch), queued)
+    cap = max(min_batch, min(max_batch, max(1, int(me.rate * max_batch_seconds))))
+    rates = [lp.rate for lp in [me, *others]]
+    if None in rates:  # the others are not measured yet: split the backlog evenly
+        return min(cap, queued, max(min_batch, math.ceil(queued / (2 * len(rates)))))
+    finish = (queued + in_flight) / sum(rates)  # seconds until all of it is done
+    share = (finish - me.outstanding / me.rate) * me.rate
+    if share < 0.5 and (me.busy or others):
+        return 0
+    return min(cap, queued, max(min_batch, math.ceil(share / 2)))
+
+
+class Step(enum.Enum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    RETRY = "retry"  # runs again; the attempt counts
+    RETURN = "return"  # runs again; it never started, so the attempt does not count
+
+
+def after_attempt(kind: Kind, attempts: int, retries: int, cancel_requested: bool, init_failed_before: bool) -> Step:
+    """What becomes of an invocation whose attempt on a worker ended with ``kind``.
+
+    A cancelled invocation's result is dropped even when it finished; a failed
+    loader gets one more try (elsewhere or later) before its invocations fail."""
+    if kind is Kind.RETURNED:
+        return Step.CANCELLED if cancel_requested else Step.RETURN
+    if cancel_requested or kind is Kind.CANCELLED:
+        return Step.CANCELLED
+    if kind is Kind.OK:
+        return Step.SUCCEEDED
+    if kind is Kind.INIT_ERROR:
+        return Step.FAILED if init_failed_before else Step.RETRY
+    return Step.RETRY if retryable(kind, attempts, retries) else Step.FAILED
+
+
+def after_loss(attempts: int, max_attempts: int) -> Step:
+    """An invocation whose worker was lost runs again, up to ``max_attempts``."""
+    return Step.FAILED if attempts >= max_attempts else Step.RETRY
+
+
+def should_reclaim(running_for: float, rate: float | None, queued_behind: int) -> bool:
+    """Take back a loop's unstarted invocations when the one it runs has run far
+    longer than usual: a hung or slow invocation must not hold up the others."""
+    usual = 1.0 / rate if rate else 0.0
+    return queued_behind > 0 and running_for > max(RECLAIM_MIN_SECONDS, 5 * usual)
