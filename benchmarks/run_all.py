@@ -229,7 +229,7 @@ def b4_two_contexts(n=400, mb=60) -> dict:
             futures.append(app({fid: body}, items, None, int(mb * 1.5) * 2**20))
         reports = [f.result() for f in futures]
         random_s = time.perf_counter() - t0
-        random_inits = len({(r["pid"], e["context_key"], e["started_at"]) for r in reports for e in r["inits"]})
+        random_inits = len({(r["pid"], e.context_key, e.started_at) for r in reports for e in r["inits"]})
     return {"n": n, "faas_s": faas_s, "faas_context_inits": faas_inits, "random_s": random_s,
             "random_context_inits": random_inits}
 
@@ -304,8 +304,28 @@ def b6_preemption(n=800, load=2.0, call=0.02, every=2.5) -> dict:
             "kills": out["kills_kills"], "overhead_per_kill_s": overhead}
 
 
+def _finish_time(ctx, seconds):
+    time.sleep(seconds)
+    return time.time()
+
+
+def b7_result_latency(n=400, call=0.02) -> dict:
+    """From a worker finishing an invocation to the client's future resolving, mid-batch (ipc)."""
+    fn = ctx_function(model=sleepy_context, load_seconds=0)(_finish_time)
+    with endpoint(max_batch=32), Executor(endpoint="bench") as ex:
+        warm_up(ex)
+        resolved: dict[int, float] = {}
+        futures = [ex.submit(fn, call) for _ in range(n)]
+        for i, fut in enumerate(futures):
+            fut.add_done_callback(lambda f, i=i: resolved.setdefault(i, time.time()))
+        finished = [f.result() for f in futures]
+    lat = sorted((resolved[i] - finished[i]) * 1000 for i in range(n))
+    return {"n": n, "call_s": call, "latency_p50_ms": statistics.median(lat),
+            "latency_p99_ms": lat[int(0.99 * (n - 1))], "latency_max_ms": lat[-1]}
+
+
 BENCHMARKS = {"B1": b1_makespan, "B2": b2_throughput, "B3": b3_heterogeneous, "B4": b4_two_contexts,
-              "B5": b5_queue, "B6": b6_preemption}
+              "B5": b5_queue, "B6": b6_preemption, "B7": b7_result_latency}
 
 
 def main() -> None:

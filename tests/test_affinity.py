@@ -7,7 +7,7 @@ from __future__ import annotations
 from conftest import local_config, status
 
 from faas import Executor, ctx_function
-from faas.endpoint.dispatcher import choose_context
+from faas.endpoint.policy import choose_context
 
 
 def test_a_worker_keeps_to_the_context_it_holds():

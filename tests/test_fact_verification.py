@@ -46,7 +46,7 @@ def llm(tmp_path_factory):
         ep.start()
         try:
             with Executor(endpoint="llm") as ex:
-                runs = [[label for batch in ex.map(verify, [[row] for row in ROWS]) for label in batch]
+                runs = [list(ex.map(verify, [r["claim"] for r in ROWS], [r["evidence"] for r in ROWS]))
                         for _ in range(2)]
             yield {"home": home, "cache": cache, "runs": runs, "store": ep.path / "store.db",
                    "env": {"FAAS_HOME": str(home), "FAAS_MODEL_CACHE": str(cache)}}
@@ -88,7 +88,7 @@ def test_example_script_prints_accuracy_throughput_and_cold_warm_per_worker(llm)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "accuracy" in proc.stdout and "claims/s" in proc.stdout and "invocations/s" in proc.stdout
     workers = [line.split() for line in proc.stdout.splitlines() if line.startswith(socket.gethostname() + ":")]
-    assert workers and sum(int(w[1]) for w in workers) == 2  # two invocations of two claims
+    assert workers and sum(int(w[1]) for w in workers) == 4  # four invocations of one claim
 
 
 # -- report ------------------------------------------------------------------------------------

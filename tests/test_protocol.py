@@ -1,4 +1,5 @@
-"""The wire format rejects anything malformed with a ProtocolError."""
+"""The wire format: typed messages for every hop, and anything malformed
+rejected with a ProtocolError that names the field."""
 
 from __future__ import annotations
 
@@ -18,27 +19,63 @@ def _submit(**over):
     return [json.dumps(header).encode(), b"fn", b"args"]
 
 
-def test_round_trip():
-    header, frames = protocol.decode(protocol.encode("ack", [b"x"], ids=["a"]))
-    assert header["type"] == "ack" and header["ids"] == ["a"] and frames == [b"x"]
-    assert protocol.decode(_submit())[1] == [b"fn", b"args"]
+def test_round_trip_of_every_hop():
+    msg, frames = protocol.decode(protocol.encode(protocol.Ack(ids=["a"])), protocol.CLIENT_REPLIES)
+    assert isinstance(msg, protocol.Ack) and msg.ids == ["a"] and frames == []
+    msg, frames = protocol.decode(_submit(), protocol.CLIENT_REQUESTS)
+    assert isinstance(msg, protocol.Submit) and msg.functions[0].batch_size == 1 and frames == [b"fn", b"args"]
+    progress = protocol.Progress(started=["a"], outcomes=[
+        protocol.OutcomeInfo(id="a", kind=protocol.Kind.TIMEOUT, error="tb", started=1.0, finished=2.5)])
+    msg, frames = protocol.decode(protocol.encode(progress, [b"payload"]), protocol.WORKER_REPORTS)
+    assert msg.outcomes[0].kind is protocol.Kind.TIMEOUT and frames == [b"payload"]
+    batch = protocol.Batch(batch=3, functions=["f"], items=[("a", "f")], settings=protocol.WorkerSettings(timeout=2))
+    msg, frames = protocol.decode(protocol.encode(batch, [b"body", b"args"]), protocol.WORKER_ORDERS)
+    assert msg.items == [("a", "f")] and msg.settings.timeout == 2.0
 
 
 @pytest.mark.parametrize("frames, message", [
     ([], "empty"),
     ([b"\xff\xfe"], "not JSON"),
     ([b"[1, 2]"], "not a JSON object"),
-    ([b'{"type": "launch", "v": 1}'], "unknown message type"),
+    ([b'{"type": "launch", "v": 2}'], "unknown message type"),
     ([b'{"type": "ping", "v": 99}'], "protocol version"),
-    ([b'{"type": "watch", "v": 1}'], "'group'"),
-    (_submit(group="x" * 65), "1..64"),
-    (_submit(invocations=[{"id": 3, "function": "f"}]), "'id'"),
-    (_submit(functions=[dict(id="f", name="n", context_key="k", context="c", retries=True)]), "'retries'"),
+    ([b'{"type": "watch", "v": 2}'], "'group'"),
+    (_submit(group="x" * 65), "at most 64"),
+    (_submit(invocations=[{"id": 3, "function": "f"}]), "'invocations.0.id'"),
+    (_submit(functions=[dict(id="f", name="n", context_key="k", context="c", retries=True)]), "retries"),
     (_submit()[:2], "data frames"),
     (_submit(functions=[dict(id="f", name="n", context_key="k", context="c", retries=10**6)]), "retries"),
-    ([b'{"type": ["ping"], "v": 1}'], "unknown message type"),
+    ([b'{"type": ["ping"], "v": 2}'], "unknown message type"),
     ([b"[" * 100_000], "not JSON"),
+    ([b'{"type": "cancel", "v": 2, "ids": "abc"}'], "'ids'"),
+    ([b'{"type": "ready", "v": 2, "host": "h", "pid": 1, "contexts": {}}'], "not expected here"),
 ])
-def test_malformed_messages_are_rejected(frames, message):
+def test_malformed_client_requests_are_rejected(frames, message):
     with pytest.raises(ProtocolError, match=message):
-        protocol.decode(frames)
+        protocol.decode(frames, protocol.CLIENT_REQUESTS)
+
+
+@pytest.mark.parametrize("header", [
+    {"type": "progress", "v": 2, "outcomes": [{"id": "a", "kind": "exploded"}]},
+    {"type": "progress", "v": 2, "outcomes": [{"kind": "ok"}]},
+    {"type": "progress", "v": 2, "started": [7]},
+    {"type": "ready", "v": 2, "host": "h", "pid": "1", "contexts": {}},
+    {"type": "batch", "v": 2, "batch": 1, "functions": [], "items": [], "settings": {}},
+])
+def test_malformed_worker_reports_are_rejected(header):
+    with pytest.raises(ProtocolError):
+        protocol.decode([json.dumps(header).encode()], protocol.WORKER_REPORTS)
+
+
+def test_outcome_frames_must_match_the_outcomes():
+    msg = protocol.Progress(outcomes=[protocol.OutcomeInfo(id="a", kind=protocol.Kind.OK)])
+    with pytest.raises(ProtocolError, match="data frames"):
+        protocol.decode(protocol.encode(msg), protocol.WORKER_REPORTS)
+
+
+def test_retry_rule():
+    Kind = protocol.Kind
+    assert protocol.retryable(Kind.ERROR, attempts=1, retries=1)
+    assert not protocol.retryable(Kind.ERROR, attempts=2, retries=1)
+    assert protocol.retryable(Kind.TIMEOUT, attempts=1, retries=2)
+    assert not any(protocol.retryable(k, 1, 5) for k in (Kind.OK, Kind.CANCELLED, Kind.INIT_ERROR, Kind.RETURNED))

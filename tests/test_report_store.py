@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from faas.store import Outcome, Store
+from faas.store import Outcome, State, Store
 from faas.store.report import build_report, build_timeline, parse_since
 
 
@@ -27,10 +27,11 @@ def store(store_url):
     s.mark_dispatched(list("abcdef"))
     s.requeue({"e": "attempt 1 lost"})
     s.mark_dispatched(["e"])
+    ok, failed = State.SUCCEEDED, State.FAILED
     s.record_outcomes(
-        [Outcome("a", True, b"", None, "h:1", 100.0, 104.0), Outcome("b", True, b"", None, "h:1", 104.0, 105.0),
-         Outcome("c", True, b"", None, "h:1", 105.0, 107.0), Outcome("d", True, b"", None, "h:2", 100.0, 106.0),
-         Outcome("e", False, b"", "tb", "h:2", 106.0, 106.5), Outcome("f", False, None, "gave up", "", 108.0, 108.0)],
+        [Outcome("a", ok, b"", None, "h:1", 100.0, 104.0), Outcome("b", ok, b"", None, "h:1", 104.0, 105.0),
+         Outcome("c", ok, b"", None, "h:1", 105.0, 107.0), Outcome("d", ok, b"", None, "h:2", 100.0, 106.0),
+         Outcome("e", failed, b"", "tb", "h:2", 106.0, 106.5), Outcome("f", failed, None, "gave up", "", 108.0, 108.0)],
         [("h:1", "h", 1), ("h:2", "h", 2)],
         [_init("h:1", 100.5, 3.0), _init("h:2", 99.0, 0.5, error="OSError"), _init("h:2", 101.0, 4.0)],
     )
@@ -40,7 +41,7 @@ def store(store_url):
 
 def test_figures_per_worker_and_context(store):
     report = build_report(store)
-    assert report.states == {"pending": 1, "dispatched": 0, "succeeded": 4, "failed": 2}
+    assert report.states == {"pending": 1, "dispatched": 0, "succeeded": 4, "failed": 2, "cancelled": 0}
     w1, w2 = report.workers["h:1"], report.workers["h:2"]
     assert set(report.workers) == {"h:1", "h:2"}  # f ran on no worker
     assert (w1.invocations, w1.calls, w1.cold_calls, w1.failed, w1.retried) == (3, 3, 1, 0, 0)

@@ -40,9 +40,9 @@ def test_resubmission_is_idempotent(store):
 def test_state_machine_never_overwrites_a_final_result(store):
     store.add_invocations(_rows("a", "b"))
     store.mark_dispatched(["a", "b"])
-    first = Outcome("a", True, b"first", None, "h:1", 1.0, 2.0)
+    first = Outcome("a", State.SUCCEEDED, b"first", None, "h:1", 1.0, 2.0)
     assert store.record_outcomes([first], [("h:1", "h", 1)]) == {"a"}
-    late = Outcome("a", False, b"late", "tb", "h:2", 3.0, 4.0)
+    late = Outcome("a", State.FAILED, b"late", "tb", "h:2", 3.0, 4.0)
     assert store.record_outcomes([late]) == set()
     store.requeue({"a": "late note", "b": "lost"})  # a final invocation is never requeued
     (row,) = store.final_results(ids=["a"])
@@ -65,17 +65,17 @@ def test_purge_removes_only_old_final_invocations(store):
     store.add_invocations(_rows("old", "new", "open"))
     store.mark_dispatched(["old", "new", "open"])
     now = time.time()
-    store.record_outcomes([Outcome("old", True, b"r", None, "h:1", now - 100, now - 100),
-                           Outcome("new", True, b"r", None, "h:1", now, now)], [("h:1", "h", 1)])
+    store.record_outcomes([Outcome("old", State.SUCCEEDED, b"r", None, "h:1", now - 100, now - 100),
+                           Outcome("new", State.SUCCEEDED, b"r", None, "h:1", now, now)], [("h:1", "h", 1)])
     assert store.purge(older_than=50) == 1
-    assert sorted(store.counts_by_state().items()) == [("dispatched", 1), ("failed", 0), ("pending", 0),
-                                                        ("succeeded", 1)]
+    assert sorted(store.counts_by_state().items()) == [("cancelled", 0), ("dispatched", 1), ("failed", 0),
+                                                        ("pending", 0), ("succeeded", 1)]
 
 
 def test_context_summary_counts_inits_and_states(store):
     store.add_invocations(_rows("a", "b"))
     store.mark_dispatched(["a", "b"])
-    store.record_outcomes([Outcome("a", True, b"r", None, "h:1", 1, 2)], [("h:1", "h", 1)],
+    store.record_outcomes([Outcome("a", State.SUCCEEDED, b"r", None, "h:1", 1, 2)], [("h:1", "h", 1)],
                           [dict(context_key="ctx", description="loader()", worker_id="h:1", started_at=1.0,
                                 seconds=2.5, error=None),
                            dict(context_key="ctx", description="loader()", worker_id="h:1", started_at=0.0,

@@ -49,6 +49,17 @@ class ComputeFuture(Future):
             self._on_cancel(self.task_id)
         return True
 
+    def interrupt(self) -> bool:
+        """Cancel the invocation even while it runs: the worker interrupts it
+        (or drops its result) and this future ends with CancelledError. False
+        when it had already finished."""
+        if self.cancel():
+            return True
+        if self.done() or self._on_cancel is None:
+            return False
+        self._on_cancel(self.task_id)
+        return True
+
 
 class FaasExecutor(_StdExecutor):
     def __init__(self) -> None:

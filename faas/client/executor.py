@@ -116,7 +116,9 @@ class Executor(FaasExecutor):
 
     def _cancel(self, task_id: str) -> None:
         with self._lock:
-            self._futures.pop(task_id, None)
+            fut = self._futures.get(task_id)
+            if fut is not None and fut.cancelled():
+                del self._futures[task_id]  # a running one stays, to hear how it ended
             self._cancels.append(task_id)
         self._conn.wake()
 

@@ -56,6 +56,7 @@ class Item:
     batch: int | None = None
     cancel_requested: bool = False
     reclaiming: bool = False
+    init_failures: int = 0  # attempts that ended with its context's loader raising
 
 
 @dataclass
@@ -104,7 +105,6 @@ class Dispatcher:
         self._pending = _Pending()
         self._batch_ids = itertools.count(1)
         self._bodies: dict[str, bytes] = {}
-        self._init_failures: set[str] = set()  # contexts whose loader failed once: one more try
         budget = config.warm_pool.memory_budget
         self._settings = protocol.WorkerSettings(
             idle_timeout=config.warm_pool.idle_timeout,
@@ -118,10 +118,8 @@ class Dispatcher:
         self.functions[fid] = FunctionMeta(info.retries, info.batch_size)
 
     def submit(self, items: Iterable[Item]) -> None:
-        """New work from a client. A context whose loader failed gets a fresh
-        chance with new work (its files may have been fixed)."""
-        items = list(items)
-        self._init_failures -= {it.context_key for it in items}
+        """New work from a client (a context whose loader failed gets a fresh
+        chance with it: its files may have been fixed)."""
         self._enqueue(items)
 
     def _enqueue(self, items: Iterable[Item]) -> None:
@@ -248,10 +246,7 @@ class Dispatcher:
                 self.started.append(it)
         if msg.inits:
             self._pending.workers[worker] = (worker, loop.host, loop.pid)
-            for e in msg.inits:
-                self._pending.inits.append(dict(e.model_dump(), worker_id=worker))
-                if e.error is None:
-                    self._init_failures.discard(e.context_key)  # the loader works (at least here)
+            self._pending.inits += [dict(e.model_dump(), worker_id=worker) for e in msg.inits]
         for info, payload in zip(msg.outcomes, payloads):
             it = self.items.get(info.id)
             if it is None or it.loop != token:
@@ -266,8 +261,9 @@ class Dispatcher:
     def _on_outcome(self, it: Item, info: protocol.OutcomeInfo, payload: bytes, worker: str) -> None:
         fn = self.functions.get(it.function_id, FunctionMeta())
         key = it.context_key
-        step = policy.after_attempt(info.kind, it.attempts, fn.retries, it.cancel_requested,
-                                    key in self._init_failures)
+        step = policy.after_attempt(info.kind, it.attempts, fn.retries, it.cancel_requested, it.init_failures > 0)
+        if info.kind is Kind.INIT_ERROR:
+            it.init_failures += 1
         where = f"on {worker} at {time.strftime('%H:%M:%S')}"
         if step is Step.RETURN:
             self._pending.refund.add(it.id)
@@ -275,7 +271,6 @@ class Dispatcher:
             self._requeue(it, f"returned unstarted {where}")
         elif step is Step.RETRY:
             if info.kind is Kind.INIT_ERROR:
-                self._init_failures.add(key)
                 self._requeue(it, f"attempt {it.attempts} {where}: context init failed")
             else:
                 self._requeue(it, f"attempt {it.attempts} {where}: {_last_line(info.error)}")

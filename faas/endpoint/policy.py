@@ -81,8 +81,9 @@ class Step(enum.Enum):
 def after_attempt(kind: Kind, attempts: int, retries: int, cancel_requested: bool, init_failed_before: bool) -> Step:
     """What becomes of an invocation whose attempt on a worker ended with ``kind``.
 
-    A cancelled invocation's result is dropped even when it finished; a failed
-    loader gets one more try (elsewhere or later) before its invocations fail."""
+    A cancelled invocation's result is dropped even when it finished; an
+    invocation whose context's loader failed gets one more try (elsewhere or
+    later) before it fails (``init_failed_before``)."""
     if kind is Kind.RETURNED:
         return Step.CANCELLED if cancel_requested else Step.RETURN
     if cancel_requested or kind is Kind.CANCELLED:

@@ -19,7 +19,7 @@ from datetime import datetime
 from sqlalchemy import and_, case, exists, func, select
 
 from faas.store.models import Context, ContextInit, Invocation, Worker
-from faas.store.states import State
+from faas.store.states import FINAL, State
 from faas.store.store import Store
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
@@ -79,7 +79,7 @@ class Report:
     @property
     def throughput(self) -> float | None:
         """Final invocations per second between the first submission and the last result."""
-        done = self.states.get(State.SUCCEEDED.value, 0) + self.states.get(State.FAILED.value, 0)
+        done = sum(self.states.get(state.value, 0) for state in FINAL)
         if not done or self.first_submitted is None or self.last_finished is None:
             return None
         span = self.last_finished - self.first_submitted
@@ -209,7 +209,7 @@ def build_timeline(store: Store, since: float | None = None) -> Timeline:
                     first_call.c.t.label("first_call"), first_init.c.t.label("first_init"))
              .outerjoin(first_call, first_call.c.worker_id == Worker.id)
              .outerjoin(first_init, first_init.c.worker_id == Worker.id))
-    finished = (select(inv.finished_at).where(inv.state.in_([State.SUCCEEDED, State.FAILED]),
+    finished = (select(inv.finished_at).where(inv.state.in_(FINAL),
                                               inv.finished_at.is_not(None)).order_by(inv.finished_at))
     inits = select(ContextInit.worker_id, ContextInit.started_at, ContextInit.seconds,
                    ContextInit.error.is_(None)).order_by(ContextInit.started_at)

@@ -89,6 +89,7 @@ class _Running:
 
 class WorkerLoop:
     def __init__(self, zctx: zmq.Context, sock: zmq.Socket, heartbeat_threshold: float):
+        self.zctx = zctx
         self.sock = sock
         self.threshold = heartbeat_threshold
         self.runner = Runner()
@@ -301,8 +302,10 @@ class WorkerLoop:
                              dumps_exception(error)) for i in running.ids]
                            + [(OutcomeInfo(id=it.id, kind=Kind.RETURNED, started=now, finished=now), b"")
                               for it in queued])
-        self.sock.setsockopt(zmq.LINGER, 5000)
-        self.sock.close()
+        self._wake_out.close(0)
+        self._wake_in.close(0)
+        self.sock.close(linger=5000)
+        self.zctx.term()  # returns once the report is sent (or 5 s passed)
         os._exit(EXIT_STUCK)
 
     def _end(self, reason: str, interrupt: bool) -> None:

@@ -1,0 +1,59 @@
+"""The dispatcher's rules as pure functions, without Parsl, sockets or a store."""
+
+from __future__ import annotations
+
+from faas.endpoint.policy import (FIRST_BATCH, LoopLoad, Step, after_attempt, after_loss, batch_size,
+                                  should_reclaim)
+from faas.protocol import Kind
+
+
+def test_first_batch_is_small_until_the_worker_is_measured():
+    assert batch_size(LoopLoad(None, 0, False), [], queued=1000, in_flight=0, max_batch=64,
+                      max_batch_seconds=10) == FIRST_BATCH
+    assert batch_size(LoopLoad(None, 0, False), [], queued=2, in_flight=0, max_batch=64, max_batch_seconds=10) == 2
+
+
+def test_a_batched_function_gets_batches_it_can_fill():
+    assert batch_size(LoopLoad(None, 0, False), [], 1000, 0, 64, 10, min_batch=32) == 32
+    assert batch_size(LoopLoad(100.0, 0, False), [LoopLoad(100.0, 0, False)], 10, 0, 64, 10, min_batch=8) == 8
+
+
+def test_batches_follow_speed_and_backlog():
+    fast, slow = LoopLoad(100.0, 0, False), LoopLoad(10.0, 0, False)
+    big_fast = batch_size(fast, [slow], 1000, 0, 1000, 100)
+    big_slow = batch_size(slow, [fast], 1000, 0, 1000, 100)
+    assert big_fast > 5 * big_slow  # the fast worker takes about ten times the slow one's share
+    assert batch_size(fast, [slow], 10, 0, 1000, 100) < big_fast  # small at the tail
+    assert batch_size(LoopLoad(100.0, 0, False), [], 1000, 0, 1000, max_batch_seconds=0.1) == 10  # 0.1 s of work
+
+
+def test_a_busy_worker_is_left_idle_when_the_others_finish_sooner():
+    busy = LoopLoad(1.0, outstanding=10, busy=True)
+    assert batch_size(busy, [LoopLoad(100.0, 0, False)], queued=5, in_flight=0, max_batch=64,
+                      max_batch_seconds=10) == 0
+
+
+def test_what_becomes_of_an_attempt():
+    assert after_attempt(Kind.OK, 1, 0, False, False) is Step.SUCCEEDED
+    assert after_attempt(Kind.OK, 1, 0, cancel_requested=True, init_failed_before=False) is Step.CANCELLED
+    assert after_attempt(Kind.ERROR, 1, 0, False, False) is Step.FAILED
+    assert after_attempt(Kind.ERROR, 1, 1, False, False) is Step.RETRY
+    assert after_attempt(Kind.TIMEOUT, 1, 0, False, False) is Step.FAILED
+    assert after_attempt(Kind.CANCELLED, 1, 3, False, False) is Step.CANCELLED
+    assert after_attempt(Kind.RETURNED, 1, 0, False, False) is Step.RETURN
+    assert after_attempt(Kind.RETURNED, 1, 0, True, False) is Step.CANCELLED
+    assert after_attempt(Kind.INIT_ERROR, 1, 0, False, init_failed_before=False) is Step.RETRY
+    assert after_attempt(Kind.INIT_ERROR, 1, 0, False, init_failed_before=True) is Step.FAILED
+
+
+def test_lost_workers_are_retried_up_to_max_attempts():
+    assert after_loss(4, 5) is Step.RETRY
+    assert after_loss(5, 5) is Step.FAILED
+
+
+def test_queued_work_is_taken_back_from_a_worker_held_up():
+    assert not should_reclaim(running_for=1.0, rate=100.0, queued_behind=5)
+    assert should_reclaim(running_for=3.0, rate=100.0, queued_behind=5)
+    assert not should_reclaim(running_for=3.0, rate=100.0, queued_behind=0)
+    assert not should_reclaim(running_for=3.0, rate=0.5, queued_behind=5)  # usual: 2 s a call
+    assert should_reclaim(running_for=11.0, rate=0.5, queued_behind=5)
