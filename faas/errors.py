@@ -53,3 +53,7 @@ class InvocationFailed(FaasError):
 
 class NotAuthorised(EndpointError):
     """The endpoint refused this client's key (``faas-endpoint authorize`` lets it in)."""
+
+
+class StoreUnavailable(FaasError):
+    """The store cannot be used: missing, deleted or replaced under the daemon, or written by a newer faas."""

@@ -15,7 +15,8 @@ from pathlib import Path
 from sqlalchemy import bindparam, create_engine, delete, event, func, insert, or_, select, update
 from sqlalchemy.engine import Engine
 
-from faas.store.models import Base, Context, ContextInit, Function, Invocation, Worker
+from faas.store import migrations
+from faas.store.models import Context, ContextInit, Function, Invocation, Worker
 from faas.store.states import FINAL, State, allowed_sources
 
 
@@ -56,7 +57,7 @@ class Store:
     def __init__(self, url: str):
         self.url = url
         self.engine = _make_engine(url)
-        Base.metadata.create_all(self.engine)
+        self.revisions = migrations.upgrade(self.engine)  # (revision it had, revision it has now)
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).chmod(0o600)
 
