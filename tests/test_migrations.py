@@ -1,9 +1,11 @@
 """Schema migrations on real SQLite and a real PostgreSQL server: a store made
 before faas had migrations is stamped and upgraded with its rows kept, a new
-store matches the models, a store from a newer faas is refused."""
+store matches the models, a store from a newer faas is refused; `faas-endpoint
+upgrade`, and read-only commands that never create an empty store."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
@@ -11,10 +13,11 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from conftest import cli, local_config, write_config
 from sqlalchemy import create_engine, inspect, text
 
 from faas.errors import StoreUnavailable
-from faas.store import State, Store, migrations
+from faas.store import State, Store, migrations, sqlite_url
 from faas.store.migrations import HEAD, LEGACY
 from faas.store.models import Base
 
@@ -135,3 +138,26 @@ def test_a_store_from_a_newer_faas_is_refused_naming_both_revisions(store_url):
     engine.dispose()
     with pytest.raises(StoreUnavailable, match=f"revision 0099.*newer faas.*newest revision is {HEAD}"):
         Store(store_url)
+
+
+def test_cli_upgrades_a_stopped_endpoints_store(faas_home):
+    write_config(faas_home, "old", local_config())
+    db = faas_home / "endpoints" / "old" / "store.db"
+    make_previous_store(sqlite_url(db.parent))
+    out = cli("upgrade", "old").stdout
+    assert f"upgraded from revision {LEGACY} to {HEAD}" in out
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [(HEAD,)]
+        assert conn.execute("SELECT id, state FROM invocations ORDER BY id").fetchall() == [
+            ("a", "succeeded"), ("b", "pending")]
+    assert f"at revision {HEAD}, the newest" in cli("upgrade", "old").stdout
+    assert '"succeeded": 1' in cli("status", "old", "--json").stdout
+
+
+def test_read_only_commands_report_a_missing_store_and_create_none(faas_home):
+    cli("configure", "bare")
+    db = faas_home / "endpoints" / "bare" / "store.db"
+    for command in (["status", "bare"], ["report", "bare"], ["upgrade", "bare"], ["purge", "bare"]):
+        proc = cli(*command, check=False)
+        assert proc.returncode != 0 and f"no store at {db}" in proc.stderr, (command, proc.stderr)
+    assert not db.exists()
