@@ -1,10 +1,12 @@
 """Schema migrations on real SQLite and a real PostgreSQL server: a store made
 before faas had migrations is stamped and upgraded with its rows kept, a new
-store matches the models, a store from a newer faas is refused; `faas-endpoint
-upgrade`, and read-only commands that never create an empty store."""
+store matches the models, a store from a newer faas is refused; and the store
+file's identity (a store.db deleted or replaced under the daemon is noticed,
+and read-only commands never create an empty one)."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -161,3 +163,29 @@ def test_read_only_commands_report_a_missing_store_and_create_none(faas_home):
         proc = cli(*command, check=False)
         assert proc.returncode != 0 and f"no store at {db}" in proc.stderr, (command, proc.stderr)
     assert not db.exists()
+
+
+def test_check_identity_notices_a_deleted_or_replaced_store_file(tmp_path):
+    store = Store(sqlite_url(tmp_path))
+    db = tmp_path / "store.db"
+    store.check_identity()
+    os.rename(db, tmp_path / "moved.db")
+    with pytest.raises(StoreUnavailable, match="replaced|missing"):
+        store.check_identity()
+    os.rename(tmp_path / "moved.db", db)
+    store.check_identity()  # the same file back in place
+    (tmp_path / "other").mkdir()
+    Store(sqlite_url(tmp_path / "other")).close()
+    os.replace(tmp_path / "other" / "store.db", db)
+    with pytest.raises(StoreUnavailable, match=f"{db} was replaced"):
+        store.check_identity()
+    db.unlink()
+    with pytest.raises(StoreUnavailable, match=f"{db} is missing"):
+        store.check_identity()
+    store.close()
+
+
+def test_check_identity_passes_while_the_store_is_in_place(store_url):
+    store = Store(store_url)
+    store.check_identity()
+    store.close()
