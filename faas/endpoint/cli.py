@@ -12,7 +12,7 @@ from faas import keys
 from faas.endpoint import daemon
 from faas.endpoint.access import AuthorizedClients, endpoint_keys
 from faas.endpoint.config import ConfigError, load_config
-from faas.endpoint.home import EndpointDir, list_endpoints
+from faas.endpoint.home import EndpointDir, list_endpoints, write_private
 from faas.endpoint.templates import PROVIDERS, config_template
 from faas.errors import EndpointError, StoreUnavailable
 
@@ -64,8 +64,8 @@ def configure(name: str, provider: str, gpus: int | None, workers: int | None, p
         text = config_template(name, provider, gpus=gpus, workers=workers, partition=partition)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
-    epdir.path.mkdir(parents=True, mode=0o700, exist_ok=True)
-    epdir.config.write_text(text)
+    epdir.make_private()
+    write_private(epdir.config, text)
     click.echo(f"created {epdir.config}")
     click.echo(f"public key (for tcp:// clients' server_key): {endpoint_keys(epdir.path).public_text}")
 

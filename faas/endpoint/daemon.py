@@ -16,7 +16,7 @@ import zmq
 
 from faas import protocol
 from faas.endpoint.config import ConfigError, EndpointConfig, load_config
-from faas.endpoint.home import EndpointDir
+from faas.endpoint.home import EndpointDir, write_private
 from faas.errors import EndpointError, StoreUnavailable
 from faas.store import Store, sqlite_url
 
@@ -103,11 +103,15 @@ def run(epdir: EndpointDir) -> None:
     config = load_config(epdir.config)
     if read_pid(epdir) not in (None, os.getpid()):
         raise EndpointError(f"endpoint {epdir.name} is already running (pid {read_pid(epdir)})")
+    os.umask(0o077)  # what the daemon and Parsl write (runinfo logs, CurveZMQ certificates) is owner-only
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("parsl").propagate = False  # Parsl logs in detail to runinfo/
-    epdir.path.chmod(0o700)  # it holds the socket, the store and the secret key
+    epdir.make_private()  # it holds the socket, the store and the secret key
+    epdir.config.chmod(0o600)  # written by hand, or by an older faas
+    epdir.runinfo.mkdir(mode=0o700, exist_ok=True)
+    epdir.runinfo.chmod(0o700)  # made by an older faas with the umask's mode
     _end_leftovers(epdir)
-    epdir.pidfile.write_text(f"{os.getpid()}\n")
+    write_private(epdir.pidfile, f"{os.getpid()}\n")
     store = open_store(epdir, config, create=True)
     engine = ParslEngine(config.engine, epdir.runinfo)
     exit_with = os.environ.pop(EXIT_WITH_ENV, None)
