@@ -67,3 +67,7 @@ class Interrupted(BaseException):
     def __init__(self, reason: str, message: str = ""):
         super().__init__(message or reason)
         self.reason = reason  # "timeout" or "cancel"
+
+
+class StoreUnavailable(FaasError):
+    """The store cannot be used: missing, deleted or replaced under the daemon, or written by a newer faas."""

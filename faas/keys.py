@@ -19,7 +19,7 @@ import zmq.auth
 from filelock import FileLock
 from zmq.utils import z85
 
-from faas.endpoint.home import faas_home
+from faas.endpoint.home import faas_home, make_private
 
 Z85_KEY_LEN = 40
 
@@ -73,6 +73,7 @@ def client_pair(secret_file: str | os.PathLike | None = None) -> KeyPair:
     """The given client key pair, or this user's default one (created on first use)."""
     if secret_file is not None:
         return load_pair(secret_file)
+    make_private(faas_home())
     return ensure_pair(faas_home() / "keys", "client")
 
 

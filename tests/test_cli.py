@@ -1,9 +1,10 @@
-"""The faas-endpoint CLI lifecycle on a real daemon, and a restart that keeps
-the invocation history."""
+"""The faas-endpoint CLI lifecycle on a real daemon, a restart that keeps the
+invocation history, and owner-only modes for everything under $FAAS_HOME."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from conftest import RunningEndpoint, cli, local_config, run_client, status, write_config
 
@@ -57,3 +58,26 @@ def test_restart_keeps_invocation_history(faas_home, tmp_path):
         assert [c["inits"] for c in after["contexts"]] == [c["inits"] for c in before["contexts"]] == [1]
     finally:
         ep.stop()
+
+
+def _open_to_others(home: Path) -> list[tuple[str, str]]:
+    """Every path under ``home`` (itself included, sockets too) with any group or other permission."""
+    paths = [home, *home.rglob("*")]
+    return [(str(p), oct(p.lstat().st_mode & 0o777)) for p in paths if p.lstat().st_mode & 0o077]
+
+
+def test_configure_writes_owner_only(faas_home):
+    cli("configure", "private")
+    assert _open_to_others(faas_home) == []
+    assert (faas_home / "endpoints" / "private" / "config.yaml").stat().st_mode & 0o777 == 0o600
+
+
+def test_everything_under_faas_home_is_owner_only_while_running(endpoint, faas_home, tmp_path):
+    # config.yaml and its folders written with the umask's modes, as by an older faas or an editor
+    write_config(faas_home, "private", local_config(workers=1))
+    assert _open_to_others(faas_home)
+    endpoint("private", local_config(workers=1))
+    run_client("pid_loader.py", "private", str(tmp_path / "inits.log"), "1")
+    assert status("private")["invocations"]["succeeded"] == 1
+    assert list((faas_home / "endpoints" / "private" / "runinfo").rglob("*.key_secret"))  # Parsl's certificates
+    assert _open_to_others(faas_home) == []

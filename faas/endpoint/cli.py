@@ -12,9 +12,9 @@ from faas import keys
 from faas.endpoint import daemon
 from faas.endpoint.access import AuthorizedClients, endpoint_keys
 from faas.endpoint.config import ConfigError, load_config
-from faas.endpoint.home import EndpointDir, list_endpoints
+from faas.endpoint.home import EndpointDir, list_endpoints, write_private
 from faas.endpoint.templates import PROVIDERS, config_template
-from faas.errors import EndpointError
+from faas.errors import EndpointError, StoreUnavailable
 
 
 def _endpoint(name: str, must_exist: bool = True) -> EndpointDir:
@@ -32,9 +32,9 @@ def _store(epdir: EndpointDir):
     """The endpoint's store (its config names it), whether the daemon runs or not."""
     try:
         config = load_config(epdir.config)
-    except ConfigError as e:
+        store = daemon.open_store(epdir, config)
+    except (ConfigError, StoreUnavailable) as e:
         raise click.ClickException(str(e)) from None
-    store = daemon.open_store(epdir, config)
     try:
         yield store, config
     finally:
@@ -64,8 +64,8 @@ def configure(name: str, provider: str, gpus: int | None, workers: int | None, p
         text = config_template(name, provider, gpus=gpus, workers=workers, partition=partition)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
-    epdir.path.mkdir(parents=True, mode=0o700, exist_ok=True)
-    epdir.config.write_text(text)
+    epdir.make_private()
+    write_private(epdir.config, text)
     click.echo(f"created {epdir.config}")
     click.echo(f"public key (for tcp:// clients' server_key): {endpoint_keys(epdir.path).public_text}")
 
@@ -102,7 +102,7 @@ def status(name: str, as_json: bool) -> None:
     epdir = _endpoint(name)
     try:
         info = endpoint_status(epdir)
-    except (ConfigError, EndpointError) as e:
+    except (ConfigError, EndpointError, StoreUnavailable) as e:
         raise click.ClickException(str(e)) from None
     if as_json:
         click.echo(json.dumps(info, indent=2, default=str))
@@ -155,6 +155,18 @@ def purge(name: str, older_than: float | None) -> None:
     with _store(_endpoint(name)) as (store, config):
         n = store.purge(config.store.retention if older_than is None else older_than)
     click.echo(f"purged {n} invocations")
+
+
+@main.command()
+@click.argument("name")
+def upgrade(name: str) -> None:
+    """Bring NAME's store to this faas' schema revision (the daemon also does when it starts)."""
+    with _store(_endpoint(name)) as (store, _):
+        before, after = store.revisions
+    if before == after:
+        click.echo(f"store of {name} is at revision {after}, the newest: nothing to do")
+    else:
+        click.echo(f"store of {name} upgraded from revision {before or 'none (empty)'} to {after}")
 
 
 @main.command()

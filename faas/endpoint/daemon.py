@@ -16,8 +16,8 @@ import zmq
 
 from faas import protocol
 from faas.endpoint.config import ConfigError, EndpointConfig, load_config
-from faas.endpoint.home import EndpointDir
-from faas.errors import EndpointError
+from faas.endpoint.home import EndpointDir, write_private
+from faas.errors import EndpointError, StoreUnavailable
 from faas.store import Store, sqlite_url
 
 log = logging.getLogger(__name__)
@@ -73,9 +73,16 @@ def _end_leftovers(epdir: EndpointDir) -> None:
             pass
 
 
-def open_store(epdir: EndpointDir, config: EndpointConfig) -> Store:
+def open_store(epdir: EndpointDir, config: EndpointConfig, create: bool = False) -> Store:
+    """The endpoint's store, upgraded to this faas' schema. Only the daemon creates
+    the default SQLite store: a missing store.db is reported to readers, not replaced
+    by an empty one."""
     if config.store.url is None:
-        _owner_only_sqlite(epdir.path / "store.db")
+        db = epdir.path / "store.db"
+        if not create and not db.exists():
+            raise StoreUnavailable(f"endpoint {epdir.name} has no store at {db}: it has never started, "
+                                   f"or its store.db was deleted or moved")
+        _owner_only_sqlite(db)
     return Store(config.store.url or sqlite_url(epdir.path))
 
 
@@ -96,12 +103,16 @@ def run(epdir: EndpointDir) -> None:
     config = load_config(epdir.config)
     if read_pid(epdir) not in (None, os.getpid()):
         raise EndpointError(f"endpoint {epdir.name} is already running (pid {read_pid(epdir)})")
+    os.umask(0o077)  # what the daemon and Parsl write (runinfo logs, CurveZMQ certificates) is owner-only
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("parsl").propagate = False  # Parsl logs in detail to runinfo/
-    epdir.path.chmod(0o700)  # it holds the socket, the store and the secret key
+    epdir.make_private()  # it holds the socket, the store and the secret key
+    epdir.config.chmod(0o600)  # written by hand, or by an older faas
+    epdir.runinfo.mkdir(mode=0o700, exist_ok=True)
+    epdir.runinfo.chmod(0o700)  # made by an older faas with the umask's mode
     _end_leftovers(epdir)
-    epdir.pidfile.write_text(f"{os.getpid()}\n")
-    store = open_store(epdir, config)
+    write_private(epdir.pidfile, f"{os.getpid()}\n")
+    store = open_store(epdir, config, create=True)
     engine = ParslEngine(config.engine, epdir.runinfo)
     exit_with = os.environ.pop(EXIT_WITH_ENV, None)
     server = None
@@ -200,6 +211,6 @@ def _tail(path: Path, lines: int = 30) -> str:
 if __name__ == "__main__":
     try:
         run(EndpointDir.of(sys.argv[1]))
-    except (ConfigError, EndpointError) as e:
+    except (ConfigError, EndpointError, StoreUnavailable) as e:
         print(f"faas-endpoint: {e}", file=sys.stderr)
         sys.exit(2)

@@ -56,6 +56,26 @@ class EndpointDir:
     def exists(self) -> bool:
         return self.config.exists()
 
+    def make_private(self) -> None:
+        """$FAAS_HOME, endpoints/ and this endpoint's folder, each created or tightened to 0700."""
+        make_private(self.path.parent.parent, self.path.parent, self.path)
+
+
+def make_private(*folders: Path) -> None:
+    """Create each folder (give parents first) or tighten it to 0700: faas' folders hold
+    sockets, stores and secret keys. mkdir's mode alone would leave parents to the umask."""
+    for folder in folders:
+        folder.mkdir(parents=True, mode=0o700, exist_ok=True)
+        folder.chmod(0o700)
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a file that only its owner can read (0600), also when it exists with another mode."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
 
 def list_endpoints(home: Path | None = None) -> list[EndpointDir]:
     root = (home or faas_home()) / "endpoints"

@@ -57,7 +57,7 @@ class Invocation(Base):
     __tablename__ = "invocations"
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)  # made by the client
-    group_id: Mapped[str] = mapped_column(String(64), index=True)
+    group_id: Mapped[str] = mapped_column(String(64))
     function_id: Mapped[str] = mapped_column(String(64), ForeignKey("functions.id"))
     context_key: Mapped[str] = mapped_column(String(64), ForeignKey("contexts.key"))
     state: Mapped[State] = mapped_column(
@@ -74,4 +74,6 @@ class Invocation(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)  # remote traceback text
     history: Mapped[str | None] = mapped_column(Text, nullable=True)  # one line per failed attempt
 
-    __table_args__ = (Index("ix_invocations_state", "state"), Index("ix_invocations_finished", "finished_at"))
+    # (group_id, state): a reattaching client's final results by group; its first column serves lookups by group
+    __table_args__ = (Index("ix_invocations_state", "state"), Index("ix_invocations_finished", "finished_at"),
+                      Index("ix_invocations_group_state", "group_id", "state"))

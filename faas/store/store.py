@@ -7,6 +7,7 @@ submission without dialect-specific upserts.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -15,7 +16,9 @@ from pathlib import Path
 from sqlalchemy import bindparam, create_engine, delete, event, func, insert, or_, select, update
 from sqlalchemy.engine import Engine
 
-from faas.store.models import Base, Context, ContextInit, Function, Invocation, Worker
+from faas.errors import StoreUnavailable
+from faas.store import migrations
+from faas.store.models import Context, ContextInit, Function, Invocation, Worker
 from faas.store.states import FINAL, State, allowed_sources
 
 
@@ -56,9 +59,31 @@ class Store:
     def __init__(self, url: str):
         self.url = url
         self.engine = _make_engine(url)
-        Base.metadata.create_all(self.engine)
+        self.revisions = migrations.upgrade(self.engine)  # (revision it had, revision it has now)
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).chmod(0o600)
+        self._file = self._file_identity()
+
+    def _file_identity(self) -> tuple[int, int] | None:
+        """(st_dev, st_ino) of a SQLite store's file; None for a server database or an in-memory one."""
+        path = self.engine.url.database if self.engine.url.get_backend_name() == "sqlite" else None
+        if not path or path == ":memory:":
+            return None
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            raise StoreUnavailable(f"the store {path} is missing: it was deleted or moved") from None
+        return st.st_dev, st.st_ino
+
+    def check_identity(self) -> None:
+        """Raise StoreUnavailable when the SQLite file this store opened was deleted or replaced.
+
+        A connection keeps the file it opened, even once unlinked, while a new connection
+        opens whatever is at the path now (or creates an empty store): without this check
+        a daemon would split its records between a deleted file and a new one."""
+        if self._file is not None and self._file_identity() != self._file:
+            raise StoreUnavailable(f"the store {self.engine.url.database} was replaced by another file "
+                                   f"while in use: restart the endpoint")
 
     def close(self) -> None:
         self.engine.dispose()
