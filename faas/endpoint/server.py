@@ -29,7 +29,7 @@ from faas.endpoint.config import EndpointConfig
 from faas.endpoint.dispatcher import Dispatcher, Final, Item
 from faas.endpoint.home import EndpointDir
 from faas.endpoint.workers import WorkerLink
-from faas.errors import ProtocolError
+from faas.errors import ProtocolError, StoreUnavailable
 from faas.store import State, Store
 
 log = logging.getLogger(__name__)
@@ -93,9 +93,16 @@ class Server:
         self.wake()
 
     def _monitor(self) -> None:
-        """Keep the count of connected worker slots current; purge old results."""
+        """Keep the count of connected worker slots current; purge old results;
+        stop, saying why, if the store's file was deleted or replaced."""
         next_purge = 0.0
         while not self._stop.is_set():
+            try:
+                self.store.check_identity()
+            except StoreUnavailable as e:
+                log.error("%s; stopping", e)
+                self.stop()
+                return
             if time.monotonic() >= next_purge:
                 next_purge = time.monotonic() + PURGE_PERIOD
                 try:
