@@ -26,7 +26,7 @@ import psutil
 from faas import Executor, ctx_function
 from faas.endpoint import daemon
 from faas.endpoint.engine import put_parsl_scripts_on_path
-from faas.endpoint.home import EndpointDir
+from faas.home import EndpointDir
 
 WORKERS = 2
 

@@ -18,9 +18,9 @@ from faas.client import serialize
 from faas.client.connection import Connection
 from faas.client.progress import track
 from faas.client.transport import Transport, open_transport
-from faas.endpoint.home import EndpointDir
 from faas.errors import EndpointError, NotAuthorised, PayloadTooLarge
 from faas.function import CtxFunction
+from faas.home import EndpointDir
 
 log = logging.getLogger(__name__)
 

@@ -30,8 +30,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from faas.client.transport import Transport
-from faas.endpoint.home import EndpointDir
 from faas.errors import EndpointError
+from faas.home import EndpointDir
 
 log = logging.getLogger(__name__)
 

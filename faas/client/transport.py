@@ -21,6 +21,7 @@ import zmq
 
 from faas import keys
 from faas.errors import EndpointError, NotAuthorised
+from faas.home import EndpointDir, read_pid
 
 _TCP_ADDRESS = re.compile(r"^tcp://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):([0-9]{1,5})$")
 
@@ -99,9 +100,6 @@ def resolve(endpoint: str) -> str:
     if "://" in endpoint:
         raise EndpointError(f"unsupported endpoint address {endpoint!r}: use a name, ipc://PATH, "
                             "ssh://[USER@]HOST[:PORT]/NAME or tcp://HOST:PORT")
-    from faas.endpoint.daemon import read_pid
-    from faas.endpoint.home import EndpointDir
-
     try:
         epdir = EndpointDir.of(endpoint)
     except ValueError as e:

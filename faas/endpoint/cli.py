@@ -12,9 +12,9 @@ from faas import keys
 from faas.endpoint import daemon
 from faas.endpoint.access import AuthorizedClients, endpoint_keys
 from faas.endpoint.config import ConfigError, load_config
-from faas.endpoint.home import EndpointDir, list_endpoints
 from faas.endpoint.templates import PROVIDERS, config_template
 from faas.errors import EndpointError
+from faas.home import EndpointDir, list_endpoints, read_pid
 
 
 def _endpoint(name: str, must_exist: bool = True) -> EndpointDir:
@@ -122,7 +122,7 @@ def status(name: str, as_json: bool) -> None:
 def endpoint_status(epdir: EndpointDir) -> dict:
     """The store's record (available when stopped too) plus the live daemon's view."""
     config = load_config(epdir.config)
-    pid = daemon.read_pid(epdir)
+    pid = read_pid(epdir)
     store = daemon.open_store(epdir, config)
     try:
         info = {
@@ -184,7 +184,7 @@ def report(name: str, since: str | None, plot: str | None) -> None:
 def address(name: str) -> None:
     """Print NAME's ipc:// address if it is running (ssh:// clients ask this)."""
     epdir = _endpoint(name)
-    if daemon.read_pid(epdir) is None:
+    if read_pid(epdir) is None:
         raise click.ClickException(f"endpoint {name!r} is not running (run: faas-endpoint start {name})")
     click.echo(epdir.address)
 
@@ -225,7 +225,7 @@ def _public_key(value: str) -> str:
 def list_() -> None:
     """List configured endpoints."""
     for epdir in list_endpoints():
-        pid = daemon.read_pid(epdir)
+        pid = read_pid(epdir)
         click.echo(f"{epdir.name}\t{'running' if pid else 'stopped'}\t{epdir.address}")
 
 

@@ -286,8 +286,3 @@ def _problems(error: ValidationError) -> list[tuple[str, str]]:
             out.append((".".join(loc) or "(top level)", msg))
     return out
 
-
-def default_config_text(name: str, workers: int | None = None) -> str:
-    """The local template (embedded endpoints and ``configure`` without --provider)."""
-    from faas.endpoint.templates import config_template
-    return config_template(name, "local", workers=workers)
