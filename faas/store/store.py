@@ -121,6 +121,13 @@ class Store:
             return conn.execute(delete(Invocation).where(Invocation.state.in_(FINAL),
                                                          Invocation.finished_at < cutoff)).rowcount
 
+    def mark_worker_lost(self, worker_id: str, at: float) -> None:
+        """Record when a worker was lost: its span in the report's timeline ends
+        there instead of at its last result. A worker that never reported has no
+        row, and nothing to end."""
+        with self.engine.begin() as conn:
+            conn.execute(update(Worker).where(Worker.id == worker_id).values(lost_at=at))
+
     def record_outcomes(self, outcomes: Sequence[Outcome], workers: Iterable[tuple[str, str, int]] = (),
                         inits: Iterable[dict] = ()) -> set[str]:
         """Record results, the workers that produced them and context inits, in
