@@ -4,8 +4,12 @@ the invocation history."""
 from __future__ import annotations
 
 import os
+import sys
 
+from click.testing import CliRunner
 from conftest import RunningEndpoint, cli, local_config, run_client, status, write_config
+
+from faas.endpoint import cli as endpoint_cli
 
 
 def test_lifecycle_configure_start_status_list_stop(faas_home, tmp_path):
@@ -57,3 +61,12 @@ def test_restart_keeps_invocation_history(faas_home, tmp_path):
         assert [c["inits"] for c in after["contexts"]] == [c["inits"] for c in before["contexts"]] == [1]
     finally:
         ep.stop()
+
+
+def test_report_plot_without_matplotlib_names_the_extra(faas_home, tmp_path, monkeypatch):
+    write_config(faas_home, "noplot", local_config(workers=1))
+    for name in [m for m in sys.modules if m.split(".")[0] == "matplotlib"] + ["matplotlib"]:
+        monkeypatch.setitem(sys.modules, name, None)  # None: an import of it fails
+    result = CliRunner().invoke(endpoint_cli.main, ["report", "noplot", "--plot", str(tmp_path / "t.png")])
+    assert result.exit_code == 1 and "invocations:" in result.output  # the text report still comes
+    assert "pip install 'faas[plot]'" in result.output and not (tmp_path / "t.png").exists()

@@ -164,7 +164,7 @@ def purge(name: str, older_than: float | None) -> None:
               help="Also draw the timeline (workers, completed invocations, context inits) into FILE.")
 def report(name: str, since: str | None, plot: str | None) -> None:
     """Per-worker and per-context figures from NAME's store (running or stopped)."""
-    from faas.endpoint.timeline import plot_timeline
+    from faas.endpoint.timeline import MissingPlotExtra, plot_timeline
     from faas.store.report import build_report, build_timeline, parse_since, render_text
 
     epdir = _endpoint(name)
@@ -175,7 +175,10 @@ def report(name: str, since: str | None, plot: str | None) -> None:
     with _store(epdir) as (store, _):
         click.echo(f"endpoint {name}: " + render_text(build_report(store, start)), nl=False)
         if plot:
-            path = plot_timeline(build_timeline(store, start), plot, title=f"endpoint {name}")
+            try:
+                path = plot_timeline(build_timeline(store, start), plot, title=f"endpoint {name}")
+            except MissingPlotExtra as e:
+                raise click.ClickException(str(e)) from None
             click.echo(f"timeline written to {path}")
 
 
