@@ -26,7 +26,7 @@ import psutil
 from faas import Executor, ctx_function
 from faas.endpoint import daemon
 from faas.endpoint.engine import put_parsl_scripts_on_path
-from faas.endpoint.home import EndpointDir
+from faas.home import EndpointDir
 
 WORKERS = 2
 
@@ -282,7 +282,7 @@ def b6_preemption(n=800, load=2.0, call=0.02, every=2.5) -> dict:
             warm_up(ex)
             kills, stop = [], threading.Event()
 
-            def killer():
+            def killer(epdir, stop, kills):  # arguments: this round's, not the loop's latest
                 rng = random.Random(1)
                 while not stop.wait(every):
                     pids = _worker_pids(epdir)
@@ -291,7 +291,7 @@ def b6_preemption(n=800, load=2.0, call=0.02, every=2.5) -> dict:
                             os.kill(rng.choice(pids), signal.SIGKILL)
                             kills.append(time.time())
 
-            t = threading.Thread(target=killer, daemon=True)
+            t = threading.Thread(target=killer, args=(epdir, stop, kills), daemon=True)
             if mode == "kills":
                 t.start()
             t0 = time.perf_counter()

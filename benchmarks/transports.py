@@ -97,7 +97,7 @@ def start_endpoint(home: Path, workers: int):
     os.environ["FAAS_HOME"] = str(home)
     from faas.endpoint import daemon
     from faas.endpoint.access import AuthorizedClients, endpoint_keys
-    from faas.endpoint.home import EndpointDir
+    from faas.home import EndpointDir
     from faas.keys import client_pair
 
     epdir = EndpointDir.of("bench")

@@ -7,7 +7,7 @@ import sys
 import click
 
 from faas import keys
-from faas.endpoint.home import faas_home
+from faas.home import faas_home
 
 
 @click.group()

@@ -19,7 +19,7 @@ import zmq.auth
 from filelock import FileLock
 from zmq.utils import z85
 
-from faas.endpoint.home import faas_home, make_private
+from faas.home import faas_home, make_private
 
 Z85_KEY_LEN = 40
 

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs faas and its test services (PostgreSQL, sshd, Slurm from Debian's
-# packages), then runs the test suite. The Globus Compute tests run afterwards
-# in .venv-globus: globus-compute-endpoint pins click<8.4, which the llm
-# extra's huggingface_hub outgrew, so the two cannot share a virtualenv.
+# packages), then lints with ruff and runs the test suite. The Globus Compute
+# tests run afterwards in .venv-globus: globus-compute-endpoint pins click<8.4,
+# which the llm extra's huggingface_hub outgrew, so the two cannot share a
+# virtualenv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh test
 bash .ci/services.sh install
+.venv/bin/python -m ruff check faas tests benchmarks examples
 .venv/bin/python -m pytest "$@"
 bash scripts/install.sh globus-test .venv-globus
 exec .venv-globus/bin/python -m pytest -q tests/test_globus.py

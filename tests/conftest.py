@@ -79,6 +79,14 @@ class RunningEndpoint:
     def pid(self) -> int:
         return int((self.path / "daemon.pid").read_text())
 
+    def running(self) -> bool:
+        """The daemon itself is alive (a crashed one leaves its pid file behind)."""
+        try:
+            daemon = psutil.Process(self.pid)
+            return _alive(daemon) and self.name in daemon.cmdline()
+        except (OSError, ValueError, psutil.Error):
+            return False
+
     def start(self) -> None:
         cli("start", self.name)
         self.track()

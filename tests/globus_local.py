@@ -18,6 +18,7 @@ from concurrent.futures import Executor, Future
 from pathlib import Path
 
 import psutil
+from conftest import _alive, _cmdline
 from globus_compute_common import messagepack
 from globus_compute_common.messagepack.message_types import Task
 from globus_compute_endpoint.engines import GCFuture, GlobusComputeEngine
@@ -25,7 +26,6 @@ from globus_compute_sdk.errors import TaskExecutionFailed
 from globus_compute_sdk.sdk.batch import Batch
 from globus_compute_sdk.sdk.client import FunctionRegistrationData
 from globus_compute_sdk.serialize import DEFAULT_STRATEGY_CODE, DEFAULT_STRATEGY_DATA, ComputeSerializer
-from conftest import _alive, _cmdline
 from parsl.providers import LocalProvider
 
 from faas.endpoint.engine import put_parsl_scripts_on_path

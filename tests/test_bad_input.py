@@ -112,7 +112,7 @@ def test_fuzzed_messages_get_errors_and_the_endpoint_stays_up(live, dealer):
     check()
     dealer.send_multipart(protocol.encode("ping"))
     assert dealer.poll(5000) and protocol.decode(dealer.recv_multipart())[0]["type"] == "pong"
-    assert ep.pid == pid
+    assert ep.running() and ep.pid == pid
 
 
 @settings(max_examples=30, deadline=None, derandomize=True)

@@ -4,9 +4,17 @@ invocation history, and owner-only modes for everything under $FAAS_HOME."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import psutil
+from click.testing import CliRunner
 from conftest import RunningEndpoint, cli, local_config, run_client, status, write_config
+
+from faas.endpoint import cli as endpoint_cli
+from faas.home import EndpointDir, read_pid
 
 
 def test_lifecycle_configure_start_status_list_stop(faas_home, tmp_path):
@@ -81,3 +89,38 @@ def test_everything_under_faas_home_is_owner_only_while_running(endpoint, faas_h
     assert status("private")["invocations"]["succeeded"] == 1
     assert list((faas_home / "endpoints" / "private" / "runinfo").rglob("*.key_secret"))  # Parsl's certificates
     assert _open_to_others(faas_home) == []
+
+
+def test_report_plot_without_matplotlib_names_the_extra(faas_home, tmp_path, monkeypatch):
+    write_config(faas_home, "noplot", local_config(workers=1))
+    for name in [m for m in sys.modules if m.split(".")[0] == "matplotlib"] + ["matplotlib"]:
+        monkeypatch.setitem(sys.modules, name, None)  # None: an import of it fails
+    result = CliRunner().invoke(endpoint_cli.main, ["report", "noplot", "--plot", str(tmp_path / "t.png")])
+    assert result.exit_code == 1 and "invocations:" in result.output  # the text report still comes
+    assert "pip install 'faas[plot]'" in result.output and not (tmp_path / "t.png").exists()
+
+
+def test_read_pid_ignores_dead_and_reused_pids(tmp_path):
+    epdir = EndpointDir.of("pids", home=tmp_path)
+    epdir.path.mkdir(parents=True)
+    assert read_pid(epdir) is None  # no pid file
+    sleeper = [sys.executable, "-c", "import sys, time; time.sleep(float(sys.argv[1]))"]
+    ours = subprocess.Popen([*sleeper, "60", "faas.endpoint.daemon", "pids"])
+    other = subprocess.Popen([*sleeper, "60", "unrelated"])
+    done = subprocess.Popen([*sleeper, "0", "faas.endpoint.daemon", "pids"])
+    try:
+        for proc, expected in ((ours, ours.pid), (other, None)):
+            epdir.pidfile.write_text(f"{proc.pid}\n")
+            assert read_pid(epdir) == expected
+        epdir.pidfile.write_text(f"{done.pid}\n")
+        while psutil.Process(done.pid).status() != psutil.STATUS_ZOMBIE:  # exited, not yet reaped
+            time.sleep(0.05)
+        assert read_pid(epdir) is None
+        done.wait()  # reaped: the pid names no process
+        assert read_pid(epdir) is None
+        epdir.pidfile.write_text("garbage\n")
+        assert read_pid(epdir) is None
+    finally:
+        for proc in (ours, other):
+            proc.kill()
+            proc.wait()

@@ -5,6 +5,8 @@ the workers' warm pools (seen in the live status)."""
 from __future__ import annotations
 
 import os
+import time
+from pathlib import Path
 
 from conftest import local_config, status
 
@@ -15,24 +17,29 @@ def _allocate(name, mb):
     return {"name": name, "weights": b"\x01" * (mb * 2**20)}
 
 
-def _device(ctx, x):
+def _device(ctx, x, folder):
+    """Check in, then wait (a minute at most) until two workers have: so both
+    take part, however the dispatcher splits the work."""
+    Path(folder, str(os.getpid())).touch()
+    deadline = time.monotonic() + 60
+    while len(os.listdir(folder)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
     return os.getpid(), os.environ.get("CUDA_VISIBLE_DEVICES")
 
 
-def test_each_worker_sees_its_own_accelerator(endpoint):
+def test_each_worker_sees_its_own_accelerator(endpoint, tmp_path):
     config = local_config(workers=2).replace("  max_workers_per_node: 2\n",
                                              "  max_workers_per_node: 2\n  available_accelerators: ['0', '1']\n")
     endpoint("gpus", config)
     fn = ctx_function(model=_allocate, name="dev", mb=1)(_device)
+    (checked_in := tmp_path / "checked-in").mkdir()
     with Executor(endpoint="gpus") as ex:
-        seen = set(ex.map(fn, range(200)))
+        seen = set(ex.map(fn, range(40), [str(checked_in)] * 40))
     by_pid: dict[int, set] = {}
     for pid, dev in seen:
         by_pid.setdefault(pid, set()).add(dev)
-    assert all(len(devs) == 1 for devs in by_pid.values()), by_pid
-    assert {d for devs in by_pid.values() for d in devs} <= {"0", "1"}
-    if len(by_pid) == 2:
-        assert len({next(iter(d)) for d in by_pid.values()}) == 2  # two workers, two GPUs
+    assert len(by_pid) == 2 and all(len(devs) == 1 for devs in by_pid.values()), by_pid
+    assert sorted(dev for devs in by_pid.values() for dev in devs) == ["0", "1"]  # two workers, two GPUs
 
 
 def test_memory_budget_from_config_evicts_in_workers(endpoint):
@@ -45,4 +52,4 @@ def test_memory_budget_from_config_evicts_in_workers(endpoint):
     (worker_stats,) = status("budget")["live"]["worker_contexts"].values()
     assert sum(s["evictions"] for s in worker_stats.values()) >= 3
     assert sum(s["loaded"] for s in worker_stats.values()) <= 2
-    assert ep.pid
+    assert ep.running()

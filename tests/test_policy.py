@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from faas.endpoint.policy import (FIRST_BATCH, LoopLoad, Step, after_attempt, after_loss, batch_size,
-                                  should_reclaim)
+from faas.endpoint.policy import FIRST_BATCH, LoopLoad, Step, after_attempt, after_loss, batch_size, should_reclaim
 from faas.protocol import Kind
 
 

@@ -22,8 +22,8 @@ from conftest import RunningEndpoint, cli, local_config, status, write_config
 from faas import Executor, ctx_function, protocol
 from faas.endpoint.cli import endpoint_status
 from faas.endpoint.config import ConfigError, load_config
-from faas.endpoint.home import EndpointDir
 from faas.errors import EndpointError, NotAuthorised
+from faas.home import EndpointDir
 from faas.keys import client_pair
 
 NAME = "tcp"

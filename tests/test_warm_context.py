@@ -44,11 +44,12 @@ def test_map_order_remote_traceback_and_batch_mates(endpoint, faas_home):
         failed_id = futures[13].task_id
 
     # the failing invocation shared its batch (same worker, same dispatch) with others that succeeded
-    from faas.endpoint.daemon import open_store
-    from faas.endpoint.config import load_config
-    from faas.endpoint.home import EndpointDir
-    from faas.store.models import Invocation
     from sqlalchemy import select
+
+    from faas.endpoint.config import load_config
+    from faas.endpoint.daemon import open_store
+    from faas.home import EndpointDir
+    from faas.store.models import Invocation
 
     epdir = EndpointDir.of("batch")
     store = open_store(epdir, load_config(epdir.config))

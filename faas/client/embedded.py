@@ -1,26 +1,29 @@
 """An endpoint that lives as long as one Executor, in a private temporary
-FAAS_HOME, so a script runs with nothing started beforehand."""
+FAAS_HOME, so a script runs with nothing started beforehand.
+
+It is configured, started and stopped through ``faas-endpoint`` in a
+subprocess: the client package does not import the endpoint's."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
-from faas.endpoint import daemon
-from faas.endpoint.config import default_config_text
-from faas.endpoint.home import EndpointDir
+from faas.errors import EndpointError
+from faas.home import EXIT_WITH_ENV, EndpointDir
 
 
 class EmbeddedEndpoint:
     def __init__(self, workers: int = 2):
         self.home = Path(tempfile.mkdtemp(prefix="faas-embedded-"))
         self.epdir = EndpointDir.of("embedded", home=self.home)
-        self.epdir.path.mkdir(parents=True, mode=0o700)
-        self.epdir.config.write_text(default_config_text("embedded", workers=workers))
         try:
-            daemon.start_background(self.epdir, exit_with=os.getpid())
+            self._cli("configure", "--workers", str(workers))
+            self._cli("start", exit_with=os.getpid())  # never outlive a killed client
         except BaseException:
             shutil.rmtree(self.home, ignore_errors=True)
             raise
@@ -30,6 +33,17 @@ class EmbeddedEndpoint:
         return self.epdir.address
 
     def close(self) -> None:
-        daemon.stop(self.epdir)
-        shutil.rmtree(self.home, ignore_errors=True)
+        try:
+            self._cli("stop")
+        finally:
+            shutil.rmtree(self.home, ignore_errors=True)
 
+    def _cli(self, command: str, *args: str, exit_with: int | None = None) -> None:
+        env = dict(os.environ, FAAS_HOME=str(self.home))
+        if exit_with is not None:
+            env[EXIT_WITH_ENV] = str(exit_with)
+        proc = subprocess.run([sys.executable, "-m", "faas.endpoint.cli", command, self.epdir.name, *args],
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            raise EndpointError(f"embedded endpoint: faas-endpoint {command} failed:\n"
+                                f"{proc.stderr.strip() or proc.stdout.strip()}")

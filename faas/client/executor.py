@@ -14,12 +14,12 @@ from typing import Any
 
 from faas import protocol
 from faas.client import serialize
-from faas.client.connection import Connection
 from faas.client.base import ComputeFuture, FaasExecutor
+from faas.client.connection import Connection
 from faas.client.transport import Transport, open_transport
-from faas.endpoint.home import EndpointDir
 from faas.errors import EndpointError, NotAuthorised, PayloadTooLarge
 from faas.function import CtxFunction
+from faas.home import EndpointDir
 
 log = logging.getLogger(__name__)
 

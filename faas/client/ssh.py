@@ -29,9 +29,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from faas.client.transport import Transport
-from faas.endpoint.home import EndpointDir
+from faas.client.transport_base import Transport
 from faas.errors import EndpointError
+from faas.home import EndpointDir
 
 log = logging.getLogger(__name__)
 

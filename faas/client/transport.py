@@ -20,26 +20,12 @@ from typing import Any
 import zmq
 
 from faas import keys
+from faas.client.ssh import SSHTransport
+from faas.client.transport_base import Transport
 from faas.errors import EndpointError, NotAuthorised
+from faas.home import EndpointDir, read_pid
 
 _TCP_ADDRESS = re.compile(r"^tcp://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):([0-9]{1,5})$")
-
-
-class Transport:
-    """A Unix socket on this machine, protected by its file mode."""
-
-    def __init__(self, address: str):
-        self.address = address
-        self.socket_options: dict[int, Any] = {}
-
-    def unreachable(self, timeout: float, detail: str) -> EndpointError:
-        return EndpointError(f"no answer from the endpoint at {self.address} within {timeout:g}s{detail}")
-
-    def refused(self, detail: str) -> NotAuthorised:
-        return NotAuthorised(f"the endpoint at {self.address} refused this client: {detail}")
-
-    def close(self) -> None:
-        """Release what the transport started (a tunnel)."""
 
 
 class TcpTransport(Transport):
@@ -80,8 +66,6 @@ def open_transport(endpoint: str, **options: Any) -> Transport:
     its scheme (ssh:// and tcp:// take some, see their classes)."""
     scheme = endpoint.split("://", 1)[0] if "://" in endpoint else ""
     if scheme == "ssh":
-        from faas.client.ssh import SSHTransport
-
         return SSHTransport(endpoint, **options)
     if scheme == "tcp":
         return TcpTransport(endpoint, **options)
@@ -99,9 +83,6 @@ def resolve(endpoint: str) -> str:
     if "://" in endpoint:
         raise EndpointError(f"unsupported endpoint address {endpoint!r}: use a name, ipc://PATH, "
                             "ssh://[USER@]HOST[:PORT]/NAME or tcp://HOST:PORT")
-    from faas.endpoint.daemon import read_pid
-    from faas.endpoint.home import EndpointDir
-
     try:
         epdir = EndpointDir.of(endpoint)
     except ValueError as e:

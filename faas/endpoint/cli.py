@@ -12,9 +12,9 @@ from faas import keys
 from faas.endpoint import daemon
 from faas.endpoint.access import AuthorizedClients, endpoint_keys
 from faas.endpoint.config import ConfigError, load_config
-from faas.endpoint.home import EndpointDir, list_endpoints, write_private
 from faas.endpoint.templates import PROVIDERS, config_template
 from faas.errors import EndpointError, StoreUnavailable
+from faas.home import EndpointDir, list_endpoints, read_pid, write_private
 
 
 def _endpoint(name: str, must_exist: bool = True) -> EndpointDir:
@@ -122,7 +122,7 @@ def status(name: str, as_json: bool) -> None:
 def endpoint_status(epdir: EndpointDir) -> dict:
     """The store's record (available when stopped too) plus the live daemon's view."""
     config = load_config(epdir.config)
-    pid = daemon.read_pid(epdir)
+    pid = read_pid(epdir)
     store = daemon.open_store(epdir, config)
     try:
         info = {
@@ -176,7 +176,7 @@ def upgrade(name: str) -> None:
               help="Also draw the timeline (workers, completed invocations, context inits) into FILE.")
 def report(name: str, since: str | None, plot: str | None) -> None:
     """Per-worker and per-context figures from NAME's store (running or stopped)."""
-    from faas.endpoint.timeline import plot_timeline
+    from faas.endpoint.timeline import MissingPlotExtra, plot_timeline
     from faas.store.report import build_report, build_timeline, parse_since, render_text
 
     epdir = _endpoint(name)
@@ -187,7 +187,10 @@ def report(name: str, since: str | None, plot: str | None) -> None:
     with _store(epdir) as (store, _):
         click.echo(f"endpoint {name}: " + render_text(build_report(store, start)), nl=False)
         if plot:
-            path = plot_timeline(build_timeline(store, start), plot, title=f"endpoint {name}")
+            try:
+                path = plot_timeline(build_timeline(store, start), plot, title=f"endpoint {name}")
+            except MissingPlotExtra as e:
+                raise click.ClickException(str(e)) from None
             click.echo(f"timeline written to {path}")
 
 
@@ -196,7 +199,7 @@ def report(name: str, since: str | None, plot: str | None) -> None:
 def address(name: str) -> None:
     """Print NAME's ipc:// address if it is running (ssh:// clients ask this)."""
     epdir = _endpoint(name)
-    if daemon.read_pid(epdir) is None:
+    if read_pid(epdir) is None:
         raise click.ClickException(f"endpoint {name!r} is not running (run: faas-endpoint start {name})")
     click.echo(epdir.address)
 
@@ -237,7 +240,7 @@ def _public_key(value: str) -> str:
 def list_() -> None:
     """List configured endpoints."""
     for epdir in list_endpoints():
-        pid = daemon.read_pid(epdir)
+        pid = read_pid(epdir)
         click.echo(f"{epdir.name}\t{'running' if pid else 'stopped'}\t{epdir.address}")
 
 

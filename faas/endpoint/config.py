@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import logging
 import re
 import typing
 from pathlib import Path
@@ -32,6 +33,8 @@ import yaml
 from pydantic import BaseModel, ByteSize, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from faas.errors import FaasError
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(FaasError):
@@ -238,7 +241,6 @@ _TCP_ADDRESS = re.compile(r"^tcp://(\*|\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\*|[
 
 
 class EndpointConfig(_Strict):
-    display_name: str | None = None
     listen: list[str] = Field(default_factory=list)  # tcp://HOST:PORT, CURVE-encrypted (port 0: any)
     engine: EngineConfig = Field(default_factory=EngineConfig)
     dispatch: DispatchConfig = Field(default_factory=DispatchConfig)
@@ -268,6 +270,9 @@ def load_config(path: Path) -> EndpointConfig:
         raise ConfigError(f"{path}: cannot read config: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the config must be a mapping of keys to values")
+    if "display_name" in data:  # written by earlier templates, never used: the folder names an endpoint
+        log.warning("%s: display_name is ignored (the endpoint's folder names it); remove it", path)
+        del data["display_name"]
     try:
         return EndpointConfig.model_validate(data)
     except ValidationError as e:
@@ -288,8 +293,3 @@ def _problems(error: ValidationError) -> list[tuple[str, str]]:
             out.append((".".join(loc) or "(top level)", msg))
     return out
 
-
-def default_config_text(name: str, workers: int | None = None) -> str:
-    """The local template (embedded endpoints and ``configure`` without --provider)."""
-    from faas.endpoint.templates import config_template
-    return config_template(name, "local", workers=workers)

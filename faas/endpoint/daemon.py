@@ -16,37 +16,11 @@ import zmq
 
 from faas import protocol
 from faas.endpoint.config import ConfigError, EndpointConfig, load_config
-from faas.endpoint.home import EndpointDir, write_private
 from faas.errors import EndpointError, StoreUnavailable
+from faas.home import EXIT_WITH_ENV, EndpointDir, read_pid, write_private
 from faas.store import Store, sqlite_url
 
 log = logging.getLogger(__name__)
-EXIT_WITH_ENV = "FAAS_EXIT_WITH_PID"
-
-
-def read_pid(epdir: EndpointDir) -> int | None:
-    """The daemon's pid if it is alive; a stale pid file is ignored."""
-    try:
-        pid = int(epdir.pidfile.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        return pid
-    if not _is_our_daemon(pid, epdir):
-        return None  # the pid was reused by an unrelated process
-    return pid
-
-
-def _is_our_daemon(pid: int, epdir: EndpointDir) -> bool:
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return True  # no /proc (macOS): trust the pid file
-    return any(b"faas" in arg for arg in cmdline) and epdir.name.encode() in cmdline
 
 
 def _end_leftovers(epdir: EndpointDir) -> None:
@@ -131,18 +105,16 @@ def run(epdir: EndpointDir) -> None:
         log.info("endpoint %s stopped", epdir.name)
 
 
-def start_background(epdir: EndpointDir, timeout: float = 120.0, exit_with: int | None = None) -> int:
+def start_background(epdir: EndpointDir, timeout: float = 120.0) -> int:
     """Start the daemon detached; return its pid once it answers on its socket.
 
-    With ``exit_with``, the daemon stops by itself when that process is gone
-    (an embedded endpoint must not outlive a killed client)."""
+    The daemon inherits this environment: with ``EXIT_WITH_ENV`` set, it stops
+    by itself when that process is gone (an embedded endpoint's client)."""
     load_config(epdir.config)  # report config mistakes here, not in a log file
     pid = read_pid(epdir)
     if pid is not None:
         raise EndpointError(f"endpoint {epdir.name} is already running (pid {pid})")
     env = dict(os.environ, FAAS_HOME=str(epdir.path.parent.parent))
-    if exit_with is not None:
-        env[EXIT_WITH_ENV] = str(exit_with)
     with open(os.open(epdir.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as logf:
         proc = subprocess.Popen([sys.executable, "-m", "faas.endpoint.daemon", epdir.name],
                                 stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,

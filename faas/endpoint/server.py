@@ -27,9 +27,9 @@ from faas import protocol
 from faas.endpoint.access import TcpListeners, endpoint_keys
 from faas.endpoint.config import EndpointConfig
 from faas.endpoint.dispatcher import Dispatcher, Final, Item
-from faas.endpoint.home import EndpointDir
 from faas.endpoint.workers import WorkerLink
 from faas.errors import ProtocolError, StoreUnavailable
+from faas.home import EndpointDir
 from faas.store import State, Store
 
 log = logging.getLogger(__name__)

@@ -49,7 +49,7 @@ def _align(text: str, column: int = 36) -> str:
 def _header(name: str, provider: str, gpus: int) -> str:
     where = "this machine" if provider == "local" else f"blocks (batch jobs) from {provider}"
     gpu_note = f", {gpus} GPU(s) per node, one worker per GPU" if gpus else ""
-    return f"# faas endpoint {name!r}: Parsl workers on {where}{gpu_note}.\ndisplay_name: {name}\n"
+    return f"# faas endpoint {name!r}: Parsl workers on {where}{gpu_note}.\n"
 
 
 def _engine(provider: str, workers: int, gpus: int) -> str:

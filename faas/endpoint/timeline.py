@@ -2,7 +2,8 @@
 completed invocations, with each context init marked on both.
 
 Uses matplotlib's object API with the Agg canvas (no pyplot, no display), so it
-runs headless on login nodes and in tests.
+runs headless on login nodes and in tests. matplotlib is an extra (``faas[plot]``),
+imported only when a timeline is drawn.
 """
 
 from __future__ import annotations
@@ -10,15 +11,25 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
-
+from faas.errors import FaasError
 from faas.store.report import Timeline
 
 
+class MissingPlotExtra(FaasError):
+    pass
+
+
 def plot_timeline(timeline: Timeline, path: str | Path, title: str | None = None) -> Path:
-    """Write the timeline as an image (format from the file name, e.g. .png); returns the path."""
+    """Write the timeline as an image (format from the file name, e.g. .png); returns the path.
+
+    Raises MissingPlotExtra without matplotlib."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
+    except ImportError as e:
+        raise MissingPlotExtra(f"drawing a timeline needs matplotlib ({e}): pip install 'faas[plot]'") from None
+
     times = [t for _, start, end in timeline.workers for t in (start, end)] + timeline.finished
     times += [start for _, start, _, _ in timeline.inits]
     t0 = min(times, default=0.0)

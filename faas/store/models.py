@@ -11,6 +11,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from faas.store.states import State
 
+
 class Base(DeclarativeBase):
     pass
 

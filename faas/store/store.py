@@ -131,17 +131,19 @@ class Store:
         with self.engine.begin() as conn:
             _requeue(conn, notes, set(refund))
 
-    def mark_worker_lost(self, worker_id: str, at: float) -> None:
-        """The worker's loop was lost (its process died, or it fell silent)."""
-        with self.engine.begin() as conn:
-            conn.execute(update(Worker).where(Worker.id == worker_id).values(lost_at=at))
-
     def purge(self, older_than: float) -> int:
         """Delete final invocations that finished more than ``older_than`` seconds ago."""
         cutoff = time.time() - older_than
         with self.engine.begin() as conn:
             return conn.execute(delete(Invocation).where(Invocation.state.in_(FINAL),
                                                          Invocation.finished_at < cutoff)).rowcount
+
+    def mark_worker_lost(self, worker_id: str, at: float) -> None:
+        """Record when a worker was lost: its span in the report's timeline ends
+        there instead of at its last result. A worker that never reported has no
+        row, and nothing to end."""
+        with self.engine.begin() as conn:
+            conn.execute(update(Worker).where(Worker.id == worker_id).values(lost_at=at))
 
     def record_outcomes(self, outcomes: Sequence[Outcome], workers: Iterable[tuple[str, str, int]] = (),
                         inits: Iterable[dict] = (), requeue: dict[str, str] | None = None,
@@ -264,7 +266,8 @@ class Store:
 
 
 def _requeue(conn, notes: dict[str, str], refund: set[str]) -> None:
-    for ids, attempts in ((notes.keys() - refund, Invocation.attempts), (notes.keys() & refund, Invocation.attempts - 1)):
+    counted, refunded = notes.keys() - refund, notes.keys() & refund
+    for ids, attempts in ((counted, Invocation.attempts), (refunded, Invocation.attempts - 1)):
         if ids:
             conn.execute(
                 update(Invocation)

@@ -156,7 +156,8 @@ def _convert(source: Path, target: Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    line = f"{now}\thost={socket.gethostname()}\tpid={os.getpid()}\tfolder={target.name}\tsource={source}\tseconds={seconds}\n"
+    line = (f"{now}\thost={socket.gethostname()}\tpid={os.getpid()}\tfolder={target.name}"
+            f"\tsource={source}\tseconds={seconds}\n")
     with open(root / CONVERSIONS_LOG, "a") as log:
         log.write(line)
     logger.info("converted %s into %s in %.1f s", source, target, seconds)

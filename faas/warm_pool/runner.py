@@ -24,8 +24,14 @@ from typing import Any
 
 import cloudpickle
 
-from faas.errors import (ContextInitError, Interrupted, InvocationTimeout, PayloadTooLarge, RemoteError,
-                         SerializationError)
+from faas.errors import (
+    ContextInitError,
+    Interrupted,
+    InvocationTimeout,
+    PayloadTooLarge,
+    RemoteError,
+    SerializationError,
+)
 from faas.protocol import InitInfo, Kind, OutcomeInfo
 from faas.warm_pool.registry import WarmPool, process_pool
 

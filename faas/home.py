@@ -1,4 +1,6 @@
-"""Where endpoints keep their state: ``$FAAS_HOME/endpoints/NAME/``."""
+"""Where endpoints keep their state (``$FAAS_HOME/endpoints/NAME/``) and
+whether an endpoint's daemon runs: what clients and the endpoint both need,
+so it lives below :mod:`faas.client` and :mod:`faas.endpoint`."""
 
 from __future__ import annotations
 
@@ -7,6 +9,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
+# The pid of a process whose end stops the daemon (an embedded endpoint's client);
+# set by whoever starts it, read by the daemon.
+EXIT_WITH_ENV = "FAAS_EXIT_WITH_PID"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -82,3 +89,22 @@ def list_endpoints(home: Path | None = None) -> list[EndpointDir]:
     if not root.is_dir():
         return []
     return [EndpointDir(p.name, p) for p in sorted(root.iterdir()) if (p / "config.yaml").exists()]
+
+
+def read_pid(epdir: EndpointDir) -> int | None:
+    """The daemon's pid if it is alive; a stale pid file is ignored."""
+    try:
+        pid = int(epdir.pidfile.read_text().split()[0])
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE or not _is_our_daemon(proc, epdir):
+            return None  # the daemon died, or its pid was reused by an unrelated process
+    except (OSError, ValueError, IndexError, psutil.NoSuchProcess):
+        return None
+    except psutil.AccessDenied:
+        return pid  # another user's process hides its command line: trust the pid file
+    return pid
+
+
+def _is_our_daemon(proc: psutil.Process, epdir: EndpointDir) -> bool:
+    cmdline = proc.cmdline()
+    return any("faas" in arg for arg in cmdline) and epdir.name in cmdline
