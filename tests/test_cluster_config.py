@@ -51,8 +51,8 @@ MISTAKES = {
                                            "engine.provider.launcher.overrides: expected str, got int 5"),
     "missing network interface": (slurm(engine="  address_interface: nope0\n"),
                                   "engine.address_interface: this machine has no interface 'nope0'"),
-    "more workers than GPUs": (slurm(engine="  available_accelerators: 1\n"),
-                               "engine: max_workers_per_node (2) exceeds available_accelerators (1)"),
+    "prewarm entry that is no module name": ("warm_pool:\n  prewarm: [torch, 'torch 2']\n",
+                                             "warm_pool.prewarm: not module names: 'torch 2'"),
     "heartbeat threshold below its period": (slurm(engine="  heartbeat_period: 10\n  heartbeat_threshold: 5\n"),
                                              "engine: heartbeat_threshold (5) must exceed heartbeat_period (10)"),
 }

@@ -51,9 +51,10 @@ def main() -> None:
 @click.option("--provider", type=click.Choice(PROVIDERS), default="local", show_default=True,
               help="Where the workers run.")
 @click.option("--gpus", type=click.IntRange(min=0), default=None,
-              help="GPUs per node, one worker each [default: 0 local, 1 on a cluster].")
+              help="GPUs per node, one worker each [default: local: this node's GPUs "
+                   "(CUDA_VISIBLE_DEVICES, else nvidia-smi), none: CPU workers; 1 on a cluster].")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
-              help="Workers per node [default: one per GPU].")
+              help="Workers per node [default: one per GPU; locally at most one per GPU found].")
 @click.option("--partition", default=None, help="Slurm partition or PBS queue.")
 def configure(name: str, provider: str, gpus: int | None, workers: int | None, partition: str | None) -> None:
     """Create NAME with a commented config for PROVIDER; edit it before starting."""

@@ -197,12 +197,9 @@ class EngineConfig(_Strict):
             raise ValueError(f"heartbeat_threshold ({self.heartbeat_threshold}) must exceed "
                              f"heartbeat_period ({self.heartbeat_period})")
         accelerators = self.accelerator_count
-        if accelerators:
-            if "max_workers_per_node" not in self.model_fields_set:
-                self.max_workers_per_node = accelerators
-            elif self.max_workers_per_node > accelerators:
-                raise ValueError(f"max_workers_per_node ({self.max_workers_per_node}) exceeds "
-                                 f"available_accelerators ({accelerators}): each worker gets one")
+        if accelerators and "max_workers_per_node" not in self.model_fields_set:
+            self.max_workers_per_node = accelerators
+        # more workers than accelerators: they share GPUs, as asked (the engine warns at start)
         return self
 
     @property
@@ -226,10 +223,24 @@ class DispatchConfig(_Strict):
     timeout_grace: float = Field(10.0, gt=0)  # an interrupted invocation still running after this: worker replaced
 
 
+_MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
 class WarmPoolConfig(_Strict):
     idle_timeout: float | None = Field(3600.0, gt=0)
     # per worker; "8GiB" etc. None: the GPU's memory on a GPU worker, else unlimited
     memory_budget: ByteSize | None = None
+    # imported by each worker when it starts (faas.warm_pool.prewarm); None: torch and transformers; []: none
+    prewarm: list[str] | None = None
+
+    @field_validator("prewarm")
+    @classmethod
+    def _module_names(cls, names: list[str] | None) -> list[str] | None:
+        """Names only: whether they import is the workers' environment's business, not the daemon's."""
+        bad = [n for n in names or [] if not _MODULE_NAME.match(n)]
+        if bad:
+            raise ValueError(f"not module names: {', '.join(map(repr, bad))} (e.g. [torch, transformers])")
+        return names
 
 
 class StoreConfig(_Strict):
@@ -292,4 +303,3 @@ def _problems(error: ValidationError) -> list[tuple[str, str]]:
             msg = err["msg"].removeprefix("Value error, ")
             out.append((".".join(loc) or "(top level)", msg))
     return out
-

@@ -58,7 +58,7 @@ class ParslEngine:
             max_workers_per_node=cfg.max_workers_per_node,
             cores_per_worker=cfg.cores_per_worker,
             mem_per_worker=cfg.mem_per_worker,
-            available_accelerators=cfg.available_accelerators,
+            available_accelerators=worker_accelerators(cfg),
             heartbeat_period=cfg.heartbeat_period,
             heartbeat_threshold=cfg.heartbeat_threshold,
             interchange_launch_cmd=[sys.executable, "-m", "faas.endpoint.interchange_guard", str(os.getpid())],
@@ -117,6 +117,22 @@ class ClusterExecutor(HighThroughputExecutor):
         if not self.bad_state_is_set and active < self.provider.min_blocks:
             log.info("%d of min_blocks %d blocks left; submitting more", active, self.provider.min_blocks)
             self.scale_out_facade(self.provider.min_blocks - active)
+
+
+def worker_accelerators(cfg: EngineConfig) -> list[str]:
+    """The accelerator of each worker slot, for Parsl's ``available_accelerators``.
+
+    Parsl starts no more workers than accelerators, so a config that asks for
+    more workers than GPUs gets the ids repeated in turn, and a warning: those
+    processes share a GPU, each with its own copy of every context.
+    """
+    acc = cfg.available_accelerators
+    ids = [str(i) for i in range(acc)] if isinstance(acc, int) else list(acc)
+    if not ids or cfg.max_workers_per_node <= len(ids):
+        return ids
+    log.warning("max_workers_per_node (%d) exceeds available_accelerators (%d): worker processes will share "
+                "a GPU, each with its own copy of every context", cfg.max_workers_per_node, len(ids))
+    return [ids[i % len(ids)] for i in range(cfg.max_workers_per_node)]
 
 
 def give_up_after(limit: int):

@@ -2,37 +2,52 @@
 
 Each template runs one worker per GPU (``available_accelerators``, with
 ``max_workers_per_node`` matching) and asks the scheduler for those GPUs in its
-own terms. Every template loads and validates as written; the values a site
+own terms. The local template takes this node's GPUs (:mod:`faas.endpoint.gpus`)
+unless told a count. Every template loads and validates as written; the values a site
 must change (partition, image, environment) are marked.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+
+from faas.endpoint.gpus import visible_gpus
 
 PROVIDERS = ("local", "slurm", "condor", "pbs", "kubernetes")
 _QUEUE_PARAM = {"slurm": "partition", "pbs": "queue"}
 
 
-def config_template(name: str, provider: str = "local", *, gpus: int | None = None,
+def config_template(name: str, provider: str = "local", *, gpus: int | list[str] | None = None,
                     workers: int | None = None, partition: str | None = None) -> str:
-    """The config text; ``gpus`` defaults to 0 on this machine and 1 on a cluster."""
+    """The config text. ``gpus`` is a count or a list of GPU ids; by default this
+    node's GPUs for the local provider (none: CPU workers) and 1 on a cluster.
+
+    More ``workers`` than GPUs given is an error; more than this node's GPUs
+    found is cut to one per GPU, because the embedded endpoint passes its CPU
+    default (2) and a config that wants GPUs shared says so itself.
+    """
     if provider not in PROVIDERS:
         raise ValueError(f"unknown provider {provider!r}; choose from {', '.join(PROVIDERS)}")
     if partition is not None and provider not in _QUEUE_PARAM:
         raise ValueError(f"--partition applies to {' and '.join(_QUEUE_PARAM)}, not {provider}")
-    gpus = (0 if provider == "local" else 1) if gpus is None else gpus
-    if gpus and workers and workers > gpus:
-        raise ValueError(f"{workers} workers for {gpus} GPUs: each worker gets one GPU")
+    found = gpus is None and provider == "local"
+    if gpus is None:
+        gpus = visible_gpus() if found else 1
+    count = gpus if isinstance(gpus, int) else len(gpus)
+    if count and workers and workers > count:
+        if not found:
+            raise ValueError(f"{workers} workers for {count} GPUs: each worker gets one GPU")
+        workers = count
     if provider == "local":
-        workers = workers or gpus or max(1, min(4, os.cpu_count() or 2))
+        workers = workers or count or max(1, min(4, os.cpu_count() or 2))
     else:
-        workers = workers or gpus or 4
+        workers = workers or count or 4
     return _align("".join([
-        _header(name, provider, gpus),
+        _header(name, provider, count),
         _engine(provider, workers, gpus),
-        _PROVIDERS[provider](gpus=gpus, workers=workers, partition=partition, init=_worker_init()),
+        _PROVIDERS[provider](gpus=count, workers=workers, partition=partition, init=_worker_init()),
         _REST,
     ]))
 
@@ -52,9 +67,13 @@ def _header(name: str, provider: str, gpus: int) -> str:
     return f"# faas endpoint {name!r}: Parsl workers on {where}{gpu_note}.\n"
 
 
-def _engine(provider: str, workers: int, gpus: int) -> str:
-    accel = (f"  available_accelerators: {gpus} #~ workers get CUDA_VISIBLE_DEVICES 0..{gpus - 1}, one each\n"
-             if gpus else "")
+def _engine(provider: str, workers: int, gpus: int | list[str]) -> str:
+    if isinstance(gpus, list):
+        accel = (f"  available_accelerators: {json.dumps(gpus)} #~ this node's GPUs: each worker gets one "
+                 f"as CUDA_VISIBLE_DEVICES\n" if gpus else "")
+    else:
+        accel = (f"  available_accelerators: {gpus} #~ workers get CUDA_VISIBLE_DEVICES 0..{gpus - 1}, one each\n"
+                 if gpus else "")
     if provider == "local":
         return f"""\
 engine:
@@ -174,6 +193,8 @@ dispatch:
   max_attempts: 5 #~ tries of an invocation whose worker was lost
 warm_pool:
   idle_timeout: 3600 #~ seconds before an unused context is released
+  prewarm: null #~ modules a worker imports when it starts (null: torch and
+ #~   transformers, if installed; []: none), then CUDA is initialised
 store:
   url: null #~ null: SQLite in this folder; or any SQLAlchemy URL
   retention: 604800 #~ seconds results are kept for reattaching clients
