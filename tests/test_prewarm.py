@@ -1,0 +1,39 @@
+"""prewarm on a CPU worker: imports timed per module, no CUDA step without a
+GPU, and a module that cannot be imported is reported, never raised."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import ROOT
+
+from faas.warm_pool.prewarm import prewarm
+
+
+def test_default_imports_torch_and_transformers_in_a_fresh_process():
+    code = "import json; from faas.warm_pool.prewarm import prewarm; print(json.dumps(prewarm()))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         cwd=ROOT, check=True).stdout
+    report = json.loads(out.splitlines()[-1])
+    assert set(report["imports"]) == {"torch", "transformers"} and not report["errors"]
+    assert all(s > 0 for s in report["imports"].values())
+    assert report["cuda"] is None  # no GPU here
+    assert report["total"] >= sum(report["imports"].values())
+
+
+def test_failures_are_reported_not_raised(tmp_path, monkeypatch):
+    (tmp_path / "broken_at_import.py").write_text("raise RuntimeError('needs a licence server')\n")
+    (tmp_path / "exits_at_import.py").write_text("import sys\nsys.exit('no display')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    report = prewarm(["json", "no_such_module_here", "broken_at_import", "exits_at_import"])
+    assert list(report["imports"]) == ["json"] and report["imports"]["json"] >= 0
+    assert report["errors"] == {"no_such_module_here": "ModuleNotFoundError: No module named 'no_such_module_here'",
+                                "broken_at_import": "RuntimeError: needs a licence server",
+                                "exits_at_import": "SystemExit: no display"}
+
+
+def test_empty_list_disables_it():
+    report = prewarm([])
+    assert report["imports"] == {} and report["cuda"] is None and report["errors"] == {}
