@@ -23,9 +23,9 @@ from pathlib import Path
 
 import psutil
 
+from _common import plain_parsl  # benchmarks/ is this script's folder, first on sys.path
 from faas import Executor, ctx_function
 from faas.endpoint import daemon
-from faas.endpoint.engine import put_parsl_scripts_on_path
 from faas.home import EndpointDir
 
 WORKERS = 2
@@ -53,26 +53,6 @@ dispatch:
         yield epdir
     finally:
         daemon.stop(epdir)
-
-
-@contextlib.contextmanager
-def plain_parsl(workers: int = WORKERS):
-    """A plain Parsl HighThroughputExecutor on the same kind of local workers."""
-    import parsl
-    from parsl.config import Config
-    from parsl.executors import HighThroughputExecutor
-    from parsl.providers import LocalProvider
-
-    put_parsl_scripts_on_path()
-    htex = HighThroughputExecutor(label="plain", address="127.0.0.1", max_workers_per_node=workers,
-                                  provider=LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1))
-    dfk = parsl.load(Config(executors=[htex], run_dir=tempfile.mkdtemp(prefix="parsl-bench-"),
-                            strategy_period=0.5))
-    try:
-        yield dfk
-    finally:
-        dfk.cleanup()
-        parsl.clear()
 
 
 def warm_up(ex: Executor) -> None:
@@ -118,7 +98,7 @@ def b1_makespan(n=400, load=2.0, call=0.02, batch=16, kill_every: float | None =
         warm = time.perf_counter() - t0
     from parsl import python_app
 
-    with plain_parsl() as dfk:
+    with plain_parsl(WORKERS) as dfk:
         app = python_app(cold_batch, data_flow_kernel=dfk)
         app([], 0, 0).result()
         t0 = time.perf_counter()
@@ -145,7 +125,7 @@ def b2_throughput(n=5000, latency_samples=300) -> dict:
             lat.append((time.perf_counter() - t) * 1000)
     from parsl import python_app
 
-    with plain_parsl() as dfk:
+    with plain_parsl(WORKERS) as dfk:
         app = python_app(_raw_noop, data_flow_kernel=dfk)
         [app(i).result() for i in range(4 * WORKERS)]
         t0 = time.perf_counter()
@@ -217,7 +197,7 @@ def b4_two_contexts(n=400, mb=60) -> dict:
     from faas.client import serialize
     from faas.warm_pool.runner import run_batch
 
-    with plain_parsl() as dfk:  # the same warm pool, batches placed by Parsl
+    with plain_parsl(WORKERS) as dfk:  # the same warm pool, batches placed by Parsl
         app = python_app(run_batch, data_flow_kernel=dfk)
         app({}, []).result()
         blobs = [serialize.function_blob(f) for f in fns]
