@@ -68,11 +68,10 @@ def synthetic_checkpoint(shape: dict, folder: Path) -> str:
     """A random Llama of ``shape`` with a word-level tokenizer that knows every
     word of the claims and the few-shot prompt, and SmolLM2's chat template:
     scoring.py runs on it unchanged, on prompts of about the real length."""
+    import scoring
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    import scoring
 
     split = pre_tokenizers.Whitespace()
     texts = [scoring.QUESTION, "Evidence: Claim: user assistant N/A", *scoring.ANSWERS.values(),
@@ -130,7 +129,6 @@ def labels(lm, rows: list[dict]) -> list[str]:
 # -- (a) forward time by batch size -------------------------------------------
 def forward_by_batch(lm, repeats: int) -> None:
     import torch
-
     from scoring import build_prompt
 
     rows = claim_rows(max(BATCH_SIZES))
@@ -228,9 +226,8 @@ def faas_runs(args, checkpoint, workers: int, cold: dict) -> None:
 
 
 def parsl_runs(args, checkpoint, workers: int, gpus: list[str]) -> None:
-    from parsl import python_app
-
     from _common import plain_parsl
+    from parsl import python_app
 
     rows = claim_rows(args.claims)
     chunks = [rows[i:i + args.task_claims] for i in range(0, len(rows), args.task_claims)]

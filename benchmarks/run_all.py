@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 import psutil
-
 from _common import plain_parsl  # benchmarks/ is this script's folder, first on sys.path
+
 from faas import Executor, ctx_function
 from faas.endpoint import daemon
 from faas.home import EndpointDir
