@@ -45,7 +45,10 @@ def test_a_finished_invocation_resolves_while_its_batch_mates_run(endpoint, tmp_
         slow = [ex.submit(fn, 3.0, i) for i in range(3)]  # one batch with the fast one (first batch: 4)
         done, _ = cf.wait([fast, *slow], timeout=60, return_when=cf.FIRST_COMPLETED)
         assert done == {fast}, "a result waited for its batch mates"
-        assert slow[0].running() or slow[0].done()
+        deadline = time.monotonic() + 2.5  # its start is reported right after the fast one's result
+        while not slow[0].running():
+            assert time.monotonic() < deadline and not slow[0].done(), "the next invocation never went RUNNING"
+            time.sleep(0.01)
         assert [f.result(timeout=60) for f in slow] == [0, 1, 2]
 
 
