@@ -54,7 +54,7 @@ def _replies_until_barrier(sock: zmq.Socket) -> list[dict]:
     endpoint answers in order, so every reply before the barrier's belongs to
     that message."""
     barrier = uuid.uuid4().hex
-    sock.send_multipart(protocol.encode("watch", group=barrier))
+    sock.send_multipart(protocol.encode(protocol.Watch(group=barrier)))
     replies = []
     while True:
         assert sock.poll(10_000), "the endpoint stopped answering"
@@ -110,7 +110,7 @@ def test_fuzzed_messages_get_errors_and_the_endpoint_stays_up(live, dealer):
                 assert [r["type"] for r in replies] == ["error"], replies
 
     check()
-    dealer.send_multipart(protocol.encode("ping"))
+    dealer.send_multipart(protocol.encode(protocol.Ping()))
     assert dealer.poll(5000) and protocol.decode(dealer.recv_multipart())[0]["type"] == "pong"
     assert ep.running() and ep.pid == pid
 
@@ -127,7 +127,7 @@ def test_garbage_on_the_tcp_port_is_dropped(live, dealer):
     """Bytes that are not ZMTP never reach the message handler (nor anything that unpickles)."""
     ep, address = live
     _send_raw_bytes(address)
-    dealer.send_multipart(protocol.encode("ping"))
+    dealer.send_multipart(protocol.encode(protocol.Ping()))
     assert dealer.poll(5000) and protocol.decode(dealer.recv_multipart())[0]["type"] == "pong"
 
 

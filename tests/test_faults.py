@@ -110,7 +110,7 @@ def test_nothing_lost_or_duplicated_under_kills(faas_home, tmp_path):
     assert killer.kills["pool"] == 1 and killer.kills["daemon"] == 1 and killer.kills["worker"] >= 2, killer.kills
     assert len(received) == N and set(received.values()) == {1}
     counts = status("faults")["invocations"]
-    assert counts == {"pending": 0, "dispatched": 0, "succeeded": 2 * N, "failed": 0}
+    assert counts == {"pending": 0, "dispatched": 0, "succeeded": 2 * N, "failed": 0, "cancelled": 0}
     inits = Counter(init_log.read_text().split())
     assert set(inits.values()) == {1}, f"a worker process initialised its context twice: {inits}"
     kills = sum(killer.kills.values())

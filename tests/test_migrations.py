@@ -105,7 +105,7 @@ def test_a_store_made_before_migrations_is_stamped_then_upgraded_with_its_rows(s
     store = Store(store_url)
     try:
         assert store.revisions == (LEGACY, HEAD)
-        assert store.counts_by_state() == {"pending": 1, "dispatched": 0, "succeeded": 1, "failed": 0}
+        assert store.counts_by_state() == {"pending": 1, "dispatched": 0, "succeeded": 1, "failed": 0, "cancelled": 0}
         (done,) = store.final_results(group_id="g")
         assert (done["id"], done["state"], done["result"]) == ("a", State.SUCCEEDED, b"result")
         (open_,) = store.unfinished()

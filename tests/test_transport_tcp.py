@@ -113,10 +113,9 @@ def _raw_submit_gets_no_answer(address: str) -> None:
     try:
         sock.connect(address)
         fid, inv = uuid.uuid4().hex, uuid.uuid4().hex
-        sock.send_multipart(protocol.encode(
-            "submit", [b"not a function", b"not arguments"], group="g",
-            functions=[dict(id=fid, name="f", context_key="k", context="c", retries=0)],
-            invocations=[dict(id=inv, function=fid)]))
+        sock.send_multipart(protocol.encode(protocol.Submit(
+            group="g", functions=[protocol.FunctionInfo(id=fid, name="f", context_key="k", context="c")],
+            invocations=[protocol.InvocationRef(id=inv, function=fid)]), [b"not a function", b"not arguments"]))
         assert not sock.poll(1500)
     finally:
         sock.close(0)

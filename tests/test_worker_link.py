@@ -25,7 +25,7 @@ def test_a_stranger_cannot_pose_as_a_worker(endpoint):
                 sock.curve_serverkey = live["worker_server_key"].encode()
                 sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()
             sock.connect(address)
-            sock.send_multipart(protocol.encode("ready", host="evil", pid=1, contexts={}))
+            sock.send_multipart(protocol.encode(protocol.Ready(host="evil", pid=1, contexts={})))
             assert not sock.poll(2000), "the endpoint answered a peer without its worker key"
             sock.close(0)
     finally:

@@ -47,6 +47,7 @@ class Connection:
         self._on_connect = on_connect
         self._on_refused = on_refused
         self._socket_options = socket_options or {}
+        self.connects = 0  # completed handshakes: each reconnection counts (tests and diagnostics read it)
         self._up = False
         self.last_failure = ""  # the latest failed handshake, to explain a timeout
         self._outbox: queue.SimpleQueue[list[bytes]] = queue.SimpleQueue()
@@ -78,6 +79,7 @@ class Connection:
     def _on_event(self, event: dict) -> list[list[bytes]]:
         kind = event["event"]
         if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            self.connects += 1
             self._up, self.last_failure = True, ""
             return self._on_connect()
         if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
