@@ -15,6 +15,7 @@ from conftest import RunningEndpoint, cli, local_config, run_client, status, wri
 
 from faas.endpoint import cli as endpoint_cli
 from faas.home import EndpointDir, read_pid
+from faas.store import Store, sqlite_url
 
 
 def test_lifecycle_configure_start_status_list_stop(faas_home, tmp_path):
@@ -30,7 +31,7 @@ def test_lifecycle_configure_start_status_list_stop(faas_home, tmp_path):
         info = status("life")
         assert info["running"] and info["pid"] == ep.pid
         assert info["address"].startswith("ipc://") and os.stat(info["address"][6:]).st_mode & 0o777 == 0o600
-        assert set(info["invocations"]) == {"pending", "dispatched", "succeeded", "failed"}
+        assert set(info["invocations"]) == {"pending", "dispatched", "succeeded", "failed", "cancelled"}
         assert "running" in cli("list").stdout
         assert "already running" in cli("start", "life", check=False).stderr
         text = cli("status", "life").stdout
@@ -93,6 +94,7 @@ def test_everything_under_faas_home_is_owner_only_while_running(endpoint, faas_h
 
 def test_report_plot_without_matplotlib_names_the_extra(faas_home, tmp_path, monkeypatch):
     write_config(faas_home, "noplot", local_config(workers=1))
+    Store(sqlite_url(faas_home / "endpoints" / "noplot")).close()  # an (empty) store, as a started endpoint leaves
     for name in [m for m in sys.modules if m.split(".")[0] == "matplotlib"] + ["matplotlib"]:
         monkeypatch.setitem(sys.modules, name, None)  # None: an import of it fails
     result = CliRunner().invoke(endpoint_cli.main, ["report", "noplot", "--plot", str(tmp_path / "t.png")])
