@@ -64,14 +64,16 @@ class ComputeFuture(Future):
 class FaasExecutor(_StdExecutor):
     def __init__(self) -> None:
         self._shutdown = False
-        self._functions: weakref.WeakKeyDictionary[Any, tuple[CtxFunction, str, bytes]] = \
-            weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+        self._futures: dict[str, ComputeFuture] = {}  # by task id, not resolved yet
+        self._functions: weakref.WeakKeyDictionary[Any, tuple[str, bytes]] = weakref.WeakKeyDictionary()
         _live.add(self)
 
     # -- for subclasses ---------------------------------------------------------
     def _pending(self) -> list[Future]:
         """Futures not done yet."""
-        raise NotImplementedError
+        with self._lock:
+            return [f for f in self._futures.values() if not f.done()]
 
     def _check_open(self) -> None:
         if _exiting:
@@ -80,19 +82,21 @@ class FaasExecutor(_StdExecutor):
             raise RuntimeError("cannot schedule new futures after shutdown")
 
     def _function(self, fn: Callable) -> tuple[CtxFunction, str, bytes]:
-        """(the ctx_function to ship, its id, its pickled body), made once per function."""
+        """(the ctx_function to ship, its id, its pickled body), pickled once per
+        function. The cache holds only the id and bytes: a value that referred
+        to ``fn`` would keep its weak key alive for ever."""
+        ctx_fn = fn if isinstance(fn, CtxFunction) else CtxFunction.plain(_checked_callable(fn))
         try:
             cached = self._functions.get(fn)
         except TypeError:  # not weakly referenceable (a builtin): pickled each time
             cached = None
         if cached is None:
-            ctx_fn = fn if isinstance(fn, CtxFunction) else CtxFunction.plain(_checked_callable(fn))
-            cached = (ctx_fn, *serialize.function_blob(ctx_fn))
+            cached = serialize.function_blob(ctx_fn)
             try:
                 self._functions[fn] = cached
             except TypeError:
                 pass
-        return cached
+        return (ctx_fn, *cached)
 
     def _wait(self, futures: Iterable[Future]) -> None:
         for fut in futures:
@@ -127,26 +131,29 @@ class FaasExecutor(_StdExecutor):
 
 def _results(executor_ref, fn, futures: deque[Future], more: Iterator[tuple], deadline: float | None,
              chunked: bool) -> Iterator[Any]:
-    """Yield results in order; each future is dropped as its result is yielded."""
+    """Yield results in order. No local name holds a future or a result across
+    a ``yield``: each is released once the consumer drops it."""
     try:
         while futures:
             if (executor := executor_ref()) is not None and (args := next(more, None)) is not None:
                 futures.append(executor.submit(fn, *args))
             del executor
-            fut = futures.popleft()
-            try:
-                result = fut.result(None if deadline is None else max(0.0, deadline - time.monotonic()))
-            except BaseException:
-                fut.cancel()
-                raise
-            del fut
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
             if chunked:
-                yield from result
+                yield from _result_or_cancel(futures.popleft(), timeout)
             else:
-                yield result
+                yield _result_or_cancel(futures.popleft(), timeout)
     finally:
         for fut in futures:
             fut.cancel()
+
+
+def _result_or_cancel(fut: Future, timeout: float | None) -> Any:
+    try:
+        return fut.result(timeout)
+    except BaseException:
+        fut.cancel()
+        raise
 
 
 def _apply_chunk(fn: Callable, *args: Any) -> list[Any]:

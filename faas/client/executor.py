@@ -69,8 +69,6 @@ class Executor(FaasExecutor):
         self._endpoint_limit: int | None = None  # the endpoint's max_payload_bytes, from its pong
         self._refused: NotAuthorised | None = None
         self._answered: Future = Future()  # the first pong
-        self._lock = threading.Lock()
-        self._futures: dict[str, ComputeFuture] = {}  # not resolved yet
         self._buffer: list[tuple[CtxFunction, str, bytes, ComputeFuture, bytes]] = []  # fn, id, body, future, args
         self._cancels: list[str] = []
         self._sent_fids: set[str] = set()  # acknowledged by the endpoint
@@ -272,10 +270,6 @@ class Executor(FaasExecutor):
                 fut.set_exception(exc)
 
     # -- lifecycle --------------------------------------------------------------
-    def _pending(self) -> list[ComputeFuture]:
-        with self._lock:
-            return [f for f in self._futures.values() if not f.done()]
-
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """As ``concurrent.futures``: ``cancel_futures`` cancels (on the endpoint
         too) what has not started; ``wait=False`` returns at once, and the

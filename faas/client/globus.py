@@ -15,7 +15,6 @@ rate and payload size; one invocation's exception never fails its batch mates.
 from __future__ import annotations
 
 import functools
-import threading
 import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import CancelledError, Future
@@ -77,8 +76,6 @@ class GlobusExecutor(FaasExecutor):
         self._executor = executor
         self.max_batch_bytes = max_batch_bytes
         self.idle_timeout = idle_timeout
-        self._lock = threading.Lock()
-        self._futures: dict[str, ComputeFuture] = {}
         self._batcher: Batcher[_Invocation] = Batcher(self._send, window=batch_window, max_items=max_batch,
                                                       max_bytes=max_batch_bytes, name="faas-globus-batcher")
 
@@ -143,10 +140,6 @@ class GlobusExecutor(FaasExecutor):
             inv.future.set_exception(e)
 
     # -- lifecycle ----------------------------------------------------------------
-    def _pending(self) -> list[Future]:
-        with self._lock:
-            return [f for f in self._futures.values() if not f.done()]
-
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         if self._shutdown:
             return

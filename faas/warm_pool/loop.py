@@ -177,8 +177,8 @@ class WorkerLoop:
             self._interrupt = None
             dropped = self.dropped & {it.id for it in items}
             self.dropped -= dropped
-        results = [(OutcomeInfo(id=info.id, kind=Kind.CANCELLED, started=info.started, finished=info.finished), b"")
-                   if info.id in dropped else (info, payload) for info, payload in results]
+        results = [_bare(info.id, Kind.CANCELLED, info.started, info.finished) if info.id in dropped
+                   else (info, payload) for info, payload in results]
         self._report("outcomes", results)
 
     def _on_signal(self, signum, frame) -> None:
@@ -270,8 +270,7 @@ class WorkerLoop:
                 else:
                     self.dropped |= wanted & set(running.ids)
         kind = Kind.CANCELLED if reason == "cancel" else Kind.RETURNED
-        now = time.time()
-        self._send_reports([(OutcomeInfo(id=it.id, kind=kind, started=now, finished=now), b"") for it in taken])
+        self._send_reports([_bare(it.id, kind) for it in taken])
 
     def _interrupt_main(self, running: _Running, reason: str, message: str) -> None:
         self._interrupt = (running.token, reason, message)
@@ -295,13 +294,10 @@ class WorkerLoop:
                   running.ids, self.settings.timeout_grace, os.getpid())
         error = InvocationTimeout(f"ran longer than its timeout of {running.timeout:g}s and did not stop "
                                   f"within {self.settings.timeout_grace:g}s; its worker process was replaced")
-        now = time.time()
         with self.cond:
             queued, self.queue = list(self.queue), deque()
-        self._send_reports([(OutcomeInfo(id=i, kind=Kind.TIMEOUT, started=now, finished=now),
-                             dumps_exception(error)) for i in running.ids]
-                           + [(OutcomeInfo(id=it.id, kind=Kind.RETURNED, started=now, finished=now), b"")
-                              for it in queued])
+        self._send_reports([_bare(i, Kind.TIMEOUT, payload=dumps_exception(error)) for i in running.ids]
+                           + [_bare(it.id, Kind.RETURNED) for it in queued])
         self._wake_out.close(0)
         self._wake_in.close(0)
         self.sock.close(linger=5000)
@@ -317,9 +313,7 @@ class WorkerLoop:
             self.cond.notify()
         if interrupt and running is not None and running.interrupted_at is None:
             self._interrupt_main(running, "cancel", f"its worker loop ended: {reason}")
-        now = time.time()
-        self._send_reports([(OutcomeInfo(id=it.id, kind=Kind.RETURNED, started=now, finished=now), b"")
-                            for it in queued])
+        self._send_reports([_bare(it.id, Kind.RETURNED) for it in queued])
 
     def _send_reports(self, extra: list[Result] = ()) -> None:
         """Everything reported since the last send, in one progress message."""
@@ -340,3 +334,12 @@ class WorkerLoop:
             self.sock.send_multipart(protocol.encode(msg, [payload for _, payload in outcomes]), zmq.NOBLOCK)
         except zmq.ZMQError as e:
             log.error("cannot report to the endpoint: %s", e)
+
+
+def _bare(inv_id: str, kind: Kind, started: float | None = None, finished: float | None = None,
+          payload: bytes = b"") -> Result:
+    """An outcome decided by the loop rather than by running the code (cancelled,
+    returned, given up on): times default to now."""
+    now = time.time()
+    return OutcomeInfo(id=inv_id, kind=kind, started=now if started is None else started,
+                       finished=now if finished is None else finished), payload
