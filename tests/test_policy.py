@@ -7,28 +7,28 @@ from faas.protocol import Kind
 
 
 def test_first_batch_is_small_until_the_worker_is_measured():
-    assert batch_size(LoopLoad(None, 0, False), [], queued=1000, in_flight=0, max_batch=64,
+    assert batch_size(LoopLoad(None, 0), [], queued=1000, in_flight=0, max_batch=64,
                       max_batch_seconds=10) == FIRST_BATCH
-    assert batch_size(LoopLoad(None, 0, False), [], queued=2, in_flight=0, max_batch=64, max_batch_seconds=10) == 2
+    assert batch_size(LoopLoad(None, 0), [], queued=2, in_flight=0, max_batch=64, max_batch_seconds=10) == 2
 
 
 def test_a_batched_function_gets_batches_it_can_fill():
-    assert batch_size(LoopLoad(None, 0, False), [], 1000, 0, 64, 10, min_batch=32) == 32
-    assert batch_size(LoopLoad(100.0, 0, False), [LoopLoad(100.0, 0, False)], 10, 0, 64, 10, min_batch=8) == 8
+    assert batch_size(LoopLoad(None, 0), [], 1000, 0, 64, 10, min_batch=32) == 32
+    assert batch_size(LoopLoad(100.0, 0), [LoopLoad(100.0, 0)], 10, 0, 64, 10, min_batch=8) == 8
 
 
 def test_batches_follow_speed_and_backlog():
-    fast, slow = LoopLoad(100.0, 0, False), LoopLoad(10.0, 0, False)
+    fast, slow = LoopLoad(100.0, 0), LoopLoad(10.0, 0)
     big_fast = batch_size(fast, [slow], 1000, 0, 1000, 100)
     big_slow = batch_size(slow, [fast], 1000, 0, 1000, 100)
     assert big_fast > 5 * big_slow  # the fast worker takes about ten times the slow one's share
     assert batch_size(fast, [slow], 10, 0, 1000, 100) < big_fast  # small at the tail
-    assert batch_size(LoopLoad(100.0, 0, False), [], 1000, 0, 1000, max_batch_seconds=0.1) == 10  # 0.1 s of work
+    assert batch_size(LoopLoad(100.0, 0), [], 1000, 0, 1000, max_batch_seconds=0.1) == 10  # 0.1 s of work
 
 
 def test_a_busy_worker_is_left_idle_when_the_others_finish_sooner():
-    busy = LoopLoad(1.0, outstanding=10, busy=True)
-    assert batch_size(busy, [LoopLoad(100.0, 0, False)], queued=5, in_flight=0, max_batch=64,
+    busy = LoopLoad(1.0, outstanding=10)
+    assert batch_size(busy, [LoopLoad(100.0, 0)], queued=5, in_flight=0, max_batch=64,
                       max_batch_seconds=10) == 0
 
 

@@ -377,8 +377,7 @@ class Dispatcher:
 
     @staticmethod
     def _load(loop: WorkerLoop, key: str) -> policy.LoopLoad:
-        outstanding = loop.outstanding()
-        return policy.LoopLoad(loop.rates.get(key), outstanding, outstanding > 0)
+        return policy.LoopLoad(loop.rates.get(key), loop.outstanding())
 
     def _fail_queued(self, error: str) -> None:
         now = time.time()

@@ -22,7 +22,10 @@ class LoopLoad:
 
     rate: float | None  # measured invocations/s of this context on this loop; None: not measured yet
     outstanding: int  # invocations of any context sent to the loop and not finished
-    busy: bool  # it has outstanding work
+
+    @property
+    def busy(self) -> bool:
+        return self.outstanding > 0
 
 
 def choose_context(holds: set[str], backlog: dict[str, int], holders: dict[str, int]) -> str | None:
