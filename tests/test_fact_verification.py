@@ -30,13 +30,14 @@ EXAMPLE = ROOT / "examples" / "fact_verification"
 sys.path.insert(0, str(EXAMPLE))
 from run import verify  # noqa: E402  (the example's own ctx_function)
 
-ROWS = [json.loads(line) for line in (EXAMPLE / "claims.jsonl").read_text().splitlines()[:4]]
+# Two full batches of the batched ``verify``: each worker's first batch takes one, so both load the model.
+ROWS = [json.loads(line) for line in (EXAMPLE / "claims.jsonl").read_text().splitlines()[:2 * verify.batch_size]]
 
 
 @pytest.fixture(scope="session")
 def llm(tmp_path_factory):
     """A 2-worker endpoint with an empty model cache; the example's function run
-    twice on the same four claims, one claim per invocation."""
+    twice on the same claims, one claim per invocation."""
     home, cache = tmp_path_factory.mktemp("faas-home"), tmp_path_factory.mktemp("model-cache")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FAAS_HOME", str(home))

@@ -109,11 +109,16 @@ def test_batches_respect_the_byte_limit(endpoint):
         assert list(ex.map(size, [b"x" * 100_000] * 12)) == [100_000] * 12
         with pytest.raises(PayloadTooLarge):
             ex.submit(size, b"x" * limit)
-        with pytest.raises(TypeError, match="not a @ctx_function"):
-            ex.submit(len, "plain functions have no context")
     sizes = tasks_during(endpoint, before)
     assert len(sizes) == 4  # 3 invocations of 100 kB each per task
     assert all(s < limit * 1.4 for s in sizes), sizes  # base64 adds a third on the wire
+
+
+def test_plain_callables_run_without_a_context(endpoint):
+    with GlobusExecutor(executor=endpoint, batch_window=0.1) as ex:
+        assert ex.submit(len, "abc").result(timeout=60) == 3
+        with pytest.raises(TypeError, match="is not callable"):
+            ex.submit("len", "abc")
 
 
 def test_a_failed_task_fails_each_of_its_invocations(endpoint):
