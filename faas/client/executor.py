@@ -34,8 +34,9 @@ class Executor(FaasExecutor):
     ``remote_command``: see :class:`faas.client.ssh.SSHTransport`),
     ``tcp://HOST:PORT`` (CurveZMQ; options ``server_key``, ``client_key``: see
     :class:`faas.client.transport.TcpTransport`), or None to start an embedded
-    local endpoint with ``embedded_workers`` workers that lives as long as
-    this Executor. The constructor returns once the endpoint answers, or
+    local endpoint that lives as long as this Executor, with
+    ``embedded_workers`` workers (default: one per GPU of this node, else up
+    to four CPU workers; see ``faas-endpoint configure``). The constructor returns once the endpoint answers, or
     raises after ``connect_timeout`` seconds. All invocations belong to
     ``task_group_id`` (a new one by default). Arguments over
     ``max_payload_bytes`` (or the endpoint's smaller limit) raise
@@ -45,11 +46,11 @@ class Executor(FaasExecutor):
 
     def __init__(self, endpoint: str | None = None, task_group_id: str | None = None,
                  batch_size: int = 256, max_payload_bytes: int | None = 64 * 2**20,
-                 embedded_workers: int = 2, connect_timeout: float = 30.0, **transport_options: Any):
+                 embedded_workers: int | None = None, connect_timeout: float = 30.0, **transport_options: Any):
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, not {batch_size!r}")
-        if not isinstance(embedded_workers, int) or embedded_workers < 1:
-            raise ValueError(f"embedded_workers must be a positive int, not {embedded_workers!r}")
+        if embedded_workers is not None and (not isinstance(embedded_workers, int) or embedded_workers < 1):
+            raise ValueError(f"embedded_workers must be a positive int or None, not {embedded_workers!r}")
         super().__init__()
         self.task_group_id = task_group_id or uuid.uuid4().hex
         self.batch_size = batch_size

@@ -87,7 +87,7 @@ def run(epdir: EndpointDir) -> None:
     _end_leftovers(epdir)
     write_private(epdir.pidfile, f"{os.getpid()}\n")
     store = open_store(epdir, config, create=True)
-    engine = ParslEngine(config.engine, epdir.runinfo)
+    engine = ParslEngine(config.engine, epdir.runinfo, prewarm=config.warm_pool.prewarm)
     exit_with = os.environ.pop(EXIT_WITH_ENV, None)
     server = None
     try:

@@ -176,8 +176,9 @@ class Dispatcher:
             return
         loop.host, loop.pid, loop.contexts = msg.host, msg.pid, msg.contexts
         loop.ready, loop.idle_since, loop.last_heard = True, time.monotonic(), time.monotonic()
-        if msg.prewarm:
-            log.info("worker %s prewarmed: %s", loop.name, msg.prewarm)
+        loop.prewarm = msg.prewarm
+        log.info("worker %s ready %.1fs after its loop started (imports %s, CUDA %s)", loop.name,
+                 msg.prewarm.get("ready_after", 0.0), msg.prewarm.get("imports", {}), msg.prewarm.get("cuda"))
         self.outbox.append((token, protocol.encode(protocol.Heartbeat())))
 
     def heard(self, token: str) -> None:

@@ -47,8 +47,9 @@ LABEL = "faas"
 
 
 class ParslEngine:
-    def __init__(self, cfg: EngineConfig, run_dir: Path):
+    def __init__(self, cfg: EngineConfig, run_dir: Path, prewarm: list[str] | None = None):
         self.cfg = cfg
+        self.prewarm = prewarm  # modules each worker imports as it starts (faas.warm_pool.prewarm)
         put_parsl_scripts_on_path()
         self.htex = ClusterExecutor(
             poll_interval=cfg.provider_poll_interval,
@@ -81,7 +82,7 @@ class ParslEngine:
     def start_loop(self, token: str, link) -> Future:
         """A worker loop task (faas.warm_pool.loop.serve) that connects back over ``link``."""
         return self._serve(link.addresses, token, link.server_public, link.client_public, link.client_secret,
-                           float(self.cfg.heartbeat_threshold))
+                           float(self.cfg.heartbeat_threshold), self.prewarm)
 
     def failure(self) -> BaseException | None:
         """Why the executor gave up on its blocks (see give_up_after), or None."""

@@ -343,6 +343,7 @@ class Server:
             "backlog": self.dispatcher.backlog(),
             "batches_in_flight": self.dispatcher.in_flight(),
             "worker_contexts": {lp.name: lp.contexts for lp in self.dispatcher.loops.values() if lp.ready},
+            "worker_prewarm": {lp.name: lp.prewarm for lp in self.dispatcher.loops.values() if lp.ready},
         }
 
 

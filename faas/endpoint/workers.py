@@ -15,6 +15,7 @@ import logging
 import math
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any
 
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
@@ -46,6 +47,7 @@ class WorkerLoop:
     pid: int = 0
     ready: bool = False
     contexts: dict[str, dict] = field(default_factory=dict)  # its warm pool's statistics
+    prewarm: dict[str, Any] = field(default_factory=dict)  # its start-up timings (faas.warm_pool.prewarm)
     batches: dict[int, LoopBatch] = field(default_factory=dict)  # sent, not finished
     running: dict[str, float] = field(default_factory=dict)  # invocation id -> when it started (monotonic)
     sent_functions: set[str] = field(default_factory=set)

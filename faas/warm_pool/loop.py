@@ -40,6 +40,7 @@ import zmq
 from faas import protocol
 from faas.errors import Interrupted, InvocationTimeout, ProtocolError
 from faas.protocol import Kind, OutcomeInfo
+from faas.warm_pool.prewarm import prewarm
 from faas.warm_pool.registry import process_pool
 from faas.warm_pool.runner import Result, Runner, WorkItem, dumps_exception
 
@@ -49,17 +50,36 @@ EXIT_STUCK = 75  # exit status of a worker process ended because an invocation w
 
 
 def serve(addresses: list[str], token: str, server_key: bytes, public_key: bytes, secret_key: bytes,
-          heartbeat_threshold: float, prewarm: dict[str, Any] | None = None) -> str:
-    """Pull and run invocations until retired; returns why the loop ended."""
+          heartbeat_threshold: float, prewarm_modules: list[str] | None = None) -> str:
+    """Pull and run invocations until retired; returns why the loop ended.
+
+    Before it says ready, the loop pays its process's start-up costs
+    (:func:`~faas.warm_pool.prewarm.prewarm` of ``prewarm_modules``, done once
+    per process) and reports their timings."""
+    started = time.time()
+    warmed = _prewarm_once(prewarm_modules)
     zctx = zmq.Context()
     try:
         sock = _connect(zctx, addresses, token, server_key, public_key, secret_key, heartbeat_threshold,
-                        prewarm or {})
+                        {**warmed, "loop_started": started, "ready_after": time.time() - started})
         if sock is None:
             return f"no endpoint answered at {addresses}"
         return WorkerLoop(zctx, sock, heartbeat_threshold).run()
     finally:
         zctx.destroy(linger=0)
+
+
+_prewarmed: dict[str, Any] | None = None
+
+
+def _prewarm_once(modules: list[str] | None) -> dict[str, Any]:
+    """The process's prewarm timings; a later loop in the same process (the
+    previous one was retired) finds the modules imported and reports that."""
+    global _prewarmed
+    if _prewarmed is None:
+        _prewarmed = prewarm(modules)
+        return _prewarmed
+    return {**_prewarmed, "earlier_loop": True}
 
 
 def _connect(zctx, addresses, token, server_key, public_key, secret_key, timeout, prewarm):
