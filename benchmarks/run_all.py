@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import psutil
-from _common import plain_parsl  # benchmarks/ is this script's folder, first on sys.path
+from _common import cached_batch, plain_parsl  # benchmarks/ is this script's folder, first on sys.path
 
 from faas import Executor, ctx_function
 from faas.endpoint import daemon
@@ -88,7 +88,8 @@ def cold_batch(items, load_seconds, call_seconds):
 
 # -- the benchmarks -----------------------------------------------------------
 def b1_makespan(n=400, load=2.0, call=0.02, batch=16, kill_every: float | None = None) -> dict:
-    """faas (warm) vs Parsl tasks loading the context each time (same batch size) vs ideal."""
+    """faas (warm) vs Parsl tasks loading the context each time, or keeping it in a
+    per-process global (same batch size), vs ideal."""
     ideal = WORKERS * load / WORKERS + n * call / WORKERS  # each worker loads once, in parallel
     fn = ctx_function(model=sleepy_context, load_seconds=load)(sleepy_call)
     with endpoint(max_batch=batch), Executor(endpoint="bench") as ex:
@@ -98,15 +99,18 @@ def b1_makespan(n=400, load=2.0, call=0.02, batch=16, kill_every: float | None =
         warm = time.perf_counter() - t0
     from parsl import python_app
 
-    with plain_parsl(WORKERS) as dfk:
-        app = python_app(cold_batch, data_flow_kernel=dfk)
-        app([], 0, 0).result()
-        t0 = time.perf_counter()
-        futures = [app(list(range(i, min(i + batch, n))), load, call) for i in range(0, n, batch)]
-        assert [r for f in futures for r in f.result()] == [2 * x for x in range(n)]
-        cold = time.perf_counter() - t0
-    return {"n": n, "load_s": load, "call_s": call, "batch": batch, "faas_s": warm, "cold_parsl_s": cold,
-            "ideal_s": ideal, "speedup_vs_cold": cold / warm, "fraction_of_ideal": ideal / warm}
+    baselines = {}
+    for name, body in (("cold_parsl_s", cold_batch), ("cached_parsl_s", cached_batch)):
+        with plain_parsl(WORKERS) as dfk:
+            app = python_app(body, data_flow_kernel=dfk)
+            [app([], 0, 0).result() for _ in range(WORKERS)]  # the workers are up (no context loaded)
+            t0 = time.perf_counter()
+            futures = [app(list(range(i, min(i + batch, n))), load, call) for i in range(0, n, batch)]
+            assert [r for f in futures for r in f.result()] == [2 * x for x in range(n)]
+            baselines[name] = time.perf_counter() - t0
+    return {"n": n, "load_s": load, "call_s": call, "batch": batch, "faas_s": warm, **baselines,
+            "ideal_s": ideal, "speedup_vs_cold": baselines["cold_parsl_s"] / warm,
+            "speedup_vs_cached": baselines["cached_parsl_s"] / warm, "fraction_of_ideal": ideal / warm}
 
 
 def b2_throughput(n=5000, latency_samples=300) -> dict:
@@ -304,8 +308,35 @@ def b7_result_latency(n=400, call=0.02) -> dict:
             "latency_p99_ms": lat[int(0.99 * (n - 1))], "latency_max_ms": lat[-1]}
 
 
+def b8_sessions(sessions=3, n=200, load=2.0, call=0.02, batch=16) -> dict:
+    """Client sessions one after another (a script run again): faas keeps the contexts warm
+    between them; a Parsl script with a per-process global starts workers and loads again."""
+    expected = [2 * x for x in range(n)]
+    fn = ctx_function(model=sleepy_context, load_seconds=load)(sleepy_call)
+    faas_times, parsl_times = [], []
+    with endpoint(max_batch=batch):
+        for _ in range(sessions):
+            t0 = time.perf_counter()
+            with Executor(endpoint="bench") as ex:
+                assert list(ex.map(fn, range(n), [call] * n)) == expected
+            faas_times.append(time.perf_counter() - t0)
+    from parsl import python_app
+
+    for _ in range(sessions):
+        t0 = time.perf_counter()
+        with plain_parsl(WORKERS) as dfk:
+            app = python_app(cached_batch, data_flow_kernel=dfk)
+            futures = [app(list(range(i, min(i + batch, n))), load, call) for i in range(0, n, batch)]
+            assert [r for f in futures for r in f.result()] == expected
+        parsl_times.append(time.perf_counter() - t0)
+    return {"sessions": sessions, "n_per_session": n, "load_s": load,
+            "faas_first_s": faas_times[0], "faas_later_mean_s": statistics.mean(faas_times[1:]),
+            "cached_parsl_mean_s": statistics.mean(parsl_times),
+            "speedup_total": sum(parsl_times) / sum(faas_times)}
+
+
 BENCHMARKS = {"B1": b1_makespan, "B2": b2_throughput, "B3": b3_heterogeneous, "B4": b4_two_contexts,
-              "B5": b5_queue, "B6": b6_preemption, "B7": b7_result_latency}
+              "B5": b5_queue, "B6": b6_preemption, "B7": b7_result_latency, "B8": b8_sessions}
 
 
 def main() -> None:
