@@ -5,6 +5,7 @@ endpoint's workers prewarm what the config lists before they say ready."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -14,15 +15,32 @@ from faas import Executor, ctx_function
 from faas.warm_pool.prewarm import prewarm
 
 
-def test_default_imports_torch_and_transformers_in_a_fresh_process():
+def _default_prewarm(visible_devices: str) -> dict:
+    """prewarm() in a fresh process that Parsl pinned to ``visible_devices``."""
     code = "import json; from faas.warm_pool.prewarm import prewarm; print(json.dumps(prewarm()))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                         cwd=ROOT, check=True).stdout
-    report = json.loads(out.splitlines()[-1])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT,
+                         check=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": visible_devices}).stdout
+    return json.loads(out.splitlines()[-1])
+
+
+def test_default_on_a_gpu_worker_imports_torch_and_transformers():
+    report = _default_prewarm("0")
     assert set(report["imports"]) == {"torch", "transformers"} and not report["errors"]
     assert all(s > 0 for s in report["imports"].values())
-    assert report["cuda"] is None  # no GPU here
+    if not torch_sees_a_gpu():
+        assert report["cuda"] is None
     assert report["total"] >= sum(report["imports"].values())
+
+
+def test_default_on_a_cpu_worker_imports_nothing():
+    report = _default_prewarm("")
+    assert report["imports"] == {} and report["cuda"] is None and not report["errors"]
+
+
+def torch_sees_a_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def test_failures_are_reported_not_raised(tmp_path, monkeypatch):

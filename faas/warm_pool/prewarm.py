@@ -5,6 +5,10 @@ and transformers (seconds), creating the CUDA context and cuBLAS handle (a
 second or more). A worker that does these when it starts, while the endpoint
 still routes work elsewhere, gets its first batch with only the weights left
 to read. The timings it returns say where a cold start goes.
+
+By default only a worker that has a GPU prewarms: on a CPU worker whose
+functions may never touch torch, importing it would cost seconds at every
+(re)start and hundreds of MB per process for nothing.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
+import os
+import shutil
 import sys
 import time
 from typing import Any
@@ -22,7 +28,8 @@ DEFAULT_MODULES = ("torch", "transformers")
 
 def prewarm(modules: list[str] | None = None) -> dict[str, Any]:
     """Import ``modules`` (None: those of torch and transformers that are
-    installed; []: nothing at all), then initialise CUDA if torch sees a GPU.
+    installed, on a worker with a GPU; []: nothing at all), then initialise
+    CUDA if torch sees a GPU.
 
     Returns seconds per step: ``{"imports": {module: s}, "cuda": s or None (no
     GPU, or torch not imported), "total": s, "errors": {step: message}}``.
@@ -32,7 +39,7 @@ def prewarm(modules: list[str] | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     report: dict[str, Any] = {"imports": {}, "cuda": None, "errors": {}}
     if modules is None:
-        modules = [m for m in DEFAULT_MODULES if _installed(m)]
+        modules = [m for m in DEFAULT_MODULES if _installed(m)] if has_gpu() else []
     for name in modules:
         t = time.perf_counter()
         try:
@@ -52,6 +59,17 @@ def prewarm(modules: list[str] | None = None) -> dict[str, Any]:
             log.warning("prewarm: CUDA initialisation failed: %s", report["errors"]["cuda"])
     report["total"] = time.perf_counter() - t0
     return report
+
+
+def has_gpu() -> bool:
+    """Whether this process may use a GPU, told without importing torch: Parsl
+    pins a GPU worker with CUDA_VISIBLE_DEVICES; where that is unset, a node
+    with the NVIDIA driver's nvidia-smi has GPUs for every process."""
+    devices = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if devices is not None:
+        first = devices.split(",")[0].strip()
+        return bool(first) and not first.startswith("-")
+    return shutil.which("nvidia-smi") is not None
 
 
 def _installed(name: str) -> bool:
