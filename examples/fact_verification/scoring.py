@@ -10,7 +10,7 @@ calibrated against a content-free question (Zhao et al., 2021, "Calibrate
 Before Use"): each answer's log-probability minus its log-probability when
 claim and evidence are "N/A". That removes the model's prior for one answer.
 
-    python examples/fact_verification/scoring.py --limit 40
+    python examples/fact_verification/scoring.py --limit 40 [--dtype bfloat16]
 """
 
 from __future__ import annotations
@@ -93,21 +93,19 @@ def score_batch(model, tokenizer, rows, calibrate: bool = True) -> list[str]:
 
 def main() -> None:
     """Accuracy of the bundled SmolLM2-135M on the first rows of claims.jsonl."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from faas.warm_pool.gguf import cached_gguf_model, smollm2_gguf_path
+    from faas.warm_pool.loaders import load_smollm2
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--data", type=Path, default=Path(__file__).with_name("claims.jsonl"))
     parser.add_argument("--limit", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--no-calibrate", dest="calibrate", action="store_false")
+    parser.add_argument("--dtype", default=None,
+                        help="e.g. float32, bfloat16 (default: the loader's: bf16 on CUDA, float32 on CPU)")
     args = parser.parse_args()
 
-    folder = cached_gguf_model(smollm2_gguf_path())
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = AutoModelForCausalLM.from_pretrained(folder).to(device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    lm = load_smollm2(dtype=args.dtype)
+    model, tokenizer = lm.model, lm.tokenizer
 
     rows = [json.loads(line) for line in args.data.read_text().splitlines()][: args.limit]
     predicted = []
