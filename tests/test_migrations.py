@@ -111,6 +111,7 @@ def test_a_store_made_before_migrations_is_stamped_then_upgraded_with_its_rows(s
         (open_,) = store.unfinished()
         assert (open_["id"], open_["args"], open_["history"]) == ("b", b"args", "lost with its worker\n")
         assert store.function_bodies(["f"]) == {"f": b"body"}
+        assert store.functions()["f"]["batch_size"] == 1  # 0003: functions before it were unbatched
         assert [(c["inits"], c["init_seconds"]) for c in store.context_summary()] == [(1, 0.5)]
         indexes = {i["name"] for i in inspect(store.engine).get_indexes("invocations")}
         assert "ix_invocations_group_state" in indexes and "ix_invocations_group_id" not in indexes

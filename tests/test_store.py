@@ -37,6 +37,13 @@ def test_resubmission_is_idempotent(store):
     assert store.counts_by_state()["pending"] == 3
 
 
+def test_a_function_keeps_its_retries_and_batch_size(store):
+    store.add_function("g", "batched", "ctx", "loader()", 2, b"body", batch_size=8)
+    functions = store.functions()
+    assert (functions["g"]["retries"], functions["g"]["batch_size"]) == (2, 8)
+    assert functions["f"]["batch_size"] == 1
+
+
 def test_state_machine_never_overwrites_a_final_result(store):
     store.add_invocations(_rows("a", "b"))
     store.mark_dispatched(["a", "b"])

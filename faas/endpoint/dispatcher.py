@@ -451,7 +451,7 @@ class Dispatcher:
         self.store.requeue({r["id"]: f"attempt {r['attempts']}: interrupted by an endpoint restart"
                             for r in rows if r["state"] is State.DISPATCHED})
         for fid, meta in self.store.functions().items():
-            self.functions[fid] = FunctionMeta(meta["retries"])
+            self.functions[fid] = FunctionMeta(meta["retries"], meta["batch_size"])
         self._enqueue(Item(r["id"], r["group_id"], r["function_id"], r["context_key"], r["args"], r["attempts"],
                            (r["history"] or "").splitlines()) for r in rows)
         return len(rows)

@@ -279,7 +279,7 @@ class Server:
                                 f"max_payload_bytes ({limit})")
         ctx_of = {}
         for f, blob in zip(msg.functions, body):
-            self.store.add_function(f.id, f.name, f.context_key, f.context, f.retries, blob)
+            self.store.add_function(f.id, f.name, f.context_key, f.context, f.retries, blob, f.batch_size)
             self.dispatcher.register_function(f.id, blob, f)
             ctx_of[f.id] = f.context_key
         missing = {inv.function for inv in msg.invocations} - set(ctx_of)

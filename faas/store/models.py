@@ -22,6 +22,7 @@ class Function(Base):
     name: Mapped[str] = mapped_column(String(256))
     context_key: Mapped[str] = mapped_column(String(64), ForeignKey("contexts.key"))
     retries: Mapped[int] = mapped_column(Integer, default=0)
+    batch_size: Mapped[int] = mapped_column(Integer, default=1, server_default="1")  # invocations per merged call
     body: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[float] = mapped_column(Float)
 

@@ -90,7 +90,7 @@ class Store:
 
     # -- writes -----------------------------------------------------------
     def add_function(self, fid: str, name: str, context_key: str, context_description: str,
-                     retries: int, body: bytes) -> None:
+                     retries: int, body: bytes, batch_size: int = 1) -> None:
         now = time.time()
         with self.engine.begin() as conn:
             if conn.scalar(select(Context.key).where(Context.key == context_key)) is None:
@@ -98,7 +98,8 @@ class Store:
                                                     created_at=now))
             if conn.scalar(select(Function.id).where(Function.id == fid)) is None:
                 conn.execute(insert(Function).values(id=fid, name=name, context_key=context_key,
-                                                     retries=retries, body=body, created_at=now))
+                                                     retries=retries, batch_size=batch_size, body=body,
+                                                     created_at=now))
 
     def add_invocations(self, rows: Sequence[dict]) -> set[str]:
         """Record new invocations as pending; returns the ids that were new.
@@ -208,7 +209,8 @@ class Store:
 
     def functions(self) -> dict[str, dict]:
         with self.engine.connect() as conn:
-            rows = conn.execute(select(Function.id, Function.name, Function.context_key, Function.retries))
+            rows = conn.execute(select(Function.id, Function.name, Function.context_key, Function.retries,
+                                       Function.batch_size))
             return {r.id: r._asdict() for r in rows}
 
     def unfinished(self) -> list[dict]:
