@@ -201,16 +201,11 @@ def test_sqlite_locked_longer_than_the_window(endpoint, faas_home, tmp_path):
 
 def _fill(path: Path) -> None:
     """Write zeros until the file system is full."""
-    with open(path, "wb") as f:
-        block = b"\0" * 2**20
-        with contextlib.suppress(OSError):
-            while True:
-                f.write(block)
-                f.flush()
-        with contextlib.suppress(OSError):
-            while True:
-                f.write(b"\0" * 4096)
-                f.flush()
+    with open(path, "wb", buffering=0) as f:
+        for block in (b"\0" * 2**20, b"\0" * 4096):
+            with contextlib.suppress(OSError):
+                while f.write(block):
+                    pass
 
 
 @pytest.fixture
@@ -273,16 +268,22 @@ def test_result_over_the_limit_fails_only_its_invocation(endpoint, tmp_path):
     """Row "a result over the blob limit": the worker refuses it (its limit is the
     smaller of max_payload_bytes and what the store takes); the rest of its batch
     is recorded."""
-    endpoint("big", local_config(workers=1, extra="max_payload_bytes: 65536\n"))
+    ep = endpoint("big", local_config(workers=1, extra="max_payload_bytes: 65536\n"))
     with Executor(endpoint="big") as ex:
-        futures = [ex.submit(sized, n) for n in (10, 20, 100_000, 30, 40)]
+        sizes = [10 + x for x in range(20)]
+        sizes[10] = 100_000
+        futures = [ex.submit(sized, n) for n in sizes]
         wait(futures, timeout=60)
         assert all(f.done() for f in futures)
         with pytest.raises(PayloadTooLarge, match="max_payload_bytes"):
-            futures[2].result()
-        assert [len(futures[i].result()) for i in (0, 1, 3, 4)] == [10, 20, 30, 40]
-    counts = _settled("big", 4)
-    assert counts["succeeded"] == 4 and counts["failed"] == 1
+            futures[10].result()
+        assert [len(f.result()) for i, f in enumerate(futures) if i != 10] == sizes[:10] + sizes[11:]
+    counts = _settled("big", 19)
+    assert counts["succeeded"] == 19 and counts["failed"] == 1
+    with contextlib.closing(sqlite3.connect(ep.path / "store.db")) as db:  # a batch shares its dispatch time
+        batch_mates = db.execute("SELECT COUNT(*) FROM invocations WHERE state = 'succeeded' AND dispatched_at = "
+                                 "(SELECT dispatched_at FROM invocations WHERE state = 'failed')").fetchone()[0]
+    assert batch_mates > 0, "the oversized result had no batch mates: the test did not test it"
 
 
 @pytest.fixture

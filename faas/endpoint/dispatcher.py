@@ -361,6 +361,10 @@ class Dispatcher:
         self._enqueue(it for i, (it, _) in p.requeue.items() if i not in finals)  # cancelled while waiting
         return [Final(o.id, it.group_id, o.state, o.payload, o.error) for o, it in p.outcomes if o.id in recorded]
 
+    def unrecorded(self) -> bool:
+        """Whether anything decided waits to be written (the store failed)."""
+        return self._pending.failing_since is not None
+
     def overdue(self) -> list[Final]:
         """Outcomes that have waited for the store longer than its retry window
         and were not refused yet: their clients are told (they stay pending here,

@@ -146,6 +146,7 @@ class Server:
             if self._wake_r in events:
                 os.read(self._wake_r, 65536)
             self._read_workers()
+            self._probe_store()
             self.deferred.retry(self._retry_request, self._refuse_request)
             self._read_clients()
             self._drain_ended()
@@ -179,6 +180,15 @@ class Server:
                 self._refuse(ident, key)
                 continue
             self._handle(ident, [f.bytes for f in frames[1:]])
+
+    def _probe_store(self) -> None:
+        """While the store is failing with nothing waiting to be written, a write
+        that changes nothing finds out when it is back (status then says so)."""
+        if self.guard.down_since is not None and not self.deferred and not self.dispatcher.unrecorded():
+            try:
+                self.guard.call(self.store.probe_write)
+            except StoreDown:
+                pass
 
     def _record_and_push(self) -> None:
         """Record what the pass decided (one transaction), then tell the clients:

@@ -135,6 +135,12 @@ class Store:
         with self.engine.begin() as conn:
             _requeue(conn, notes, set(refund))
 
+    def probe_write(self) -> None:
+        """A write that changes nothing: it fails while another process holds
+        SQLite's write lock or the server is down (a full disk shows only on real writes)."""
+        with self.engine.begin() as conn:
+            conn.execute(update(Worker).where(Worker.id.is_(None)).values(last_seen=Worker.last_seen))
+
     def purge(self, older_than: float) -> int:
         """Delete final invocations that finished more than ``older_than`` seconds ago."""
         cutoff = time.time() - older_than
