@@ -278,18 +278,20 @@ def test_disk_full_under_the_endpoint_folder(small_disk, faas_home, tmp_path):
         ep.stop()
 
 
-def test_result_over_the_limit_fails_only_its_invocation(endpoint, tmp_path):
-    """Row "a result over the blob limit": the worker refuses it (its limit is the
-    smaller of max_payload_bytes and what the store takes); the rest of its batch
-    is recorded."""
-    ep = endpoint("big", local_config(workers=1, extra="max_payload_bytes: 65536\n"))
+@pytest.mark.parametrize("limit, big", [(65536, 100_000), (2**31, 10**9)],
+                         ids=["max_payload_bytes", "sqlite-1GB"])
+def test_result_over_the_limit_fails_only_its_invocation(endpoint, limit, big):
+    """Row "a result over SQLite's 1 GB blob limit": the worker refuses it (its
+    limit is the smaller of max_payload_bytes and what the store takes), as that
+    invocation's error; the rest of its batch is recorded."""
+    ep = endpoint("big", local_config(workers=1, extra=f"max_payload_bytes: {limit}\n"))
     with Executor(endpoint="big") as ex:
         sizes = [10 + x for x in range(20)]
-        sizes[10] = 100_000
+        sizes[10] = big
         futures = [ex.submit(sized, n) for n in sizes]
-        wait(futures, timeout=60)
+        wait(futures, timeout=120)
         assert all(f.done() for f in futures)
-        with pytest.raises(PayloadTooLarge, match="max_payload_bytes"):
+        with pytest.raises(PayloadTooLarge, match=f"over the endpoint's limit of {min(limit, 10**9 - 2**16)} "):
             futures[10].result()
         assert [len(f.result()) for i, f in enumerate(futures) if i != 10] == sizes[:10] + sizes[11:]
     counts = _settled("big", 19)

@@ -127,8 +127,7 @@ class Dispatcher:
             memory_budget=int(budget) if budget is not None else None,
             timeout=config.dispatch.invocation_timeout, timeout_grace=config.dispatch.timeout_grace,
             # a larger result fails its own invocation on the worker, not its batch's record here
-            max_result_bytes=min(config.max_payload_bytes,
-                                 store.max_value_bytes - config.max_payload_bytes - ROW_SLACK))
+            max_result_bytes=min(config.max_payload_bytes, store.max_value_bytes - ROW_SLACK))
 
     # -- intake -------------------------------------------------------------
     def register_function(self, fid: str, body: bytes, info: protocol.FunctionInfo) -> None:
@@ -330,6 +329,12 @@ class Dispatcher:
         self._detach(it)
         self.items.pop(it.id, None)
         it.loop = None
+        if payload and len(payload) + len(it.args) + ROW_SLACK > self.store.max_value_bytes:
+            # with its arguments, more than a row of the store takes: failing it keeps its batch recordable
+            step, error = Step.FAILED, (f"its result ({len(payload)} bytes) and arguments ({len(it.args)} bytes) "
+                                        f"are more than the store takes in one row ({self.store.max_value_bytes} "
+                                        f"bytes): the result was not recorded")
+            payload = None
         self._pending.outcomes.append((Outcome(it.id, _STATE[step], payload, error, worker, started, finished), it))
 
     def take_started(self) -> list[Item]:
