@@ -21,7 +21,7 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from concurrent.futures import wait
+from concurrent.futures import InvalidStateError, wait
 from pathlib import Path
 
 import pytest
@@ -63,6 +63,22 @@ def fresh(log, x):
 
 def sized(n):
     return b"r" * n
+
+
+@contextlib.contextmanager
+def client(name: str):
+    """An Executor for one test. A test that fails with futures still pending (the
+    hang it is there to catch) fails them first, so that shutting down does not wait."""
+    ex = Executor(endpoint=name)
+    try:
+        yield ex
+    except BaseException:
+        for fut in ex._pending():
+            with contextlib.suppress(InvalidStateError):
+                fut.set_exception(TimeoutError("still pending when the test failed"))
+        raise
+    finally:
+        ex.shutdown()
 
 
 @contextlib.contextmanager
@@ -115,7 +131,7 @@ def _healthy(name: str) -> None:
     while daemon.request(EndpointDir.of(name).address, "status")["status"]["store_failing"] is not None:
         assert time.monotonic() < deadline, "the store is still failing after it came back"
         time.sleep(0.2)
-    with Executor(endpoint=name) as ex:
+    with client(name) as ex:
         assert ex.submit(work, os.devnull, 21).result(timeout=60) == 42
 
 
@@ -143,7 +159,7 @@ def test_sqlite_locked_shorter_than_the_window(endpoint, faas_home, tmp_path):
     wait, not an error; the daemon answers throughout."""
     ep = endpoint("locked", _config())
     runs = tmp_path / "runs.log"
-    with Executor(endpoint="locked") as ex:
+    with client("locked") as ex:
         assert ex.submit(work, str(runs), -1).result(timeout=60) == -2  # workers up, function known
         running = [ex.submit(work, str(runs), x, 0.5) for x in range(8)]  # their outcomes arrive while locked
         time.sleep(0.3)
@@ -173,7 +189,7 @@ def test_sqlite_locked_longer_than_the_window(endpoint, faas_home, tmp_path):
     after, the lost worker's invocations run again after; the daemon stays up."""
     ep = endpoint("locked", _config(heartbeat=(1, 3)))
     runs = tmp_path / "runs.log"
-    with Executor(endpoint="locked") as ex:
+    with client("locked") as ex:
         assert ex.submit(work, str(runs), -1).result(timeout=60) == -2
         running = [ex.submit(work, str(runs), x, 1.5) for x in range(8)]
         time.sleep(0.5)
@@ -246,7 +262,7 @@ def test_disk_full_under_the_endpoint_folder(small_disk, faas_home, tmp_path):
     runs = tmp_path / "runs.log"
     filler = small_disk / "filler"
     try:
-        with Executor(endpoint="full") as ex:
+        with client("full") as ex:
             assert ex.submit(work, str(runs), -1).result(timeout=60) == -2
             running = [ex.submit(work, str(runs), x, 1.0) for x in range(4)]
             time.sleep(0.5)
@@ -285,7 +301,7 @@ def test_result_over_the_limit_fails_only_its_invocation(endpoint, limit, big):
     limit is the smaller of max_payload_bytes and what the store takes), as that
     invocation's error; the rest of its batch is recorded."""
     ep = endpoint("big", local_config(workers=1, extra=f"max_payload_bytes: {limit}\n"))
-    with Executor(endpoint="big") as ex:
+    with client("big") as ex:
         sizes = [10 + x for x in range(20)]
         sizes[10] = big
         futures = [ex.submit(sized, n) for n in sizes]
@@ -315,7 +331,7 @@ def test_postgres_stopped_and_restarted_mid_run(endpoint, postgres, tmp_path):
     longer: a new submission is refused; after the restart the daemon serves."""
     ep = endpoint("pg", _config(extra=f"  url: {postgres.url}\n"))
     runs = tmp_path / "runs.log"
-    with Executor(endpoint="pg") as ex:
+    with client("pg") as ex:
         assert ex.submit(work, str(runs), -1).result(timeout=60) == -2
         running = [ex.submit(work, str(runs), x, 0.5) for x in range(8)]
         time.sleep(0.3)
