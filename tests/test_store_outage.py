@@ -25,7 +25,7 @@ from concurrent.futures import InvalidStateError, wait
 from pathlib import Path
 
 import pytest
-from conftest import RunningEndpoint, local_config, status, write_config
+from conftest import RunningEndpoint, cli, local_config, status, write_config
 
 from faas import Executor
 from faas.endpoint import daemon
@@ -167,6 +167,7 @@ def test_sqlite_locked_shorter_than_the_window(endpoint, faas_home, tmp_path):
             new = [ex.submit(fresh, str(runs), x) for x in range(100, 104)]  # first submit of a new function
             time.sleep(SHORT)
             assert not any(f.done() for f in new), "recorded through an exclusive lock?"
+            assert "database is locked" in cli("status", "locked").stdout  # the operator sees why
         released = time.monotonic()
         wait(running + new, timeout=10)
         assert all(f.done() for f in running + new), "not done within 10 s of the lock's release"
