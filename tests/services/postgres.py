@@ -3,6 +3,9 @@
     with postgres_server(tmp_path) as url:   # postgresql+psycopg://faas@127.0.0.1:PORT/faas
         engine = sqlalchemy.create_engine(url)
 
+    with postgres_instance(tmp_path) as server:  # server.url; server.stop() and server.start() mid-test
+        ...
+
 PostgreSQL refuses to run as root, so the server runs as Debian's ``postgres``
 system user. That user cannot enter pytest's tmp dirs (``/tmp/pytest-of-root``
 is 0700), so the data directory and socket live in a private directory created
