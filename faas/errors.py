@@ -70,4 +70,5 @@ class Interrupted(BaseException):
 
 
 class StoreUnavailable(FaasError):
-    """The store cannot be used: missing, deleted or replaced under the daemon, or written by a newer faas."""
+    """The store cannot be used: missing, deleted or replaced under the daemon, or written by a
+    newer faas; or (on a future) it could not record that submission or outcome in time."""

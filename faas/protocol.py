@@ -157,7 +157,8 @@ class Error(_Message):
     type: Literal["error"] = "error"
     message: Text
     ids: list[Id] = []  # the invocations it concerns; none: the whole request
-    code: str | None = None  # "not_authorised": the client's key was revoked
+    # "not_authorised": the client's key was revoked; "store_unavailable": the store could not record it
+    code: str | None = None
 
 
 # -- worker loop -> endpoint -------------------------------------------------------

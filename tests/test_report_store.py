@@ -73,8 +73,7 @@ def test_timeline_spans_start_at_first_activity(store):
 
 def test_a_lost_workers_span_ends_when_it_was_lost(store):
     last_seen = {w: end for w, _, end in build_timeline(store).workers}
-    store.mark_worker_lost("h:2", 110.0)
-    store.mark_worker_lost("h:9", 111.0)  # never reported: no row, no span
+    store.record_outcomes([], lost_workers=[("h:2", 110.0), ("h:9", 111.0)])  # h:9 never reported: no row, no span
     spans = {w: (start, end) for w, start, end in build_timeline(store).workers}
     assert spans == {"h:1": (100.0, last_seen["h:1"]), "h:2": (99.0, 110.0)}
     assert build_timeline(store, since=110.5).workers == [("h:1", 110.5, last_seen["h:1"])]

@@ -17,7 +17,7 @@ from faas.client import serialize
 from faas.client.base import ComputeFuture, FaasExecutor
 from faas.client.connection import Connection
 from faas.client.transport import Transport, open_transport
-from faas.errors import EndpointError, NotAuthorised, PayloadTooLarge
+from faas.errors import EndpointError, NotAuthorised, PayloadTooLarge, StoreUnavailable
 from faas.function import CtxFunction
 from faas.home import EndpointDir
 
@@ -250,7 +250,8 @@ class Executor(FaasExecutor):
         if msg.code == "not_authorised":
             self._refuse(self._transport.refused("the key is no longer authorised"))
             return
-        exc = EndpointError(msg.message)
+        # store_unavailable: the endpoint's store could not record the request or the outcome
+        exc = StoreUnavailable(msg.message) if msg.code == "store_unavailable" else EndpointError(msg.message)
         if not msg.ids:
             if not self._answered.done():
                 self._answered.set_exception(exc)

@@ -113,6 +113,9 @@ def status(name: str, as_json: bool) -> None:
     click.echo(f"  public key:  {info['public_key']}  ({len(info['authorized_clients'])} authorised clients)")
     if info["running"]:
         click.echo(f"  worker slots: {info['live']['worker_slots']}  backlog: {info['live']['backlog']}")
+        if failing := info["live"].get("store_failing"):
+            click.echo(f"  store: writes failing for {failing['failing_for']:.0f}s ({failing['cause']}); "
+                       f"{info['live']['requests_waiting_for_store']} requests wait")
     click.echo("  invocations: " + ", ".join(f"{k} {v}" for k, v in info["invocations"].items()))
     click.echo(f"  workers seen: {len(info['workers'])}")
     for c in info["contexts"]:

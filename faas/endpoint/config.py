@@ -246,6 +246,9 @@ class WarmPoolConfig(_Strict):
 class StoreConfig(_Strict):
     url: str | None = None  # default: SQLite in the endpoint folder
     retention: float = Field(7 * 86400.0, gt=0)  # seconds a final result is kept
+    # seconds a failing store write (disk full, SQLite locked by another process, PostgreSQL down) is
+    # retried before what it carried is refused to its clients with StoreUnavailable
+    retry_for: float = Field(60.0, gt=0)
 
 
 _TCP_ADDRESS = re.compile(r"^tcp://(\*|\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\*|[0-9]{1,5})$")

@@ -16,6 +16,7 @@ import zmq
 
 from faas import protocol
 from faas.endpoint.config import ConfigError, EndpointConfig, load_config
+from faas.endpoint.storeguard import LOCK_WAIT
 from faas.errors import EndpointError, StoreUnavailable
 from faas.home import EXIT_WITH_ENV, EndpointDir, read_pid, write_private
 from faas.store import Store, sqlite_url
@@ -47,17 +48,17 @@ def _end_leftovers(epdir: EndpointDir) -> None:
             pass
 
 
-def open_store(epdir: EndpointDir, config: EndpointConfig, create: bool = False) -> Store:
+def open_store(epdir: EndpointDir, config: EndpointConfig, create: bool = False, lock_wait: float = 30.0) -> Store:
     """The endpoint's store, upgraded to this faas' schema. Only the daemon creates
     the default SQLite store: a missing store.db is reported to readers, not replaced
-    by an empty one."""
+    by an empty one. ``lock_wait``: see :class:`Store`."""
     if config.store.url is None:
         db = epdir.path / "store.db"
         if not create and not db.exists():
             raise StoreUnavailable(f"endpoint {epdir.name} has no store at {db}: it has never started, "
                                    f"or its store.db was deleted or moved")
         _owner_only_sqlite(db)
-    return Store(config.store.url or sqlite_url(epdir.path))
+    return Store(config.store.url or sqlite_url(epdir.path), lock_wait=lock_wait)
 
 
 def _owner_only_sqlite(db: Path) -> None:
@@ -86,7 +87,7 @@ def run(epdir: EndpointDir) -> None:
     epdir.runinfo.chmod(0o700)  # made by an older faas with the umask's mode
     _end_leftovers(epdir)
     write_private(epdir.pidfile, f"{os.getpid()}\n")
-    store = open_store(epdir, config, create=True)
+    store = open_store(epdir, config, create=True, lock_wait=LOCK_WAIT)
     engine = ParslEngine(config.engine, epdir.runinfo, prewarm=config.warm_pool.prewarm)
     exit_with = os.environ.pop(EXIT_WITH_ENV, None)
     server = None

@@ -34,12 +34,14 @@ from faas import protocol
 from faas.endpoint import policy
 from faas.endpoint.config import EndpointConfig
 from faas.endpoint.policy import Step
+from faas.endpoint.storeguard import StoreDown, StoreGuard
 from faas.endpoint.workers import LoopBatch, WorkerLoop
 from faas.protocol import Kind
 from faas.store import Outcome, State, Store
 
 log = logging.getLogger(__name__)
 PREFETCH = 2  # batches a loop holds: one running, one queued behind it
+ROW_SLACK = 2**16  # bytes of a stored invocation's row besides its arguments and result
 _STATE = {Step.SUCCEEDED: State.SUCCEEDED, Step.FAILED: State.FAILED, Step.CANCELLED: State.CANCELLED}
 
 
@@ -78,20 +80,34 @@ class Final:
 
 @dataclass
 class _Pending:
-    """What the current pass decided, to be written in one transaction."""
+    """What the current pass decided, to be written in one transaction (with
+    what earlier passes could not write: the store was failing)."""
 
     outcomes: list[tuple[Outcome, Item]] = field(default_factory=list)
     requeue: dict[str, tuple[Item, str]] = field(default_factory=dict)
     refund: set[str] = field(default_factory=set)
     workers: dict[str, tuple[str, str, int]] = field(default_factory=dict)
     inits: list[dict] = field(default_factory=list)
-    lost_workers: list[str] = field(default_factory=list)
+    lost_workers: list[tuple[str, float]] = field(default_factory=list)
+    failing_since: float | None = None  # monotonic time its write first failed
+    refused: set[str] = field(default_factory=set)  # outcomes its clients were told cannot be recorded
+
+    def then(self, newer: _Pending) -> _Pending:
+        """This unwritten pass followed by a newer one, to be written together."""
+        self.outcomes += newer.outcomes
+        self.requeue.update(newer.requeue)
+        self.refund |= newer.refund
+        self.workers.update(newer.workers)
+        self.inits += newer.inits
+        self.lost_workers += newer.lost_workers
+        return self
 
 
 class Dispatcher:
     def __init__(self, store: Store, engine, config: EndpointConfig, worker_link,
-                 notify: Callable[[str, Future], None]):
+                 notify: Callable[[str, Future], None], guard: StoreGuard):
         self.store = store
+        self.guard = guard  # every store write goes through it: a failing store is retried, never fatal
         self.engine = engine
         self.cfg = config
         self.link = worker_link  # only its addresses and keys, handed to new loop tasks
@@ -110,7 +126,8 @@ class Dispatcher:
             idle_timeout=config.warm_pool.idle_timeout,
             memory_budget=int(budget) if budget is not None else None,
             timeout=config.dispatch.invocation_timeout, timeout_grace=config.dispatch.timeout_grace,
-            max_result_bytes=config.max_payload_bytes)
+            # a larger result fails its own invocation on the worker, not its batch's record here
+            max_result_bytes=min(config.max_payload_bytes, store.max_value_bytes - ROW_SLACK))
 
     # -- intake -------------------------------------------------------------
     def register_function(self, fid: str, body: bytes, info: protocol.FunctionInfo) -> None:
@@ -214,7 +231,7 @@ class Dispatcher:
         if open_ids:
             log.warning("worker loop %s lost with %d invocations: %s", loop.name, len(open_ids), cause)
         if loop.ready:
-            self._pending.lost_workers.append(loop.name)
+            self._pending.lost_workers.append((loop.name, time.time()))
         where = f"at {time.strftime('%H:%M:%S')} on {loop.name or 'a worker'}: {cause}"
         now = time.time()
         for inv_id in open_ids:
@@ -313,6 +330,12 @@ class Dispatcher:
         self._detach(it)
         self.items.pop(it.id, None)
         it.loop = None
+        if payload and len(payload) + len(it.args) + ROW_SLACK > self.store.max_value_bytes:
+            # with its arguments, more than a row of the store takes: failing it keeps its batch recordable
+            step, error = Step.FAILED, (f"its result ({len(payload)} bytes) and arguments ({len(it.args)} bytes) "
+                                        f"are more than the store takes in one row ({self.store.max_value_bytes} "
+                                        f"bytes): the result was not recorded")
+            payload = None
         self._pending.outcomes.append((Outcome(it.id, _STATE[step], payload, error, worker, started, finished), it))
 
     def take_started(self) -> list[Item]:
@@ -322,17 +345,42 @@ class Dispatcher:
     # -- the pass's one transaction -------------------------------------------
     def commit(self) -> list[Final]:
         """Write what this pass decided; then requeued invocations become
-        dispatchable. Returns the newly final ones, to push to clients."""
+        dispatchable. Returns the newly final ones, to push to clients.
+
+        Raises StoreDown when the write failed: it is kept, whole, and written
+        with a later pass's (outcomes wait; requeued invocations are not
+        dispatched until their return to the queue is on record)."""
         p, self._pending = self._pending, _Pending()
         if not (p.outcomes or p.requeue or p.inits or p.lost_workers):
             return []
-        recorded = self.store.record_outcomes(
-            [o for o, _ in p.outcomes], p.workers.values(), p.inits,
-            requeue={i: note for i, (_, note) in p.requeue.items()}, refund=p.refund)
-        for name in p.lost_workers:
-            self.store.mark_worker_lost(name, time.time())
-        self._enqueue(it for it, _ in p.requeue.values())
+        try:
+            recorded = self.guard.call(
+                self.store.record_outcomes, [o for o, _ in p.outcomes], p.workers.values(), p.inits,
+                requeue={i: note for i, (_, note) in p.requeue.items()}, refund=p.refund,
+                lost_workers=p.lost_workers)
+        except StoreDown:
+            if p.failing_since is None:
+                p.failing_since = time.monotonic()
+            self._pending = p.then(self._pending)
+            raise
+        finals = {o.id for o, _ in p.outcomes}
+        self._enqueue(it for i, (it, _) in p.requeue.items() if i not in finals)  # cancelled while waiting
         return [Final(o.id, it.group_id, o.state, o.payload, o.error) for o, it in p.outcomes if o.id in recorded]
+
+    def unrecorded(self) -> bool:
+        """Whether anything decided waits to be written (the store failed)."""
+        return self._pending.failing_since is not None
+
+    def overdue(self) -> list[Final]:
+        """Outcomes that have waited for the store longer than its retry window
+        and were not refused yet: their clients are told (they stay pending here,
+        and are recorded and pushed once the store is back)."""
+        p = self._pending
+        if p.failing_since is None or not self.guard.overdue(p.failing_since):
+            return []
+        out = [Final(o.id, it.group_id, o.state, None, None) for o, it in p.outcomes if o.id not in p.refused]
+        p.refused.update(f.id for f in out)
+        return out
 
     # -- dispatch -----------------------------------------------------------
     def pump(self) -> None:
@@ -397,18 +445,21 @@ class Dispatcher:
 
     def _ship(self, loop: WorkerLoop, key: str, size: int) -> None:
         queue = self.queues[key]
-        items = [queue.popleft() for _ in range(min(size, len(queue)))]
+        items = list(itertools.islice(queue, size))
+        fids = sorted({it.function_id for it in items} - loop.sent_functions)
+        missing = [f for f in fids if f not in self._bodies]
+        # the store first: when it fails (StoreDown), nothing here has changed yet
+        if missing:
+            self._bodies.update(self.guard.call(self.store.function_bodies, missing))
+        self.guard.call(self.store.mark_dispatched, [it.id for it in items])
+        for _ in items:
+            queue.popleft()
         if not queue:
             del self.queues[key]
         batch = LoopBatch(next(self._batch_ids), key, len(items), {it.id for it in items})
-        self.store.mark_dispatched([it.id for it in items])
         for it in items:
             it.attempts += 1
             it.loop, it.batch = loop.token, batch.id
-        fids = sorted({it.function_id for it in items} - loop.sent_functions)
-        missing = [f for f in fids if f not in self._bodies]
-        if missing:
-            self._bodies.update(self.store.function_bodies(missing))
         loop.sent_functions.update(fids)
         loop.batches[batch.id] = batch
         msg = protocol.Batch(batch=batch.id, functions=fids, items=[(it.id, it.function_id) for it in items],
@@ -447,10 +498,10 @@ class Dispatcher:
 
     def recover(self) -> int:
         """After a restart: every invocation not final goes back to the queue."""
-        rows = self.store.unfinished()
-        self.store.requeue({r["id"]: f"attempt {r['attempts']}: interrupted by an endpoint restart"
-                            for r in rows if r["state"] is State.DISPATCHED})
-        for fid, meta in self.store.functions().items():
+        rows = self.guard.wait(self.store.unfinished)
+        self.guard.wait(self.store.requeue, {r["id"]: f"attempt {r['attempts']}: interrupted by an endpoint restart"
+                                             for r in rows if r["state"] is State.DISPATCHED})
+        for fid, meta in self.guard.wait(self.store.functions).items():
             self.functions[fid] = FunctionMeta(meta["retries"], meta["batch_size"])
         self._enqueue(Item(r["id"], r["group_id"], r["function_id"], r["context_key"], r["args"], r["attempts"],
                            (r["history"] or "").splitlines()) for r in rows)

@@ -24,9 +24,11 @@ import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
 from faas import protocol
+from faas.endpoint import storeguard
 from faas.endpoint.access import TcpListeners, endpoint_keys
 from faas.endpoint.config import EndpointConfig
 from faas.endpoint.dispatcher import Dispatcher, Final, Item
+from faas.endpoint.storeguard import DeferredRequests, StoreDown, StoreGuard
 from faas.endpoint.workers import WorkerLink
 from faas.errors import ProtocolError, StoreUnavailable
 from faas.home import EndpointDir
@@ -36,6 +38,7 @@ log = logging.getLogger(__name__)
 MONITOR_PERIOD = 1.0
 PER_PASS = 1000  # messages read from each socket per pass of the loop
 PURGE_PERIOD = 600.0
+WAITS_FOR_STORE = {"submit", "watch", "cancel"}  # requests that queue behind one waiting for the store
 
 
 class Server:
@@ -66,7 +69,9 @@ class Server:
         self._stop = threading.Event()
         self.managers: list[dict[str, Any]] = []
         self.link = WorkerLink(self.zctx, self.auth, config.engine.worker_address())
-        self.dispatcher = Dispatcher(store, engine, config, self.link, self._loop_ended)
+        self.guard = StoreGuard(config.store.retry_for)
+        self.deferred = DeferredRequests(self.guard)
+        self.dispatcher = Dispatcher(store, engine, config, self.link, self._loop_ended, self.guard)
 
     def _bind_ipc(self) -> None:
         self.epdir.socket.unlink(missing_ok=True)  # a stale socket from a killed daemon
@@ -141,13 +146,18 @@ class Server:
             if self._wake_r in events:
                 os.read(self._wake_r, 65536)
             self._read_workers()
+            self._probe_store()
+            self.deferred.retry(self._retry_request, self._refuse_request)
             self._read_clients()
             self._drain_ended()
             if time.monotonic() >= next_heartbeat:
                 next_heartbeat = time.monotonic() + self.cfg.engine.heartbeat_period
                 self.dispatcher.heartbeat()
             self._record_and_push()  # before dispatch: requeued work is recorded as pending first
-            self.dispatcher.pump()
+            try:
+                self.dispatcher.pump()
+            except StoreDown:  # nothing is dispatched until the store records it
+                pass
             self._record_and_push()
             self._send_to_workers()
 
@@ -171,10 +181,23 @@ class Server:
                 continue
             self._handle(ident, [f.bytes for f in frames[1:]])
 
+    def _probe_store(self) -> None:
+        """While the store is failing with nothing waiting to be written, a write
+        that changes nothing finds out when it is back (status then says so)."""
+        if self.guard.down_since is not None and not self.deferred and not self.dispatcher.unrecorded():
+            try:
+                self.guard.call(self.store.probe_write)
+            except StoreDown:
+                pass
+
     def _record_and_push(self) -> None:
         """Record what the pass decided (one transaction), then tell the clients:
-        invocations that started, and outcomes now on record."""
-        self._push(self.dispatcher.commit())
+        invocations that started, and outcomes now on record. Outcomes the store
+        has refused for longer than its retry window are refused to their clients."""
+        try:
+            self._push(self.dispatcher.commit())
+        except StoreDown:
+            self._refuse_unrecorded(self.dispatcher.overdue())
         by_group: dict[str, list[str]] = {}
         for it in self.dispatcher.take_started():
             by_group.setdefault(it.group_id, []).append(it.id)
@@ -227,15 +250,52 @@ class Server:
         msg = None
         try:
             msg, body = protocol.decode(frames, protocol.CLIENT_REQUESTS)
+            if self.deferred and msg.type in WAITS_FOR_STORE:
+                self.deferred.add(ident, msg, body)  # behind earlier ones waiting for the store
+                return
             getattr(self, f"_on_{msg.type}")(ident, msg, body)
+        except StoreDown:
+            self.deferred.add(ident, msg, body)
         except ProtocolError as e:
             log.warning("bad message from client: %s", e)
             self._send(ident, protocol.encode(protocol.Error(message=str(e), ids=_invocation_ids(frames))))
         except Exception as e:
             log.exception("request failed")
             self._send(ident, protocol.encode(protocol.Error(
-                message=f"endpoint error: {type(e).__name__}: {e}",
-                ids=[inv.id for inv in msg.invocations] if isinstance(msg, protocol.Submit) else [])))
+                message=f"endpoint error: {type(e).__name__}: {e}", ids=_submitted_ids(msg))))
+
+    def _retry_request(self, ident: bytes, msg, body: list[bytes]) -> None:
+        """A request that waited for the store, tried again (StoreDown: it waits on)."""
+        try:
+            getattr(self, f"_on_{msg.type}")(ident, msg, body)
+        except StoreDown:
+            raise
+        except Exception as e:
+            log.exception("request failed")
+            self._send(ident, protocol.encode(protocol.Error(message=f"endpoint error: {type(e).__name__}: {e}",
+                                                             ids=_submitted_ids(msg))))
+
+    def _refuse_request(self, ident: bytes, msg, why: str) -> None:
+        """A request the store could not take within its retry window: nothing of it
+        was recorded, and a refused submission never runs."""
+        ids = _submitted_ids(msg)
+        if ids:
+            why += f"; these {len(ids)} invocations were not recorded and will not run: submit them again"
+        log.error("refused a %s request: %s", msg.type, why)
+        self._send(ident, protocol.encode(protocol.Error(message=why, ids=ids, code=storeguard.CODE)))
+
+    def _refuse_unrecorded(self, finals: list[Final]) -> None:
+        """Tell clients which outcomes the store has not taken within its retry
+        window. They are kept, and recorded (and pushed) once the store is back."""
+        by_group: dict[str, list[str]] = {}
+        for f in finals:
+            by_group.setdefault(f.group_id, []).append(f.id)
+        for group, ids in by_group.items():
+            why = self.guard.refusal(f"the outcome of {len(ids)} invocations")
+            log.error("%s; their clients are told", why)
+            self._send_group(group, protocol.encode(protocol.Error(
+                message=f"{why}; the endpoint keeps it and records it once the store is back "
+                        f"(Executor.reload_tasks then finds it)", ids=ids, code=storeguard.CODE)))
 
     def _send(self, ident: bytes, frames: list[bytes]) -> bool:
         if self.tcp is not None and not self.tcp.may_receive(ident):  # revoked while connected
@@ -279,30 +339,33 @@ class Server:
                                 f"max_payload_bytes ({limit})")
         ctx_of = {}
         for f, blob in zip(msg.functions, body):
-            self.store.add_function(f.id, f.name, f.context_key, f.context, f.retries, blob, f.batch_size)
+            self.guard.call(self.store.add_function, f.id, f.name, f.context_key, f.context, f.retries, blob,
+                            f.batch_size)
             self.dispatcher.register_function(f.id, blob, f)
             ctx_of[f.id] = f.context_key
         missing = {inv.function for inv in msg.invocations} - set(ctx_of)
         if missing:
-            stored = self.store.functions()
+            stored = self.guard.call(self.store.functions)
             if missing - set(stored):
                 raise ProtocolError(f"unknown function id(s) {sorted(missing - set(stored))}")
             ctx_of.update({fid: stored[fid]["context_key"] for fid in missing})
         rows = [dict(id=inv.id, group_id=msg.group, function_id=inv.function, context_key=ctx_of[inv.function],
                      args=args) for inv, args in zip(msg.invocations, body[len(msg.functions):])]
-        new = self.store.add_invocations(rows)
+        new = self.guard.call(self.store.add_invocations, rows)
         self.watchers.setdefault(msg.group, set()).add(ident)
         self.dispatcher.submit(Item(r["id"], msg.group, r["function_id"], r["context_key"], r["args"])
                                for r in rows if r["id"] in new)
         self._send(ident, protocol.encode(protocol.Ack(ids=[r["id"] for r in rows])))
         resent = [r["id"] for r in rows if r["id"] not in new]
         if resent:  # a resend after a reconnect: results already recorded go out again
-            self._push_to(ident, self.store.final_results(ids=resent))
+            self._push_to(ident, self.guard.call(self.store.final_results, ids=resent))
 
     def _on_watch(self, ident: bytes, msg: protocol.Watch, body: list[bytes]) -> None:
         self.watchers.setdefault(msg.group, set()).add(ident)
-        self._send(ident, protocol.encode(protocol.Tasks(group=msg.group, ids=self.store.group_ids(msg.group))))
-        self._push_to(ident, self.store.final_results(group_id=msg.group))
+        ids, finals = self.guard.call(self.store.group_ids, msg.group), self.guard.call(
+            self.store.final_results, group_id=msg.group)
+        self._send(ident, protocol.encode(protocol.Tasks(group=msg.group, ids=ids)))
+        self._push_to(ident, finals)
 
     def _on_cancel(self, ident: bytes, msg: protocol.Cancel, body: list[bytes]) -> None:
         self.dispatcher.cancel(msg.ids)
@@ -344,6 +407,8 @@ class Server:
             "batches_in_flight": self.dispatcher.in_flight(),
             "worker_contexts": {lp.name: lp.contexts for lp in self.dispatcher.loops.values() if lp.ready},
             "worker_prewarm": {lp.name: lp.prewarm for lp in self.dispatcher.loops.values() if lp.ready},
+            "store_failing": self.guard.status(),  # None while the store takes writes
+            "requests_waiting_for_store": len(self.deferred),
         }
 
 
@@ -358,6 +423,10 @@ def _invocation_ids(frames: list[bytes]) -> list[str]:
         return []
     return [inv["id"] for inv in invocations
             if isinstance(inv, dict) and isinstance(inv.get("id"), str) and 0 < len(inv["id"]) <= protocol.MAX_ID_LEN]
+
+
+def _submitted_ids(msg) -> list[str]:
+    return [inv.id for inv in msg.invocations] if isinstance(msg, protocol.Submit) else []
 
 
 def _alive(pid: int) -> bool:

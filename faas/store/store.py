@@ -8,6 +8,7 @@ submission without dialect-specific upserts.
 from __future__ import annotations
 
 import os
+import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -26,10 +27,10 @@ def sqlite_url(folder: Path) -> str:
     return f"sqlite:///{Path(folder) / 'store.db'}"
 
 
-def _make_engine(url: str) -> Engine:
-    if not url.startswith("sqlite"):
-        return create_engine(url, pool_pre_ping=True)
-    engine = create_engine(url, connect_args={"timeout": 30})
+def _make_engine(url: str, lock_wait: float) -> Engine:
+    if not url.startswith("sqlite"):  # a server that is down is found out in seconds, not minutes
+        return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": max(1, round(lock_wait))})
+    engine = create_engine(url, connect_args={"timeout": lock_wait})
 
     @event.listens_for(engine, "connect")
     def _sqlite_pragmas(dbapi_conn, _record):  # WAL: readers (CLI status) never block the daemon
@@ -56,10 +57,13 @@ class Outcome:
 
 
 class Store:
-    def __init__(self, url: str):
+    def __init__(self, url: str, lock_wait: float = 30.0):
+        """``lock_wait``: seconds a write waits for SQLite's lock (held by another
+        process) before it fails; the daemon waits briefly and retries later."""
         self.url = url
-        self.engine = _make_engine(url)
+        self.engine = _make_engine(url, lock_wait)
         self.revisions = migrations.upgrade(self.engine)  # (revision it had, revision it has now)
+        self.max_value_bytes = _value_limit(self.engine)
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).chmod(0o600)
         self._file = self._file_identity()
@@ -132,6 +136,12 @@ class Store:
         with self.engine.begin() as conn:
             _requeue(conn, notes, set(refund))
 
+    def probe_write(self) -> None:
+        """A write that changes nothing: it fails while another process holds
+        SQLite's write lock or the server is down (a full disk shows only on real writes)."""
+        with self.engine.begin() as conn:
+            conn.execute(update(Worker).where(Worker.id.is_(None)).values(last_seen=Worker.last_seen))
+
     def purge(self, older_than: float) -> int:
         """Delete final invocations that finished more than ``older_than`` seconds ago."""
         cutoff = time.time() - older_than
@@ -139,20 +149,17 @@ class Store:
             return conn.execute(delete(Invocation).where(Invocation.state.in_(FINAL),
                                                          Invocation.finished_at < cutoff)).rowcount
 
-    def mark_worker_lost(self, worker_id: str, at: float) -> None:
-        """Record when a worker was lost: its span in the report's timeline ends
-        there instead of at its last result. A worker that never reported has no
-        row, and nothing to end."""
-        with self.engine.begin() as conn:
-            conn.execute(update(Worker).where(Worker.id == worker_id).values(lost_at=at))
-
     def record_outcomes(self, outcomes: Sequence[Outcome], workers: Iterable[tuple[str, str, int]] = (),
                         inits: Iterable[dict] = (), requeue: dict[str, str] | None = None,
-                        refund: Iterable[str] = ()) -> set[str]:
-        """Record final outcomes, the workers that produced them, context inits
-        and invocations going back to the queue (see :meth:`requeue`), in one
-        transaction. Returns the ids whose outcome was newly recorded (a late
-        duplicate of a final invocation is ignored)."""
+                        refund: Iterable[str] = (), lost_workers: Iterable[tuple[str, float]] = ()) -> set[str]:
+        """Record final outcomes, the workers that produced them, context inits,
+        invocations going back to the queue (see :meth:`requeue`) and when
+        workers were lost, in one transaction: a failed write leaves nothing
+        half-recorded, and is simply tried again. Returns the ids whose outcome
+        was newly recorded (a late duplicate of a final invocation is ignored).
+
+        A lost worker's span in the report's timeline ends at ``lost_at`` instead
+        of at its last result; a worker that never reported has no row to end."""
         now = time.time()
         with self.engine.begin() as conn:
             if requeue:
@@ -162,6 +169,8 @@ class Store:
                 if updated.rowcount == 0:
                     conn.execute(insert(Worker).values(id=wid, host=host, pid=pid, first_seen=now,
                                                        last_seen=now))
+            for wid, at in lost_workers:
+                conn.execute(update(Worker).where(Worker.id == wid).values(lost_at=at))
             inits = [dict(i) for i in inits]
             if inits:
                 # a function may use other contexts (a ctx_function calling another): record them too
@@ -265,6 +274,15 @@ class Store:
     def workers(self) -> list[dict]:
         with self.engine.connect() as conn:
             return [r._asdict() for r in conn.execute(select(Worker.__table__).order_by(Worker.first_seen))]
+
+
+def _value_limit(engine: Engine) -> int:
+    """The largest value the database takes: SQLite's length limit (10**9 bytes
+    unless compiled otherwise; it bounds a whole row too), PostgreSQL's 1 GB per field."""
+    if engine.url.get_backend_name() == "sqlite":
+        with engine.connect() as conn:
+            return conn.connection.dbapi_connection.getlimit(sqlite3.SQLITE_LIMIT_LENGTH)
+    return 2**30 - 1
 
 
 def _requeue(conn, notes: dict[str, str], refund: set[str]) -> None:

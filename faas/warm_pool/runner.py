@@ -142,8 +142,9 @@ class Runner:
         try:
             payload = _dumps_result(value)
             if self.max_result_bytes is not None and len(payload) > self.max_result_bytes:
-                raise PayloadTooLarge(f"the result pickles to {len(payload)} bytes, over the endpoint's "
-                                      f"max_payload_bytes ({self.max_result_bytes})")
+                raise PayloadTooLarge(f"the result pickles to {len(payload)} bytes, over the endpoint's limit of "
+                                      f"{self.max_result_bytes} (its max_payload_bytes, or less where its store "
+                                      f"takes less)")
         except Exception as e:
             return self.failed(it, e, started)
         return OutcomeInfo(id=it.id, kind=Kind.OK, started=started, finished=time.time()), payload
