@@ -73,7 +73,8 @@ _json = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow
 _TYPES = ["ping", "status", "submit", "watch", "cancel", "pong", "ack", "running", "results", "tasks",
           "status_reply", "error", "ready", "progress", "hb", "batch", "revoke", "retire", "launch", "", None, 1,
           [], {}]
-_header = st.fixed_dictionaries({"type": st.sampled_from(_TYPES), "v": st.sampled_from([protocol.VERSION] * 3 + [1, "2", None])},
+_header = st.fixed_dictionaries({"type": st.sampled_from(_TYPES),
+                                 "v": st.sampled_from([protocol.VERSION] * 3 + [1, "2", None])},
                                 optional={f: _json for f in _FIELDS})
 _submit = st.builds(
     lambda fid, inv, retries, group: {

@@ -35,6 +35,7 @@ from faas.endpoint import policy
 from faas.endpoint.config import EndpointConfig
 from faas.endpoint.policy import Step
 from faas.endpoint.workers import LoopBatch, WorkerLoop
+from faas.lru import ByteLRU
 from faas.protocol import Kind
 from faas.store import Outcome, State, Store
 
@@ -104,17 +105,18 @@ class Dispatcher:
         self.started: list[Item] = []  # invocations that started since the last call of take_started
         self._pending = _Pending()
         self._batch_ids = itertools.count(1)
-        self._bodies: dict[str, bytes] = {}
+        self._bodies = ByteLRU(int(config.warm_pool.function_cache_bytes))  # the store has them all
         budget = config.warm_pool.memory_budget
         self._settings = protocol.WorkerSettings(
             idle_timeout=config.warm_pool.idle_timeout,
             memory_budget=int(budget) if budget is not None else None,
             timeout=config.dispatch.invocation_timeout, timeout_grace=config.dispatch.timeout_grace,
-            max_result_bytes=config.max_payload_bytes)
+            max_result_bytes=config.max_payload_bytes,
+            function_cache_bytes=int(config.warm_pool.function_cache_bytes))
 
     # -- intake -------------------------------------------------------------
     def register_function(self, fid: str, body: bytes, info: protocol.FunctionInfo) -> None:
-        self._bodies[fid] = body
+        self._bodies.put(fid, body)
         self.functions[fid] = FunctionMeta(info.retries, info.batch_size)
 
     def submit(self, items: Iterable[Item]) -> None:
@@ -239,6 +241,7 @@ class Dispatcher:
         if msg.contexts is not None:
             loop.contexts = msg.contexts
         worker = loop.name
+        loop.sent_functions.difference_update(msg.dropped_functions)  # before outcomes: returned ones need them
         for inv_id in msg.started:
             it = self.items.get(inv_id)
             if it is not None and it.loop == token:
@@ -405,14 +408,17 @@ class Dispatcher:
             it.attempts += 1
             it.loop, it.batch = loop.token, batch.id
         fids = sorted({it.function_id for it in items} - loop.sent_functions)
-        missing = [f for f in fids if f not in self._bodies]
+        bodies = {f: self._bodies.get(f) for f in fids}
+        missing = [f for f, body in bodies.items() if body is None]
         if missing:
-            self._bodies.update(self.store.function_bodies(missing))
+            for f, body in self.store.function_bodies(missing).items():
+                bodies[f] = body
+                self._bodies.put(f, body)
         loop.sent_functions.update(fids)
         loop.batches[batch.id] = batch
         msg = protocol.Batch(batch=batch.id, functions=fids, items=[(it.id, it.function_id) for it in items],
                              settings=self._settings)
-        self.outbox.append((loop.token, protocol.encode(msg, [*(self._bodies[f] for f in fids),
+        self.outbox.append((loop.token, protocol.encode(msg, [*(bodies[f] for f in fids),
                                                               *(it.args for it in items)])))
 
     def _retire_idle(self) -> None:
