@@ -128,7 +128,8 @@ class ClientSocket:
             backlog = self._backlogs[ident] = _Backlog()
         backlog.messages.append(frames)
         backlog.size += sum(len(f) for f in frames)
-        if len(backlog.messages) > self.cfg.buffer_messages or backlog.size > self.cfg.buffer_bytes:
+        over_bytes = backlog.size > self.cfg.buffer_bytes and len(backlog.messages) > 1  # one may be large
+        if len(backlog.messages) > self.cfg.buffer_messages or over_bytes:
             self._overflow(ident, f"over {len(backlog.messages)} messages / {backlog.size} bytes buffered")
 
     def flush(self) -> None:
