@@ -13,7 +13,6 @@ import sys
 import threading
 import time
 import uuid
-from pathlib import Path
 
 import psutil
 import pytest
@@ -88,6 +87,7 @@ def test_a_revoked_client_that_only_waits_is_told(endpoint, tmp_path):
         ex.shutdown(cancel_futures=True)
     healthy("rev")  # while the revoked client's work still runs
     wait_for(lambda: counts("rev").get("succeeded", 0) == before + 2 + 10, 60, "the revoked client's work recorded")
+    assert ep.running()
     print(f"revoked client told after {told:.1f}s")
 
 

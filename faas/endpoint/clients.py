@@ -71,7 +71,8 @@ class ClientSocket:
     """Reads and writes the clients' ROUTER socket for the server's loop.
 
     ``on_lost(ident)`` is called when messages for a client were dropped (it
-    overflowed, or it is gone): the server stops pushing to it until it asks again."""
+    overflowed, or it is gone): the server stops pushing to it until it asks again
+    (a client told to reload watches its groups again; one that reconnects does too)."""
 
     def __init__(self, sock: zmq.Socket, config: EndpointConfig, on_lost: Callable[[bytes], None]):
         self.sock = sock
@@ -119,7 +120,7 @@ class ClientSocket:
     # -- replies ------------------------------------------------------------------
     def send(self, ident: bytes, frames: list[bytes]) -> None:
         """Queue a message for a client; never blocks."""
-        if ident in self._reload:
+        if ident in self._reload and not self._tell_reload(ident):
             return  # it will ask again for all it missed
         backlog = self._backlogs.get(ident)
         if backlog is None:
@@ -188,17 +189,20 @@ class ClientSocket:
         self.on_lost(ident)
         self._tell_reload(ident)
 
-    def _tell_reload(self, ident: bytes) -> None:
+    def _tell_reload(self, ident: bytes) -> bool:
+        """Whether the client was told (or is gone); else it is tried again next pass."""
         msg = protocol.encode(protocol.Error(
             message="the endpoint dropped messages for this client while it was not reading; reload",
             code="reload"))
         try:
             self.sock.send_multipart([ident, *msg], zmq.NOBLOCK)
         except zmq.Again:
-            return  # still full: next pass
+            return False
         except zmq.ZMQError:
-            pass  # gone
+            self._reload.discard(ident)  # gone: nothing to tell
+            return False
         self._reload.discard(ident)
+        return True
 
 
 def _user(frame: zmq.Frame) -> str:

@@ -52,7 +52,7 @@ class Server:
         self.zctx = zmq.Context()
         self.sock = self.zctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
-        self.clients = ClientSocket(self.sock, config, self._forget)
+        self.clients = ClientSocket(self.sock, config, self._unwatch)
         self._bind_ipc()
         self.keys = endpoint_keys(epdir.path)
         self.auth = ThreadAuthenticator(self.zctx, log=log.getChild("zap"))  # one per context
@@ -266,9 +266,12 @@ class Server:
             return
         self.clients.send(ident, frames)
 
-    def _forget(self, ident: bytes) -> None:
+    def _unwatch(self, ident: bytes) -> None:
         for group in self.watchers.values():
             group.discard(ident)
+
+    def _forget(self, ident: bytes) -> None:
+        self._unwatch(ident)
         if self.tcp is not None:
             self.tcp.forget(ident)
 
