@@ -71,8 +71,8 @@ def test_a_revoked_client_that_only_waits_is_told(endpoint, tmp_path):
     cli("authorize", "rev", public)
     before = counts("rev").get("succeeded", 0)
     ex = Executor(endpoint=address, server_key=info["public_key"], client_key=secret)
+    futures = [ex.submit(nap, 6) for _ in range(2)]
     try:
-        futures = [ex.submit(nap, 6) for _ in range(2)]
         wait_for(lambda: all(f.running() for f in futures), 60, "both invocations running")
         cli("revoke", "rev", public)
         revoked = time.monotonic()
@@ -84,6 +84,8 @@ def test_a_revoked_client_that_only_waits_is_told(endpoint, tmp_path):
         with pytest.raises(NotAuthorised):
             ex.submit(nap, 0)
     finally:
+        for fut in futures:
+            fut.interrupt()  # a message from a revoked key is refused: a failed check cannot hang here
         ex.shutdown(cancel_futures=True)
     healthy("rev")  # while the revoked client's work still runs
     wait_for(lambda: counts("rev").get("succeeded", 0) == before + 2 + 10, 60, "the revoked client's work recorded")
