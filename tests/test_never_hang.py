@@ -33,6 +33,11 @@ def double(ctx, x):
 
 
 @ctx_function(model=dict)
+def length(ctx, blob):
+    return len(blob)
+
+
+@ctx_function(model=dict)
 def nap(ctx, seconds):
     time.sleep(seconds)
     return seconds
@@ -171,8 +176,9 @@ def test_junk_on_the_ipc_socket_does_not_starve_a_good_client(endpoint):
 
 def test_a_message_over_the_whole_message_cap_is_refused_without_being_held(endpoint):
     """25 frames of 4 MiB, each under the per-frame limit, 100 MiB in all: refused
-    (PayloadTooLarge naming its invocations) within 10 s, nothing recorded, the
-    daemon's memory back near where it was."""
+    (too_large, naming its invocations) within 10 s, nothing recorded, the
+    daemon's memory back near where it was. Clients split their submissions
+    to fit the cap."""
     ep = endpoint("big", local_config(workers=1, extra=(
         f"max_payload_bytes: {4 * MiB}\nclients:\n  max_message_bytes: 8MiB\n")))
     healthy("big")
@@ -217,9 +223,13 @@ def test_a_message_over_the_whole_message_cap_is_refused_without_being_held(endp
     assert after - base < 40 * MiB
     assert max(peak) - base < 150 * MiB  # what ZeroMQ itself holds, once: no copies
     assert counts("big") == before
-    with Executor(endpoint="big") as ex:  # the client refuses it itself
-        with pytest.raises(PayloadTooLarge):
+    with Executor(endpoint="big") as ex:
+        with pytest.raises(PayloadTooLarge):  # one payload over max_payload_bytes: the client refuses it
             ex.submit(double, b"x" * (5 * MiB))
+        fn, fid, body = ex._function(length)
+        chunks = ex._chunks([(fn, fid, body, None, b"\0" * (3 * MiB)) for _ in range(5)])
+        assert len(chunks) > 1 and all(len(chunk) * 3 * MiB + len(body) < 8 * MiB for chunk in chunks)
+        assert list(ex.map(length, [b"\0" * (3 * MiB)] * 5, timeout=60)) == [3 * MiB] * 5
     healthy("big")
 
 
