@@ -2,7 +2,9 @@
 socket and the dispatcher.
 
 Clients talk to a ZeroMQ ROUTER socket (``ipc://`` in the endpoint folder,
-mode 0600, plus the config's CURVE-encrypted ``tcp://`` listeners). A
+mode 0600, plus the config's CURVE-encrypted ``tcp://`` listeners), read and
+written through :mod:`faas.endpoint.clients` (bounded intake, size caps,
+per-client send buffers). A
 submission is recorded in the store before it is acknowledged and dispatched;
 a result is recorded before it is pushed to the clients that watch its task
 group. Worker loops talk to a second, CurveZMQ-protected socket
