@@ -113,6 +113,7 @@ class Cancel(_Message):
 class Pong(_Message):
     type: Literal["pong"] = "pong"
     max_payload_bytes: int | None = None
+    max_message_bytes: int | None = None  # a larger message is refused: the client splits its submissions
 
 
 class Ack(_Message):
@@ -157,7 +158,9 @@ class Error(_Message):
     type: Literal["error"] = "error"
     message: Text
     ids: list[Id] = []  # the invocations it concerns; none: the whole request
-    # "not_authorised": the client's key was revoked; "store_unavailable": the store could not record it
+    # "not_authorised": the client's key was revoked; "store_unavailable": the store could not record it;
+    # "reload": messages for this client were dropped (it fell behind), so it asks again (watch its
+    # groups, resend what was not acknowledged); "too_large": the message was over max_message_bytes
     code: str | None = None
 
 
@@ -201,6 +204,7 @@ class Progress(_Message):
     outcomes: list[OutcomeInfo] = []
     inits: list[InitInfo] = []
     contexts: dict[str, dict[str, Any]] | None = None  # the warm pool's statistics, when they changed
+    dropped_functions: list[Id] = []  # bodies the loop evicted: the endpoint sends them again when needed
 
     def frame_count(self) -> int:
         return len(self.outcomes)
@@ -220,6 +224,7 @@ class WorkerSettings(BaseModel):
     timeout: float | None = None  # default per-invocation timeout (a function's own wins)
     timeout_grace: float = 10.0  # after an interrupt is ignored this long, the worker process is replaced
     max_result_bytes: int | None = None  # a larger result fails its invocation (PayloadTooLarge)
+    function_cache_bytes: int | None = None  # function bodies kept by the loop (least recently used go)
 
 
 class Batch(_Message):

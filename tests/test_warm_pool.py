@@ -101,3 +101,31 @@ def test_failing_loader_is_not_cached():
         pool.call(spec, lambda ctx: ctx, (), {})
     assert pool.call(spec, lambda ctx: ctx, (), {}) == "ok"
     assert [e.error is not None for e in pool.drain_events()] == [True, False]
+
+
+def test_function_bodies_count_in_the_memory_budget_and_are_evicted_by_bytes():
+    """A runner keeps bodies within its byte cap (never those queued work needs),
+    reports the evicted ones, and the bodies it holds count in the pool's budget."""
+    import cloudpickle
+
+    from faas.function import CtxFunction
+    from faas.warm_pool.runner import Runner
+
+    pool = WarmPool(memory_budget=120 * MB)
+    runner = Runner(pool, function_cache_bytes=45 * MB)
+    bodies = {f"f{i}": cloudpickle.dumps(CtxFunction.plain(lambda blob=b"\0" * (20 * MB): len(blob)))
+              for i in range(3)}
+    runner.add_bodies({"f0": bodies["f0"]})
+    assert runner.function("f0").fn() == 20 * MB
+    runner.add_bodies({"f1": bodies["f1"]})
+    runner.add_bodies({"f2": bodies["f2"]}, keep={"f0"})  # queued work needs f0: f1 goes
+    assert runner.take_dropped() == ["f1"] and runner.take_dropped() == []
+    with pytest.raises(KeyError):
+        runner.function("f1")
+    assert runner.function("f0").fn() == 20 * MB
+    assert pool.held_elsewhere == runner.bodies.nbytes > 40 * MB
+    a, b = _spec("a"), _spec("b")
+    _use(pool, a)
+    _use(pool, b)  # with the bodies' 40 MB, a and b do not both fit in 120 MB: a goes
+    assert {k for k, v in pool.snapshot().items() if v["loaded"]} == {b.key}
+    assert pool.stats[a.key].evictions == 1

@@ -68,6 +68,7 @@ class Executor(FaasExecutor):
             transport = open_transport(endpoint, **transport_options)
         self._transport = transport
         self._endpoint_limit: int | None = None  # the endpoint's max_payload_bytes, from its pong
+        self._message_limit: int | None = None  # its max_message_bytes: submissions are split to fit
         self._refused: NotAuthorised | None = None
         self._answered: Future = Future()  # the first pong
         self._buffer: list[tuple[CtxFunction, str, bytes, ComputeFuture, bytes]] = []  # fn, id, body, future, args
@@ -140,8 +141,7 @@ class Executor(FaasExecutor):
             cancels, self._cancels = self._cancels, []
         buffered = [b for b in buffered if not b[3].cancelled()]  # cancelled before it left: never sent
         messages = []
-        for start in range(0, len(buffered), self.batch_size):
-            chunk = buffered[start:start + self.batch_size]
+        for chunk in self._chunks(buffered):
             functions, blobs, fresh = [], [], set()
             for fn, fid, body, _, _ in chunk:
                 if fid not in self._sent_fids and fid not in fresh:
@@ -159,6 +159,27 @@ class Executor(FaasExecutor):
         if cancels:
             messages.append(protocol.encode(protocol.Cancel(ids=cancels)))
         return messages
+
+    def _chunks(self, buffered: list) -> list[list]:
+        """At most ``batch_size`` invocations per submit, and within the
+        endpoint's max_message_bytes (estimated: bodies, arguments, headers)."""
+        room = None if self._message_limit is None else self._message_limit - 65536
+        chunks: list[list] = []
+        size, fids = 0, set()
+        for entry in buffered:
+            fn, fid, body, _, args = entry
+            cost = len(args) + 256
+            if fid not in fids and fid not in self._sent_fids:
+                cost += len(body) + len(fn.context_description) + 512
+            if not chunks or len(chunks[-1]) == self.batch_size or room is not None and size + cost > room:
+                chunks.append([])
+                size, fids = 0, set()
+                if fid not in self._sent_fids:
+                    cost = len(args) + 256 + len(body) + len(fn.context_description) + 512
+            chunks[-1].append(entry)
+            size += cost
+            fids.add(fid)
+        return chunks
 
     def _on_connect(self) -> list[list[bytes]]:
         """After a (re)connection: learn the endpoint's limits (ping), watch our
@@ -208,6 +229,7 @@ class Executor(FaasExecutor):
                 self._sent_fids.update(fids)  # only now: a refused submit sends its bodies again
         elif isinstance(msg, protocol.Pong):
             self._endpoint_limit = msg.max_payload_bytes
+            self._message_limit = msg.max_message_bytes
             if not self._answered.done():
                 self._answered.set_result(None)
         elif isinstance(msg, protocol.Tasks):
@@ -250,8 +272,13 @@ class Executor(FaasExecutor):
         if msg.code == "not_authorised":
             self._refuse(self._transport.refused("the key is no longer authorised"))
             return
-        # store_unavailable: the endpoint's store could not record the request or the outcome
-        exc = StoreUnavailable(msg.message) if msg.code == "store_unavailable" else EndpointError(msg.message)
+        if msg.code == "reload":  # it dropped replies while this client was not reading: ask again
+            log.warning("the endpoint dropped replies to this client; reloading")
+            for message in self._on_connect():
+                self._conn.send(message)
+            return
+        exc = {"store_unavailable": StoreUnavailable,  # the store could not record the request or the outcome
+               "too_large": PayloadTooLarge}.get(msg.code, EndpointError)(msg.message)
         if not msg.ids:
             if not self._answered.done():
                 self._answered.set_exception(exc)

@@ -126,19 +126,23 @@ class TcpListeners:
                 raise EndpointError(f"cannot listen on {address}: {e}") from None
             self.addresses.append(sock.last_endpoint.decode())  # the real port for :0
 
-    def refused_key(self, ident: bytes, first_frame: zmq.Frame) -> str | None:
-        """The client key of a message from a peer no longer authorised; None
-        for authorised and for ``ipc://`` peers (they carry no key)."""
-        try:
-            key = first_frame.get("User-Id")
-        except zmq.ZMQError:
-            return None  # no ZAP user: an ipc peer
+    def refused_key(self, ident: bytes, key: str | None) -> str | None:
+        """The client ``key`` (the message's ZAP user) when it is no longer
+        authorised; None for authorised and for ``ipc://`` peers (no key)."""
+        if key is None:
+            return None
         self._peer_keys[ident] = key
         return None if self.clients.allows(key) else key
 
-    def may_receive(self, ident: bytes) -> bool:
+    def revoked_key(self, ident: bytes) -> str | None:
+        """The key of a known peer that is no longer authorised."""
         key = self._peer_keys.get(ident)
-        return key is None or self.clients.allows(key)
+        return None if key is None or self.clients.allows(key) else key
+
+    def revoked(self) -> list[tuple[bytes, str]]:
+        """(identity, key) of every known peer whose key was revoked."""
+        allowed = self.clients.keys()
+        return [(ident, key) for ident, key in self._peer_keys.items() if key not in allowed]
 
     def forget(self, ident: bytes) -> None:
         self._peer_keys.pop(ident, None)

@@ -232,6 +232,9 @@ class WarmPoolConfig(_Strict):
     memory_budget: ByteSize | None = None
     # imported by each worker as it starts (faas.warm_pool.prewarm); None: torch and transformers on GPU workers
     prewarm: list[str] | None = None
+    # function bodies kept, least recently used go first: by the daemon (reloaded from the store when
+    # needed) and by each worker (counted in its memory_budget; sent again when needed)
+    function_cache_bytes: ByteSize = Field(ByteSize(256 * 2**20), ge=2**20)
 
     @field_validator("prewarm")
     @classmethod
@@ -251,6 +254,19 @@ class StoreConfig(_Strict):
     retry_for: float = Field(60.0, gt=0)
 
 
+class ClientsConfig(_Strict):
+    """Limits that keep one client from hurting the others or the daemon."""
+
+    # a whole message from a client (all frames); None: 4 x max_payload_bytes + 1 MiB
+    max_message_bytes: ByteSize | None = None
+    send_hwm: int = Field(1000, ge=1)  # messages ZeroMQ queues for each client
+    # beyond that, per client: over either, or not moving for stall_timeout seconds, the client's
+    # pending messages are dropped and it is told to reload (it asks again for what it misses)
+    buffer_bytes: ByteSize = Field(ByteSize(64 * 2**20), ge=0)
+    buffer_messages: int = Field(10_000, ge=0)
+    stall_timeout: float = Field(300.0, gt=0)
+
+
 _TCP_ADDRESS = re.compile(r"^tcp://(\*|\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\*|[0-9]{1,5})$")
 
 
@@ -260,9 +276,10 @@ class EndpointConfig(_Strict):
     dispatch: DispatchConfig = Field(default_factory=DispatchConfig)
     warm_pool: WarmPoolConfig = Field(default_factory=WarmPoolConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
+    clients: ClientsConfig = Field(default_factory=ClientsConfig)
     max_payload_bytes: int = Field(64 * 2**20, ge=1024)
 
-    @field_validator("engine", "dispatch", "warm_pool", "store", mode="before")
+    @field_validator("engine", "dispatch", "warm_pool", "store", "clients", mode="before")
     @classmethod
     def _none_is_default(cls, v):
         return {} if v is None else v
@@ -275,6 +292,12 @@ class EndpointConfig(_Strict):
             if not match or match[2] != "*" and int(match[2]) > 65535:
                 raise ValueError(f"{address!r} is not tcp://HOST:PORT (the ipc:// socket is always there)")
         return addresses
+
+    def max_message_bytes(self) -> int:
+        """The cap on a whole client message: by default room for a function body and
+        its arguments at max_payload_bytes each, twice over, plus headers."""
+        cap = self.clients.max_message_bytes
+        return int(cap) if cap is not None else 4 * self.max_payload_bytes + 2**20
 
 
 def load_config(path: Path) -> EndpointConfig:

@@ -100,7 +100,9 @@ def run(epdir: EndpointDir) -> None:
         log.info("endpoint %s stopping", epdir.name)
         if server is not None:
             server.close()
-        engine.shutdown()
+        engine.shutdown()  # its callbacks may still wake the server: the pipe closes after it
+        if server is not None:
+            server.close_wake()
         store.close()
         epdir.pidfile.unlink(missing_ok=True)
         log.info("endpoint %s stopped", epdir.name)

@@ -36,6 +36,7 @@ from faas.endpoint.config import EndpointConfig
 from faas.endpoint.policy import Step
 from faas.endpoint.storeguard import StoreDown, StoreGuard
 from faas.endpoint.workers import LoopBatch, WorkerLoop
+from faas.lru import ByteLRU
 from faas.protocol import Kind
 from faas.store import Outcome, State, Store
 
@@ -120,18 +121,19 @@ class Dispatcher:
         self.started: list[Item] = []  # invocations that started since the last call of take_started
         self._pending = _Pending()
         self._batch_ids = itertools.count(1)
-        self._bodies: dict[str, bytes] = {}
+        self._bodies = ByteLRU(int(config.warm_pool.function_cache_bytes))  # the store has them all
         budget = config.warm_pool.memory_budget
         self._settings = protocol.WorkerSettings(
             idle_timeout=config.warm_pool.idle_timeout,
             memory_budget=int(budget) if budget is not None else None,
             timeout=config.dispatch.invocation_timeout, timeout_grace=config.dispatch.timeout_grace,
             # a larger result fails its own invocation on the worker, not its batch's record here
-            max_result_bytes=min(config.max_payload_bytes, store.max_value_bytes - ROW_SLACK))
+            max_result_bytes=min(config.max_payload_bytes, store.max_value_bytes - ROW_SLACK),
+            function_cache_bytes=int(config.warm_pool.function_cache_bytes))
 
     # -- intake -------------------------------------------------------------
     def register_function(self, fid: str, body: bytes, info: protocol.FunctionInfo) -> None:
-        self._bodies[fid] = body
+        self._bodies.put(fid, body)
         self.functions[fid] = FunctionMeta(info.retries, info.batch_size)
 
     def submit(self, items: Iterable[Item]) -> None:
@@ -257,6 +259,7 @@ class Dispatcher:
         if msg.contexts is not None:
             loop.contexts = msg.contexts
         worker = loop.name
+        loop.sent_functions.difference_update(msg.dropped_functions)  # before outcomes: returned ones need them
         for inv_id in msg.started:
             it = self.items.get(inv_id)
             if it is not None and it.loop == token:
@@ -447,10 +450,13 @@ class Dispatcher:
         queue = self.queues[key]
         items = list(itertools.islice(queue, size))
         fids = sorted({it.function_id for it in items} - loop.sent_functions)
-        missing = [f for f in fids if f not in self._bodies]
+        bodies = {f: self._bodies.get(f) for f in fids}
+        missing = [f for f, body in bodies.items() if body is None]
         # the store first: when it fails (StoreDown), nothing here has changed yet
         if missing:
-            self._bodies.update(self.guard.call(self.store.function_bodies, missing))
+            for f, body in self.guard.call(self.store.function_bodies, missing).items():
+                bodies[f] = body
+                self._bodies.put(f, body)
         self.guard.call(self.store.mark_dispatched, [it.id for it in items])
         for _ in items:
             queue.popleft()
@@ -464,7 +470,7 @@ class Dispatcher:
         loop.batches[batch.id] = batch
         msg = protocol.Batch(batch=batch.id, functions=fids, items=[(it.id, it.function_id) for it in items],
                              settings=self._settings)
-        self.outbox.append((loop.token, protocol.encode(msg, [*(self._bodies[f] for f in fids),
+        self.outbox.append((loop.token, protocol.encode(msg, [*(bodies[f] for f in fids),
                                                               *(it.args for it in items)])))
 
     def _retire_idle(self) -> None:

@@ -2,7 +2,9 @@
 socket and the dispatcher.
 
 Clients talk to a ZeroMQ ROUTER socket (``ipc://`` in the endpoint folder,
-mode 0600, plus the config's CURVE-encrypted ``tcp://`` listeners). A
+mode 0600, plus the config's CURVE-encrypted ``tcp://`` listeners), read and
+written through :mod:`faas.endpoint.clients` (bounded intake, size caps,
+per-client send buffers). A
 submission is recorded in the store before it is acknowledged and dispatched;
 a result is recorded before it is pushed to the clients that watch its task
 group. Worker loops talk to a second, CurveZMQ-protected socket
@@ -26,6 +28,7 @@ from zmq.auth.thread import ThreadAuthenticator
 from faas import protocol
 from faas.endpoint import storeguard
 from faas.endpoint.access import TcpListeners, endpoint_keys
+from faas.endpoint.clients import ClientSocket, Message
 from faas.endpoint.config import EndpointConfig
 from faas.endpoint.dispatcher import Dispatcher, Final, Item
 from faas.endpoint.storeguard import DeferredRequests, StoreDown, StoreGuard
@@ -36,7 +39,8 @@ from faas.store import State, Store
 
 log = logging.getLogger(__name__)
 MONITOR_PERIOD = 1.0
-PER_PASS = 1000  # messages read from each socket per pass of the loop
+PER_PASS = 1000  # messages read from the worker socket per pass of the loop
+VET_PERIOD = 1.0  # how often tcp clients' keys are checked against authorized_clients
 PURGE_PERIOD = 600.0
 WAITS_FOR_STORE = {"submit", "watch", "cancel"}  # requests that queue behind one waiting for the store
 
@@ -52,10 +56,8 @@ class Server:
         self.exit_with = exit_with
         self.zctx = zmq.Context()
         self.sock = self.zctx.socket(zmq.ROUTER)
-        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self.sock.setsockopt(zmq.SNDHWM, 100_000)
-        self.sock.setsockopt(zmq.MAXMSGSIZE, 2 * config.max_payload_bytes + 2**20)
         self.sock.setsockopt(zmq.LINGER, 0)
+        self.clients = ClientSocket(self.sock, config, self._unwatch)
         self._bind_ipc()
         self.keys = endpoint_keys(epdir.path)
         self.auth = ThreadAuthenticator(self.zctx, log=log.getChild("zap"))  # one per context
@@ -66,6 +68,8 @@ class Server:
         self._ended: queue.SimpleQueue[tuple[str, Future]] = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
+        self._wake_lock = threading.Lock()  # Parsl's callbacks may wake the loop while it closes
+        self._wake_open = True
         self._stop = threading.Event()
         self.managers: list[dict[str, Any]] = []
         self.link = WorkerLink(self.zctx, self.auth, config.engine.worker_address())
@@ -88,10 +92,13 @@ class Server:
         self.wake()
 
     def wake(self) -> None:
-        try:
-            os.write(self._wake_w, b"x")
-        except BlockingIOError:  # pipe full: the loop is awake anyway
-            pass
+        with self._wake_lock:
+            if not self._wake_open:
+                return  # closed: nothing is left to wake (and its fd number may be reused)
+            try:
+                os.write(self._wake_w, b"x")
+            except BlockingIOError:  # pipe full: the loop is awake anyway
+                pass
 
     def stop(self) -> None:
         self._stop.set()
@@ -140,7 +147,7 @@ class Server:
         poller.register(self._wake_r, zmq.POLLIN)
         log.info("endpoint %s listening on %s (workers: %s)", self.epdir.name, ", ".join(self.addresses()),
                  ", ".join(self.link.addresses))
-        next_heartbeat = 0.0
+        next_heartbeat = next_vet = 0.0
         while not self._stop.is_set():
             events = dict(poller.poll(1000))
             if self._wake_r in events:
@@ -153,6 +160,10 @@ class Server:
             if time.monotonic() >= next_heartbeat:
                 next_heartbeat = time.monotonic() + self.cfg.engine.heartbeat_period
                 self.dispatcher.heartbeat()
+            if self.tcp is not None and time.monotonic() >= next_vet:
+                next_vet = time.monotonic() + VET_PERIOD
+                for ident, key in self.tcp.revoked():  # told now, even if they only wait
+                    self._refuse(ident, key)
             self._record_and_push()  # before dispatch: requeued work is recorded as pending first
             try:
                 self.dispatcher.pump()
@@ -160,6 +171,7 @@ class Server:
                 pass
             self._record_and_push()
             self._send_to_workers()
+            self.clients.flush()
 
     def _read_workers(self) -> None:
         for _ in range(PER_PASS):  # bounded, so neither socket is starved
@@ -170,16 +182,21 @@ class Server:
             self._handle_worker(frames[0], frames[1:])
 
     def _read_clients(self) -> None:
-        for _ in range(PER_PASS):
-            try:
-                frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            ident = frames[0].bytes
-            if self.tcp is not None and (key := self.tcp.refused_key(ident, frames[-1])):
-                self._refuse(ident, key)
-                continue
-            self._handle(ident, [f.bytes for f in frames[1:]])
+        for msg in self.clients.read():
+            if self.tcp is not None and (key := self.tcp.refused_key(msg.ident, msg.user)):
+                self._refuse(msg.ident, key)
+            elif msg.too_big:
+                self._too_big(msg)
+            else:
+                self._handle(msg.ident, msg.frames)
+
+    def _too_big(self, msg: Message) -> None:
+        cap = self.clients.max_message
+        self.clients.bad.warning("refused a %d-byte message from a client: over max_message_bytes (%d)",
+                                 msg.too_big, cap)
+        self._send(msg.ident, protocol.encode(protocol.Error(
+            message=f"message of {msg.too_big} bytes exceeds the endpoint's max_message_bytes ({cap})",
+            ids=_invocation_ids(msg.frames), code="too_large")))
 
     def _probe_store(self) -> None:
         """While the store is failing with nothing waiting to be written, a write
@@ -211,15 +228,23 @@ class Server:
                 self.dispatcher.lose(token, "its worker loop is unreachable")
 
     def close(self) -> None:
+        """Retire the loops and close the sockets. The wake pipe stays open
+        until :meth:`close_wake`: the engine's callbacks still use it while it
+        shuts down."""
         for token in list(self.dispatcher.loops):
             self.link.send(token, protocol.encode(protocol.Retire()))
         self.link.close()
         self.sock.close(0)
         self.auth.stop()
         self.zctx.term()
-        os.close(self._wake_r)
-        os.close(self._wake_w)
         self.epdir.socket.unlink(missing_ok=True)
+
+    def close_wake(self) -> None:
+        """After the engine's shutdown; a late wake() is then a no-op."""
+        with self._wake_lock:
+            self._wake_open = False
+            os.close(self._wake_r)
+            os.close(self._wake_w)
 
     def _drain_ended(self) -> None:
         while True:
@@ -257,7 +282,7 @@ class Server:
         except StoreDown:
             self.deferred.add(ident, msg, body)
         except ProtocolError as e:
-            log.warning("bad message from client: %s", e)
+            self.clients.bad.warning("bad message from a client: %s", e)
             self._send(ident, protocol.encode(protocol.Error(message=str(e), ids=_invocation_ids(frames))))
         except Exception as e:
             log.exception("request failed")
@@ -297,36 +322,32 @@ class Server:
                 message=f"{why}; the endpoint keeps it and records it once the store is back "
                         f"(Executor.reload_tasks then finds it)", ids=ids, code=storeguard.CODE)))
 
-    def _send(self, ident: bytes, frames: list[bytes]) -> bool:
-        if self.tcp is not None and not self.tcp.may_receive(ident):  # revoked while connected
-            self._forget(ident)
-            return False
-        try:
-            self.sock.send_multipart([ident, *frames], zmq.NOBLOCK)
-            return True
-        except zmq.ZMQError:  # client gone (ROUTER_MANDATORY) or hopelessly behind
-            self._forget(ident)
-            return False
+    def _send(self, ident: bytes, frames: list[bytes]) -> None:
+        if self.tcp is not None and (key := self.tcp.revoked_key(ident)):  # revoked while connected
+            self._refuse(ident, key)
+            return
+        self.clients.send(ident, frames)
 
-    def _forget(self, ident: bytes) -> None:
+    def _unwatch(self, ident: bytes) -> None:
         for group in self.watchers.values():
             group.discard(ident)
+
+    def _forget(self, ident: bytes) -> None:
+        self._unwatch(ident)
         if self.tcp is not None:
             self.tcp.forget(ident)
 
     def _refuse(self, ident: bytes, key: str) -> None:
         """A tcp client whose key was revoked while it was connected."""
-        log.warning("refused a message from client key %s: it is no longer authorised", key)
+        log.warning("refused client key %s: it is no longer authorised", key)
         self._forget(ident)
-        try:
-            self.sock.send_multipart([ident, *protocol.encode(protocol.Error(
-                message=f"client key {key} is not authorised on this endpoint", code="not_authorised"))],
-                zmq.NOBLOCK)
-        except zmq.ZMQError:
-            pass
+        self.clients.drop(ident)
+        self.clients.send_now(ident, protocol.encode(protocol.Error(
+            message=f"client key {key} is not authorised on this endpoint", code="not_authorised")))
 
     def _on_ping(self, ident: bytes, msg: protocol.Ping, body: list[bytes]) -> None:
-        self._send(ident, protocol.encode(protocol.Pong(max_payload_bytes=self.cfg.max_payload_bytes)))
+        self._send(ident, protocol.encode(protocol.Pong(max_payload_bytes=self.cfg.max_payload_bytes,
+                                                               max_message_bytes=self.clients.max_message)))
 
     def _on_status(self, ident: bytes, msg: protocol.StatusRequest, body: list[bytes]) -> None:
         self._send(ident, protocol.encode(protocol.StatusReply(status=self.status())))
@@ -405,6 +426,7 @@ class Server:
             "worker_server_key": self.link.server_public.decode(),
             "backlog": self.dispatcher.backlog(),
             "batches_in_flight": self.dispatcher.in_flight(),
+            "clients": self.clients.pending(),
             "worker_contexts": {lp.name: lp.contexts for lp in self.dispatcher.loops.values() if lp.ready},
             "worker_prewarm": {lp.name: lp.prewarm for lp in self.dispatcher.loops.values() if lp.ready},
             "store_failing": self.guard.status(),  # None while the store takes writes

@@ -161,6 +161,8 @@ class WorkerLoop:
             try:
                 fn = self.runner.function(first.function_id)
                 break
+            except KeyError:  # its body was evicted as it came: handed back, the endpoint sends it again
+                self._report("outcomes", [_bare(first.id, Kind.RETURNED)])
             except BaseException as e:  # noqa: BLE001 - e.g. a module the function needs is missing here
                 self._report("outcomes", [self.runner.failed(first, e, time.time())])
         items = [first]
@@ -267,10 +269,13 @@ class WorkerLoop:
         pool = self.runner.pool
         pool.idle_timeout, pool.memory_budget = msg.settings.idle_timeout, msg.settings.memory_budget
         self.runner.max_result_bytes = msg.settings.max_result_bytes
-        self.runner.add_bodies(dict(zip(msg.functions, body)))
+        if msg.settings.function_cache_bytes is not None:
+            self.runner.bodies.max_bytes = msg.settings.function_cache_bytes
         items = [WorkItem(inv_id, fid, args)
                  for (inv_id, fid), args in zip(msg.items, body[len(msg.functions):])]
         with self.cond:
+            needed = {it.function_id for it in [*self.queue, *items]}
+            self.runner.add_bodies(dict(zip(msg.functions, body)), keep=needed)
             self.queue.extend(items)
             self.cond.notify()
 
@@ -345,11 +350,14 @@ class WorkerLoop:
             except queue.Empty:
                 break
             (started if kind == "started" else outcomes).extend(value)
-        if not started and not outcomes:
+        with self.cond:
+            dropped = self.runner.take_dropped()
+        if not started and not outcomes and not dropped:
             return
         inits = self.runner.inits() if outcomes else []
         msg = protocol.Progress(started=started, outcomes=[info for info, _ in outcomes], inits=inits,
-                                contexts=self.runner.pool.snapshot() if outcomes else None)
+                                contexts=self.runner.pool.snapshot() if outcomes else None,
+                                dropped_functions=dropped)
         try:
             self.sock.send_multipart(protocol.encode(msg, [payload for _, payload in outcomes]), zmq.NOBLOCK)
         except zmq.ZMQError as e:

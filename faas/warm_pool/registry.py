@@ -7,8 +7,9 @@ idle timeout. Initialisation is serialised per context so that threads of one
 process never load the same model twice.
 
 Contexts share a memory budget: the GPU's memory when torch sees one, else a
-configured RAM budget. Each context's footprint is measured when it loads (GPU
-memory allocated, or resident memory gained); before a context with a known
+configured RAM budget, which the worker's function bodies count in too. Each
+context's footprint is measured when it loads (GPU memory allocated, or
+resident memory gained); before a context with a known
 footprint loads, and after any load, the least recently used idle contexts are
 evicted until the others fit.
 """
@@ -69,6 +70,7 @@ class WarmPool:
     def __init__(self, idle_timeout: float | None = None, memory_budget: int | None = None):
         self.idle_timeout = idle_timeout
         self.memory_budget = memory_budget
+        self.held_elsewhere = 0  # bytes of this process's own state under the same budget (function bodies)
         self.stats: dict[str, ContextStats] = {}
         self._entries: dict[str, _Entry] = {}
         self._lock = threading.Lock()
@@ -151,7 +153,7 @@ class WarmPool:
         with self._lock:
             while True:
                 loaded = {k: e for k, e in self._entries.items() if e.loaded and k != keep}
-                used = need + sum(self.stats[k].footprint for k in loaded)
+                used = need + self.held_elsewhere + sum(self.stats[k].footprint for k in loaded)
                 if keep in self._entries and self._entries[keep].loaded:
                     used += self.stats[keep].footprint
                 idle = [k for k, e in loaded.items() if e.busy == 0]

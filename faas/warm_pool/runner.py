@@ -16,8 +16,7 @@ import os
 import socket
 import time
 import traceback
-from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,10 +31,11 @@ from faas.errors import (
     RemoteError,
     SerializationError,
 )
+from faas.lru import ByteLRU
 from faas.protocol import InitInfo, Kind, OutcomeInfo
 from faas.warm_pool.registry import WarmPool, process_pool
 
-MAX_FUNCTIONS = 256  # unpickled function bodies kept per worker process (least recently used go)
+FUNCTION_CACHE_BYTES = 256 * 2**20  # function bodies kept (least recently used go), unless the endpoint says
 Result = tuple[OutcomeInfo, bytes]
 
 
@@ -48,27 +48,45 @@ class WorkItem:
 
 
 class Runner:
-    """Function bodies by id and the process's warm pool; one per worker process."""
+    """Function bodies by id and the process's warm pool; one per worker process.
 
-    def __init__(self, pool: WarmPool | None = None, max_result_bytes: int | None = None):
+    Bodies are kept within a byte budget, least recently used go first (with
+    their unpickled functions), and what they hold counts in the warm pool's
+    memory budget; the evicted ones are reported (:meth:`take_dropped`) so
+    that the endpoint sends them again when needed."""
+
+    def __init__(self, pool: WarmPool | None = None, max_result_bytes: int | None = None,
+                 function_cache_bytes: int = FUNCTION_CACHE_BYTES):
         self.pool = pool or process_pool()
         self.max_result_bytes = max_result_bytes
-        self.bodies: dict[str, bytes] = {}  # as received; unpickled on first use
-        self._functions: OrderedDict[str, Any] = OrderedDict()
+        self.bodies = ByteLRU(function_cache_bytes)  # as received; unpickled on first use
+        self._functions: dict[str, Any] = {}
+        self._dropped: list[str] = []
         self._failed_inits: dict[str, tuple[float, str]] = {}  # context key -> (when, loader's traceback)
 
-    def add_bodies(self, bodies: dict[str, bytes]) -> None:
-        self.bodies.update(bodies)
+    def add_bodies(self, bodies: dict[str, bytes], keep: Iterable[str] = ()) -> None:
+        """``keep``: functions that queued work still needs (never evicted)."""
+        keep = {*keep, *bodies}
+        for fid, body in bodies.items():
+            for gone in self.bodies.put(fid, body, keep):
+                self._functions.pop(gone, None)
+                self._dropped.append(gone)
+        self.pool.held_elsewhere = self.bodies.nbytes
+
+    def take_dropped(self) -> list[str]:
+        dropped, self._dropped = self._dropped, []
+        return dropped
 
     def function(self, fid: str) -> Any:
+        """The unpickled function; KeyError when its body is not here (evicted)."""
         fn = self._functions.get(fid)
+        body = self.bodies.get(fid)  # marks it recently used
         if fn is None:
-            fn = cloudpickle.loads(self.bodies[fid])
+            if body is None:
+                raise KeyError(fid)
+            fn = cloudpickle.loads(body)
             _restore_source(fn)
             self._functions[fid] = fn
-            while len(self._functions) > MAX_FUNCTIONS:
-                self._functions.popitem(last=False)
-        self._functions.move_to_end(fid)
         return fn
 
     def run(self, fn: Any, items: list[WorkItem]) -> list[Result]:
@@ -199,7 +217,7 @@ def run_batch(functions: dict[str, bytes], items: list[tuple[str, str, bytes]],
     identity, one ``(OutcomeInfo, payload)`` per item and the context inits."""
     runner = _process_runner()
     runner.pool.idle_timeout, runner.pool.memory_budget = idle_timeout, memory_budget
-    runner.add_bodies(functions)
+    runner.add_bodies(functions, keep=[fid for _, fid, _ in items])
     outcomes = []
     for inv_id, fid, args in items:
         work = WorkItem(inv_id, fid, args)
