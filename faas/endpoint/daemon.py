@@ -9,16 +9,21 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 import zmq
 
 from faas import protocol
-from faas.endpoint.config import ConfigError, EndpointConfig, load_config
+from faas.endpoint.config import ConfigError, EndpointConfig, EngineConfig, load_config
 from faas.errors import EndpointError, StoreUnavailable
 from faas.home import EXIT_WITH_ENV, EndpointDir, read_pid, write_private
 from faas.store import Store, sqlite_url
+
+if TYPE_CHECKING:
+    from faas.endpoint.engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +74,10 @@ def _owner_only_sqlite(db: Path) -> None:
             path.chmod(0o600)
 
 
-def run(epdir: EndpointDir) -> None:
-    """Run the daemon in this process until SIGTERM/SIGINT."""
+def run(epdir: EndpointDir, engine_factory: Callable[[EngineConfig, Path], Engine] | None = None) -> None:
+    """Run the daemon in this process until SIGTERM/SIGINT. ``engine_factory``
+    (config.engine, run folder) -> the engine: Parsl unless a benchmark's
+    simulated fleet stands in for it (not configurable)."""
     from faas.endpoint.engine import ParslEngine
     from faas.endpoint.server import Server
 
@@ -87,7 +94,7 @@ def run(epdir: EndpointDir) -> None:
     _end_leftovers(epdir)
     write_private(epdir.pidfile, f"{os.getpid()}\n")
     store = open_store(epdir, config, create=True)
-    engine = ParslEngine(config.engine, epdir.runinfo)
+    engine = (engine_factory or ParslEngine)(config.engine, epdir.runinfo)
     exit_with = os.environ.pop(EXIT_WITH_ENV, None)
     server = None
     try:

@@ -29,6 +29,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from faas import protocol
 from faas.endpoint import policy
@@ -37,6 +38,9 @@ from faas.endpoint.policy import Step
 from faas.endpoint.workers import LoopBatch, WorkerLoop
 from faas.protocol import Kind
 from faas.store import Outcome, State, Store
+
+if TYPE_CHECKING:
+    from faas.endpoint.engine import Engine
 
 log = logging.getLogger(__name__)
 PREFETCH = 2  # batches a loop holds: one running, one queued behind it
@@ -89,7 +93,7 @@ class _Pending:
 
 
 class Dispatcher:
-    def __init__(self, store: Store, engine, config: EndpointConfig, worker_link,
+    def __init__(self, store: Store, engine: Engine, config: EndpointConfig, worker_link,
                  notify: Callable[[str, Future], None]):
         self.store = store
         self.engine = engine

@@ -18,7 +18,7 @@ import queue
 import threading
 import time
 from concurrent.futures import Future
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
@@ -32,6 +32,9 @@ from faas.errors import ProtocolError, StoreUnavailable
 from faas.home import EndpointDir
 from faas.store import State, Store
 
+if TYPE_CHECKING:
+    from faas.endpoint.engine import Engine
+
 log = logging.getLogger(__name__)
 MONITOR_PERIOD = 1.0
 PER_PASS = 1000  # messages read from each socket per pass of the loop
@@ -39,7 +42,7 @@ PURGE_PERIOD = 600.0
 
 
 class Server:
-    def __init__(self, epdir: EndpointDir, config: EndpointConfig, store: Store, engine,
+    def __init__(self, epdir: EndpointDir, config: EndpointConfig, store: Store, engine: Engine,
                  exit_with: int | None = None):
         self.epdir = epdir
         self.cfg = config
