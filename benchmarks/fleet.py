@@ -55,6 +55,7 @@ from faas.protocol import Kind, OutcomeInfo
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+STALL_SECONDS = 30.0  # a run where no invocation ends for this long has hung: it fails, saying where
 MAX_LOAD_SECONDS = 600.0  # a model load slower than this is cut (the lognormal's tail)
 
 
@@ -285,6 +286,7 @@ class Slot:
     speed: float
     end: str
     loaded: str | None = None  # the context its GPU holds (one at a time)
+    ready_at: float = 0.0  # monotonic: when its load ends (reported loaded from then on, as the warm pool does)
     worker: SimWorker | None = None
     gone: bool = False
     spawned: bool = False  # a loop ran on it
@@ -332,7 +334,9 @@ class Fleet:
         self.models = {m.key: m for m in MODELS}
         self.executed: collections.Counter[str] = collections.Counter()  # OK outcomes reported, per invocation
         self.loads = 0
+        self.revoked = 0  # invocations the daemon took back (reclaim) or cancelled
         self.batches = 0
+        self.late: list[float] = []  # how late each invocation's end was handled: the simulator's own lag
         self.lost_running = 0  # invocations running or queued on a slot when it was preempted
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fleet", daemon=True)
@@ -373,7 +377,9 @@ class Fleet:
                     self._on_message(w, sock.recv_multipart(), touched)
             now = time.monotonic()
             while self.events and self.events[0][0] <= now:
-                _, _, kind, what = heapq.heappop(self.events)
+                due, _, kind, what = heapq.heappop(self.events)
+                if kind == "done":
+                    self.late.append(now - due)
                 getattr(self, f"_{kind}")(what, touched)
             for w in touched.values():
                 self._flush(w)
@@ -423,7 +429,8 @@ class Fleet:
         w.slot.worker = None
 
     def _contexts(self, slot: Slot) -> dict[str, dict]:
-        return {k: {"loaded": k == slot.loaded} for k in self.models}
+        now = time.monotonic()
+        return {k: {"loaded": k == slot.loaded and now >= slot.ready_at} for k in self.models}
 
     # -- the worker protocol ---------------------------------------------------
     def _on_message(self, w: SimWorker, frames: list[bytes], touched) -> None:
@@ -442,6 +449,7 @@ class Fleet:
         elif isinstance(msg, protocol.Revoke):
             wanted = set(msg.ids)
             kind = Kind.CANCELLED if msg.reason == "cancel" else Kind.RETURNED
+            self.revoked += len(wanted)
             kept = collections.deque()
             for item in w.queue:
                 if item[0] in wanted:
@@ -469,7 +477,7 @@ class Fleet:
         if w.slot.loaded != key:
             load = min(MAX_LOAD_SECONDS, model.load * _jitter(f"{w.slot.id}:{self.loads}"))
             self.loads += 1
-            w.slot.loaded = key
+            w.slot.loaded, w.slot.ready_at = key, time.monotonic() + load / self.scale
             w.inits.append(protocol.InitInfo(context_key=key, description=f"fleet-sim/{model.name}",
                                              started_at=time.time(), seconds=load / self.scale))
             seconds += load
@@ -564,7 +572,9 @@ def client(name: str, index: int, count: int, go: str, out: str) -> None:
 
 
 # -- one run ----------------------------------------------------------------------------------
-def config_text(store_url: str | None, heartbeat: tuple[int, int]) -> str:
+def config_text(store_url: str | None, heartbeat: tuple[int, int], scale: float) -> str:
+    """The endpoint's config: its time settings are the paper's divided by ``scale``
+    (the default 10 s of work per batch), except the heartbeat, given scaled."""
     store = f"store:\n  url: {json.dumps(store_url)}\n" if store_url else ""
     return f"""\
 engine:
@@ -574,13 +584,14 @@ engine:
   max_idletime: 3600
 dispatch:
   max_batch: 64
+  max_batch_seconds: {10.0 / scale}
 {store}"""
 
 
 def run_fleet(trace: dict, invocations: int, clients: int = 3, scale: float = 60.0, store_url: str | None = None,
               heartbeat: tuple[int, int] = (1, 3), log: Callable[[str], None] = print) -> dict:
     """One run of ``invocations`` over ``trace``; returns its figures."""
-    from faas.endpoint.daemon import ping
+    from faas.endpoint.daemon import ping, request
     from faas.home import EndpointDir
 
     with tempfile.TemporaryDirectory(prefix="faas-fleet-") as tmp:
@@ -588,7 +599,7 @@ def run_fleet(trace: dict, invocations: int, clients: int = 3, scale: float = 60
         home, name = tmp / "home", "fleet"
         folder = home / "endpoints" / name
         folder.mkdir(parents=True, mode=0o700)
-        (folder / "config.yaml").write_text(config_text(store_url, heartbeat))
+        (folder / "config.yaml").write_text(config_text(store_url, heartbeat, scale))
         env = {**os.environ, "FAAS_HOME": str(home),
                "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
         fleet = Fleet(trace, scale, tmp)
@@ -617,6 +628,7 @@ def run_fleet(trace: dict, invocations: int, clients: int = 3, scale: float = 60
             go.touch()
             start = time.monotonic()
             samples = []
+            last_count, last_change = 0, time.monotonic()
             while any(p.poll() is None for p in procs):
                 time.sleep(0.5)
                 rss = dp.memory_info().rss
@@ -624,6 +636,14 @@ def run_fleet(trace: dict, invocations: int, clients: int = 3, scale: float = 60
                 samples.append((time.monotonic() - start, sum(dp.cpu_times()[:2]) - cpu0))
                 if daemon.poll() is not None:
                     raise RuntimeError(f"the daemon died:\n{(tmp / 'daemon.log').read_text()[-3000:]}")
+                if len(fleet.executed) != last_count:
+                    last_count, last_change = len(fleet.executed), time.monotonic()
+                elif time.monotonic() - last_change > STALL_SECONDS:
+                    st = request(address, "status")["status"]
+                    raise RuntimeError(f"no invocation ended for {STALL_SECONDS:.0f}s; backlog {st['backlog']}, "
+                                       f"in flight {st['batches_in_flight']}, {len(st['worker_contexts'])} "
+                                       f"workers ready, {len(fleet.by_sock)} simulated, {len(fleet.tokens)} "
+                                       f"tokens waiting for a slot, {len(fleet.idle)} slots for a token")
                 if len(samples) % 20 == 0:
                     log(f"  t={samples[-1][0]:.0f}s daemon cpu {samples[-1][1]:.1f}s rss {rss / 2**20:.0f} MB "
                         f"executed {len(fleet.executed)}/{invocations}")
@@ -656,7 +676,7 @@ def run_fleet(trace: dict, invocations: int, clients: int = 3, scale: float = 60
         "lost": invocations - store["succeeded"] + sum(r["wrong"] + r["errors"] for r in results),
         "duplicated": sum(r["duplicated"] for r in results) + store["extra_rows"],
         "reexecuted": sum(n - 1 for n in fleet.executed.values()),
-        "lost_on_preemption": fleet.lost_running,
+        "lost_on_preemption": fleet.lost_running, "revoked": fleet.revoked,
         "loads": store["inits"], "loads_min": sum(1 for s in fleet.slots if s.done),
         "idle_joined": [s.id for s in fleet.slots if s.spawned and not s.done],
         "daemon_cpu_s": cpu, "daemon_cpu_share": cpu / makespan, "loop_thread_cpu_s": main_cpu,
@@ -664,7 +684,9 @@ def run_fleet(trace: dict, invocations: int, clients: int = 3, scale: float = 60
         "decisions_per_s": fleet.batches / makespan, "commits_per_s": dstats.get("commits", 0) / makespan,
         "store_mb": store["bytes"] / 2**20, "rss_mb": rss_peak / 2**20, "rss_start_mb": rss0 / 2**20,
         "p50": latencies[len(latencies) // 2], "p99": latencies[int(len(latencies) * 0.99)],
-        "throughput": invocations / makespan, "profile": dstats.get("profile", {}),
+        "throughput": invocations / makespan, "fleet_lag_ms": 1000 * sum(fleet.late) / max(1, len(fleet.late)),
+        "fleet_lag_p99_ms": 1000 * sorted(fleet.late)[int(len(fleet.late) * 0.99)] if fleet.late else 0.0,
+        "profile": dstats.get("profile", {}),
         "cpu_samples": samples[:: max(1, len(samples) // 50)],
     }
 
@@ -698,7 +720,7 @@ def report(r: dict) -> str:
             f"{r['store']}, scale {r['scale']:g}x\n"
             f"  makespan {r['makespan']:.1f}s vs ideal {r['ideal']:.1f}s: {r['ratio']:.3f}x\n"
             f"  lost {r['lost']}, duplicated {r['duplicated']} (re-executed after preemption: {r['reexecuted']}, "
-            f"on preempted slots: {r['lost_on_preemption']})\n"
+            f"on preempted slots: {r['lost_on_preemption']}, taken back: {r['revoked']})\n"
             f"  context loads {r['loads']} vs minimum {r['loads_min']} (one per worker that ran work); "
             f"workers that joined but ran nothing: {len(r['idle_joined'])}\n"
             f"  daemon CPU {r['daemon_cpu_s']:.1f}s = {100 * r['daemon_cpu_share']:.1f}% of a core "
@@ -707,6 +729,8 @@ def report(r: dict) -> str:
             f"{r['commits_per_s']:.1f} store commits/s, store {r['store_mb']:.1f} MB\n"
             f"  daemon RSS {r['rss_start_mb']:.0f} MB at start, {r['rss_mb']:.0f} MB peak; "
             f"submit->result p50 {r['p50']:.2f}s p99 {r['p99']:.2f}s\n"
+            f"  simulator lag (invocation ends handled late) mean {r['fleet_lag_ms']:.1f} ms, "
+            f"p99 {r['fleet_lag_p99_ms']:.1f} ms\n"
             f"  daemon loop thread: " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in p.items()))
 
 
@@ -719,6 +743,9 @@ def _postgres(stack) -> str:
 
 def main() -> None:
     import contextlib
+    import faulthandler
+
+    faulthandler.register(signal.SIGUSR1)  # kill -USR1 PID: every thread's stack, to see where a run hangs
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)

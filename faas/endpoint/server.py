@@ -140,7 +140,8 @@ class Server:
                  ", ".join(self.link.addresses))
         next_heartbeat = 0.0
         while not self._stop.is_set():
-            events = dict(poller.poll(1000))
+            due = self.dispatcher.commit_due()  # a commit held back under load (Dispatcher.commit_due)
+            events = dict(poller.poll(1000 if due is None else min(1000, int(due * 1000) + 1)))
             if self._wake_r in events:
                 os.read(self._wake_r, 65536)
             self._read_workers()
@@ -153,6 +154,7 @@ class Server:
             self.dispatcher.pump()
             self._record_and_push()
             self._send_to_workers()
+        self._push(self.dispatcher.commit(force=True))
 
     def _read_workers(self) -> None:
         for _ in range(PER_PASS):  # bounded, so neither socket is starved

@@ -156,11 +156,18 @@ class Store:
         with self.engine.begin() as conn:
             if requeue:
                 _requeue(conn, requeue, set(refund))
-            for wid, host, pid in workers:
-                updated = conn.execute(update(Worker).where(Worker.id == wid).values(last_seen=now))
-                if updated.rowcount == 0:
-                    conn.execute(insert(Worker).values(id=wid, host=host, pid=pid, first_seen=now,
-                                                       last_seen=now))
+            workers = {w[0]: w for w in workers}
+            if workers:  # three statements for all of them: a fleet reports hundreds per transaction
+                known = set()
+                for chunk in _chunks(list(workers), 500):
+                    known.update(conn.scalars(select(Worker.id).where(Worker.id.in_(chunk))))
+                if known:
+                    conn.execute(update(Worker).where(Worker.id == bindparam("b_id")).values(last_seen=now)
+                                 .execution_options(synchronize_session=False), [{"b_id": w} for w in known])
+                new = [dict(id=wid, host=host, pid=pid, first_seen=now, last_seen=now)
+                       for wid, host, pid in workers.values() if wid not in known]
+                if new:
+                    conn.execute(insert(Worker), new)
             inits = [dict(i) for i in inits]
             if inits:
                 # a function may use other contexts (a ctx_function calling another): record them too
