@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 MONITOR_PERIOD = 1.0
 PER_PASS = 1000  # messages read from each socket per pass of the loop
+CLIENT_SECONDS = 0.05  # at most this long reading clients per pass: workers wait while it reads
 PURGE_PERIOD = 600.0
 
 
@@ -165,7 +166,11 @@ class Server:
             self._handle_worker(frames[0], frames[1:])
 
     def _read_clients(self) -> None:
+        until = time.monotonic() + CLIENT_SECONDS
         for _ in range(PER_PASS):
+            if time.monotonic() > until:  # a burst of submissions: dispatch what came, read on next pass
+                self.wake()
+                return
             try:
                 frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:

@@ -202,11 +202,17 @@ class Store:
         return recorded
 
     def _transition(self, ids: Sequence[str], target: State, **values) -> None:
+        """One row per id (executemany on ``id = ?``): with ``id IN (...)``
+        SQLite chose the state index and scanned every pending invocation."""
+        if not ids:
+            return
         with self.engine.begin() as conn:
-            for chunk in _chunks(list(ids), 500):
-                conn.execute(update(Invocation)
-                             .where(Invocation.id.in_(chunk), Invocation.state.in_(allowed_sources(target)))
-                             .values(state=target, **values))
+            conn.execute(update(Invocation)
+                         .where(Invocation.id == bindparam("b_id"),
+                                or_(*(Invocation.state == src for src in allowed_sources(target))))
+                         .values(state=target, **values)
+                         .execution_options(synchronize_session=False),
+                         [{"b_id": i} for i in ids])
 
     # -- reads ------------------------------------------------------------
     def function_bodies(self, fids: Iterable[str]) -> dict[str, bytes]:
