@@ -182,10 +182,11 @@ class Store:
                 rows = [o for o in outcomes if o.state is target]
                 if not rows:
                     continue
-                open_ids = set()
-                for chunk in _chunks([o.id for o in rows], 500):
-                    open_ids.update(conn.scalars(select(Invocation.id).where(
-                        Invocation.id.in_(chunk), Invocation.state.in_(allowed_sources(target)))))
+                open_ids, sources = set(), allowed_sources(target)
+                for chunk in _chunks([o.id for o in rows], 500):  # by id alone: SQLite would scan the
+                    open_ids.update(i for i, state in conn.execute(  # state index for a long IN (...)
+                        select(Invocation.id, Invocation.state).where(Invocation.id.in_(chunk)))
+                        if state in sources)
                 params = [dict(b_id=o.id, result=o.payload, error=o.error, worker_id=o.worker_id,
                                started_at=o.started_at, finished_at=o.finished_at)
                           for o in rows if o.id in open_ids]
