@@ -401,7 +401,7 @@ class Fleet:
         self.lost_running += len(w.queue) + (w.current is not None)
         self._close(w)
         if slot.end == "report":
-            self.reports.send_multipart([b"lost", w.token.encode(), b"block preempted"])
+            self._report(b"lost", w.token, b"block preempted")
 
     def _order(self, frames: list[bytes]) -> None:
         if self.idle:
@@ -421,6 +421,13 @@ class Fleet:
         self.poller.register(sock, zmq.POLLIN)
         sock.send_multipart(protocol.encode(protocol.Ready(host=f"fleet-{slot.id}", pid=1000 + slot.id,
                                                            contexts=self._contexts(slot))))
+
+    def _report(self, what: bytes, token: str, why: bytes) -> None:
+        """To the engine; dropped once the daemon is gone (it retires every loop as it stops)."""
+        try:
+            self.reports.send_multipart([what, token.encode(), why], zmq.NOBLOCK)
+        except zmq.Again:
+            pass
 
     def _close(self, w: SimWorker) -> None:
         self.poller.unregister(w.sock)
@@ -508,7 +515,7 @@ class Fleet:
         """The loop ended; its slot (a worker process, with its GPU's model) takes the next token."""
         self._flush(w)
         self._close(w)
-        self.reports.send_multipart([b"ended", w.token.encode(), b"retired"])
+        self._report(b"ended", w.token, b"retired")
         self._join(w.slot, {})
 
     def _flush(self, w: SimWorker) -> None:
