@@ -793,8 +793,11 @@ def main() -> None:
                               a.scale, url)
                 print(report(r), flush=True)
                 runs.append(r)
+                if a.json:
+                    with open(a.json, "a") as f:
+                        f.write(json.dumps(r) + "\n")
             plot(runs, a.plot)
-    for r in runs:
+    for r in runs if a.cmd == "run" else ():
         print(report(r), flush=True)
         if a.json:
             with open(a.json, "a") as f:

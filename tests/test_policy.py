@@ -64,3 +64,10 @@ def test_a_worker_that_would_load_the_context_stays_idle_when_its_holders_finish
                       load=5.0) == 0  # done in 4 s, before a 5 s load
     assert batch_size(LoopLoad(None, 0), holders, queued=100, in_flight=8, max_batch=64, max_batch_seconds=10,
                       load=5.0) == FIRST_BATCH  # 27 s of work left: worth loading
+
+
+def test_an_idle_holder_takes_the_last_invocations_when_all_holders_are_idle():
+    """Each of many idle holders' share of 2 invocations is under one: none may leave them queued."""
+    idle = [LoopLoad(1.0, 0) for _ in range(300)]
+    assert batch_size(LoopLoad(1.0, 0), idle, queued=2, in_flight=0, max_batch=64, max_batch_seconds=10) >= 1
+    assert batch_size(LoopLoad(1.0, 0), idle, queued=2, in_flight=5, max_batch=64, max_batch_seconds=10) == 0

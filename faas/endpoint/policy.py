@@ -73,7 +73,7 @@ def batch_size(me: LoopLoad, others: list[LoopLoad], queued: int, in_flight: int
         return min(cap, queued, max(min_batch, math.ceil(queued / (2 * len(rates)))))
     finish = (queued + in_flight) / sum(rates)  # seconds until all of it is done
     share = (finish - me.outstanding / me.rate) * me.rate
-    if share < 0.5 and (me.busy or others):
+    if share < 0.5 and (me.busy or (others and in_flight)):  # none in flight: idle holders all say no
         return 0
     return min(cap, queued, max(min_batch, math.ceil(share / 2)))
 
