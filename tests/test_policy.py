@@ -56,3 +56,18 @@ def test_queued_work_is_taken_back_from_a_worker_held_up():
     assert not should_reclaim(running_for=3.0, rate=100.0, queued_behind=0)
     assert not should_reclaim(running_for=3.0, rate=0.5, queued_behind=5)  # usual: 2 s a call
     assert should_reclaim(running_for=11.0, rate=0.5, queued_behind=5)
+
+
+def test_a_worker_that_would_load_the_context_stays_idle_when_its_holders_finish_first():
+    holders = [LoopLoad(2.0, 4), LoopLoad(2.0, 4)]  # 4 invocations/s together
+    assert batch_size(LoopLoad(None, 0), holders, queued=8, in_flight=8, max_batch=64, max_batch_seconds=10,
+                      load=5.0) == 0  # done in 4 s, before a 5 s load
+    assert batch_size(LoopLoad(None, 0), holders, queued=100, in_flight=8, max_batch=64, max_batch_seconds=10,
+                      load=5.0) == FIRST_BATCH  # 27 s of work left: worth loading
+
+
+def test_an_idle_holder_takes_the_last_invocations_when_all_holders_are_idle():
+    """Each of many idle holders' share of 2 invocations is under one: none may leave them queued."""
+    idle = [LoopLoad(1.0, 0) for _ in range(300)]
+    assert batch_size(LoopLoad(1.0, 0), idle, queued=2, in_flight=0, max_batch=64, max_batch_seconds=10) >= 1
+    assert batch_size(LoopLoad(1.0, 0), idle, queued=2, in_flight=5, max_batch=64, max_batch_seconds=10) == 0

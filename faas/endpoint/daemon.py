@@ -9,7 +9,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 import zmq
@@ -20,6 +22,9 @@ from faas.endpoint.storeguard import LOCK_WAIT
 from faas.errors import EndpointError, StoreUnavailable
 from faas.home import EXIT_WITH_ENV, EndpointDir, read_pid, write_private
 from faas.store import Store, sqlite_url
+
+if TYPE_CHECKING:
+    from faas.endpoint.engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +66,12 @@ def open_store(epdir: EndpointDir, config: EndpointConfig, create: bool = False,
     return Store(config.store.url or sqlite_url(epdir.path), lock_wait=lock_wait)
 
 
+def _parsl_engine(config: EndpointConfig, run_dir: Path) -> Engine:
+    from faas.endpoint.engine import ParslEngine  # imports Parsl: only in the daemon
+
+    return ParslEngine(config.engine, run_dir, prewarm=config.warm_pool.prewarm)
+
+
 def _owner_only_sqlite(db: Path) -> None:
     """SQLite gives its -wal and -shm files the mode of the database file, so
     the database is created 0600 before SQLite first opens it."""
@@ -70,9 +81,10 @@ def _owner_only_sqlite(db: Path) -> None:
             path.chmod(0o600)
 
 
-def run(epdir: EndpointDir) -> None:
-    """Run the daemon in this process until SIGTERM/SIGINT."""
-    from faas.endpoint.engine import ParslEngine
+def run(epdir: EndpointDir, engine_factory: Callable[[EndpointConfig, Path], Engine] | None = None) -> None:
+    """Run the daemon in this process until SIGTERM/SIGINT. ``engine_factory``
+    (config, run folder) -> the engine: Parsl unless a benchmark's simulated
+    fleet stands in for it (not configurable)."""
     from faas.endpoint.server import Server
 
     config = load_config(epdir.config)
@@ -88,7 +100,7 @@ def run(epdir: EndpointDir) -> None:
     _end_leftovers(epdir)
     write_private(epdir.pidfile, f"{os.getpid()}\n")
     store = open_store(epdir, config, create=True, lock_wait=LOCK_WAIT)
-    engine = ParslEngine(config.engine, epdir.runinfo, prewarm=config.warm_pool.prewarm)
+    engine = (engine_factory or _parsl_engine)(config, epdir.runinfo)
     exit_with = os.environ.pop(EXIT_WITH_ENV, None)
     server = None
     try:

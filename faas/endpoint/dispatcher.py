@@ -29,6 +29,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from faas import protocol
 from faas.endpoint import policy
@@ -40,9 +41,14 @@ from faas.lru import ByteLRU
 from faas.protocol import Kind
 from faas.store import Outcome, State, Store
 
+if TYPE_CHECKING:
+    from faas.endpoint.engine import Engine
+
 log = logging.getLogger(__name__)
 PREFETCH = 2  # batches a loop holds: one running, one queued behind it
 ROW_SLACK = 2**16  # bytes of a stored invocation's row besides its arguments and result
+RECLAIM_PERIOD = 0.1  # seconds between looks for loops held up by a long invocation (a scan of all loops)
+COMMIT_INTERVAL = 0.05  # seconds: under load, one store transaction carries every decision of this long
 _STATE = {Step.SUCCEEDED: State.SUCCEEDED, Step.FAILED: State.FAILED, Step.CANCELLED: State.CANCELLED}
 
 
@@ -90,6 +96,8 @@ class _Pending:
     workers: dict[str, tuple[str, str, int]] = field(default_factory=dict)
     inits: list[dict] = field(default_factory=list)
     lost_workers: list[tuple[str, float]] = field(default_factory=list)
+    dispatched: list[str] = field(default_factory=list)  # shipped: marked in the next commit
+    since: float = field(default_factory=time.monotonic)
     failing_since: float | None = None  # monotonic time its write first failed
     refused: set[str] = field(default_factory=set)  # outcomes its clients were told cannot be recorded
 
@@ -101,11 +109,12 @@ class _Pending:
         self.workers.update(newer.workers)
         self.inits += newer.inits
         self.lost_workers += newer.lost_workers
+        self.dispatched += newer.dispatched
         return self
 
 
 class Dispatcher:
-    def __init__(self, store: Store, engine, config: EndpointConfig, worker_link,
+    def __init__(self, store: Store, engine: Engine, config: EndpointConfig, worker_link,
                  notify: Callable[[str, Future], None], guard: StoreGuard):
         self.store = store
         self.guard = guard  # every store write goes through it: a failing store is retried, never fatal
@@ -119,7 +128,9 @@ class Dispatcher:
         self.functions: dict[str, FunctionMeta] = {}
         self.outbox: list[tuple[str, list[bytes]]] = []  # (loop token, message) for the server to send
         self.started: list[Item] = []  # invocations that started since the last call of take_started
+        self.load_seconds: dict[str, float] = {}  # context -> how long a worker takes to load it, smoothed
         self._pending = _Pending()
+        self._last_commit = self._last_reclaim = 0.0  # monotonic
         self._batch_ids = itertools.count(1)
         self._bodies = ByteLRU(int(config.warm_pool.function_cache_bytes))  # the store has them all
         budget = config.warm_pool.memory_budget
@@ -266,6 +277,13 @@ class Dispatcher:
                 loop.running[inv_id] = now
                 self.started.append(it)
         if msg.inits:
+            for e in msg.inits:
+                if e.error is None:
+                    old = self.load_seconds.get(e.context_key)
+                    self.load_seconds[e.context_key] = e.seconds if old is None else 0.7 * old + 0.3 * e.seconds
+                batch = next((b for b in loop.batches.values() if b.context_key == e.context_key), None)
+                if batch is not None:
+                    batch.loading += e.seconds
             self._pending.workers[worker] = (worker, loop.host, loop.pid)
             self._pending.inits += [dict(e.model_dump(), worker_id=worker) for e in msg.inits]
         for info, payload in zip(msg.outcomes, payloads):
@@ -307,8 +325,8 @@ class Dispatcher:
 
     def _batch_done(self, loop: WorkerLoop, batch: LoopBatch) -> None:
         del loop.batches[batch.id]
-        if batch.last_finished > batch.first_started:
-            loop.measured(batch.context_key, batch.size, batch.last_finished - batch.first_started)
+        if batch.last_finished - batch.first_started > batch.loading:
+            loop.measured(batch.context_key, batch.size, batch.last_finished - batch.first_started - batch.loading)
         if not loop.batches:
             loop.idle_since = time.monotonic()
 
@@ -345,18 +363,38 @@ class Dispatcher:
         started, self.started = self.started, []
         return [it for it in started if not it.cancel_requested]
 
-    # -- the pass's one transaction -------------------------------------------
-    def commit(self) -> list[Final]:
-        """Write what this pass decided; then requeued invocations become
-        dispatchable. Returns the newly final ones, to push to clients.
+    # -- the passes' one transaction ------------------------------------------
+    def commit_due(self) -> float | None:
+        """Seconds until what the passes decided must be written (0: now), None
+        when there is nothing to write. A commit right after another waits
+        COMMIT_INTERVAL, so that under load one transaction carries the outcomes
+        of many passes (a lone result is written at once)."""
+        p = self._pending
+        if p.outcomes or p.requeue or p.inits or p.lost_workers:
+            return max(0.0, self._last_commit + COMMIT_INTERVAL - time.monotonic())
+        if p.dispatched:  # no hurry: they ride with the next outcomes, or go alone after the interval
+            return max(0.0, p.since + COMMIT_INTERVAL - time.monotonic())
+        return None
+
+    def commit(self, force: bool = False) -> list[Final]:
+        """Write what the passes decided, when due (or ``force``); then requeued
+        invocations become dispatchable. Returns the newly final ones, to push
+        to clients.
 
         Raises StoreDown when the write failed: it is kept, whole, and written
         with a later pass's (outcomes wait; requeued invocations are not
         dispatched until their return to the queue is on record)."""
-        p, self._pending = self._pending, _Pending()
-        if not (p.outcomes or p.requeue or p.inits or p.lost_workers):
+        due = self.commit_due()
+        if due is None or (due > 0 and not force):
             return []
+        p, self._pending = self._pending, _Pending()
         try:
+            if p.dispatched:  # before the outcomes: one may have come back within the interval
+                self.guard.call(self.store.mark_dispatched, p.dispatched)
+                p.dispatched = []
+            if not (p.outcomes or p.requeue or p.inits or p.lost_workers):
+                return []
+            self._last_commit = time.monotonic()
             recorded = self.guard.call(
                 self.store.record_outcomes, [o for o, _ in p.outcomes], p.workers.values(), p.inits,
                 requeue={i: note for i, (_, note) in p.requeue.items()}, refund=p.refund,
@@ -394,20 +432,8 @@ class Dispatcher:
             self._fail_queued(f"the endpoint's workers cannot start: {broken}")
             return
         now = time.monotonic()
-        skip = {lp.token for lp in self.loops.values() if self._held_up(lp, now)}  # and those left idle
-        while self.queues:
-            free = [lp for lp in self.loops.values()
-                    if lp.ready and len(lp.batches) < PREFETCH and lp.token not in skip]
-            if not free:
-                break
-            loop = min(free, key=lambda lp: len(lp.batches))
-            key = policy.choose_context({k for k in self.queues if loop.holds(k)},
-                                        {k: len(q) for k, q in self.queues.items()}, self._holders())
-            size = self._batch_size(loop, key) if key is not None else 0
-            if size == 0:
-                skip.add(loop.token)
-                continue
-            self._ship(loop, key, size)
+        if self.queues and self.guard.down_since is None:  # while the store fails, nothing new goes out
+            self._dispatch(now)
         engine = self.engine
         waiting = sum(1 for lp in self.loops.values() if not lp.ready)
         if self.queues and not waiting and len(self.loops) < engine.max_loops:
@@ -415,17 +441,61 @@ class Dispatcher:
         elif len(self.loops) < engine.min_loops:
             self.start_loops(engine.min_loops - len(self.loops))
         self._retire_idle()
-        self._reclaim()
+        self._reclaim(now)
 
-    def _batch_size(self, loop: WorkerLoop, key: str) -> int:
+    def _dispatch(self, now: float) -> None:
+        """Fill the loops that have room, least loaded first. One scan of the
+        loops per pump, then per batch only the context's holders: with
+        hundreds of loops, a scan per batch made dispatch quadratic."""
+        by_load = sorted((lp for lp in self.loops.values()
+                          if lp.ready and len(lp.batches) < PREFETCH and not self._held_up(lp, now)),
+                         key=lambda lp: len(lp.batches))
+        if not by_load:
+            return  # most passes under load: every loop is full
+        free = [deque(lp for lp in by_load if len(lp.batches) == n) for n in range(PREFETCH)]
+        cost = self._costs()
+        holding: dict[str, list[WorkerLoop]] = {}  # context -> ready loops holding it (or about to)
+        in_flight: dict[str, int] = {}  # context -> invocations sent and not finished
+        for lp in self.loops.values():
+            for b in lp.batches.values():
+                in_flight[b.context_key] = in_flight.get(b.context_key, 0) + len(b.open)
+            for k in {k for k in lp.contexts if lp.holds(k)} | {b.context_key for b in lp.batches.values()}:
+                holding.setdefault(k, []).append(lp)
+        while self.queues and any(free):
+            loop = next(q for q in free if q).popleft()
+            key = policy.choose_context({k for k in self.queues if loop.holds(k)},
+                                        {k: len(q) * cost(k) for k, q in self.queues.items()},
+                                        {k: len(v) for k, v in holding.items()})
+            size = self._batch_size(loop, key, holding.get(key, []), in_flight.get(key, 0)) if key else 0
+            if size == 0:
+                continue  # left idle: the others finish sooner
+            if not loop.holds(key):
+                holding.setdefault(key, []).append(loop)
+            in_flight[key] = in_flight.get(key, 0) + min(size, len(self.queues[key]))
+            self._ship(loop, key, size)
+            if len(loop.batches) < PREFETCH:
+                free[len(loop.batches)].append(loop)
+
+    def _costs(self) -> Callable[[str], float]:
+        """Seconds per invocation of each context on one worker, as measured so
+        far (one not measured yet: the others' average), so that workers follow
+        the waiting work rather than its count when one model is slower."""
+        costs: dict[str, list[float]] = {}
+        for lp in self.loops.values():
+            for k, rate in lp.rates.items():
+                costs.setdefault(k, []).append(1.0 / rate)
+        mean = {k: sum(v) / len(v) for k, v in costs.items()}
+        default = sum(mean.values()) / len(mean) if mean else 1.0
+        return lambda k: mean.get(k, default)
+
+    def _batch_size(self, loop: WorkerLoop, key: str, holding: list[WorkerLoop], in_flight: int) -> int:
         queue = self.queues[key]
-        holders = [lp for lp in self.loops.values() if lp.ready and lp.holds(key) and lp is not loop]
-        in_flight = sum(len(b.open) for lp in [loop, *holders] for b in lp.batches.values()
-                        if b.context_key == key)
+        holders = [lp for lp in holding if lp.ready and lp is not loop]
         fn = self.functions.get(queue[0].function_id, FunctionMeta())
         return policy.batch_size(self._load(loop, key), [self._load(lp, key) for lp in holders], len(queue),
                                  in_flight, self.cfg.dispatch.max_batch, self.cfg.dispatch.max_batch_seconds,
-                                 min_batch=fn.batch_size)
+                                 min_batch=fn.batch_size,
+                                 load=0.0 if loop.holds(key) else self.load_seconds.get(key, 0.0))
 
     @staticmethod
     def _load(loop: WorkerLoop, key: str) -> policy.LoopLoad:
@@ -438,14 +508,6 @@ class Dispatcher:
                 self._final(it, Step.FAILED, None, error, "", now, now)
         self.queues.clear()
 
-    def _holders(self) -> dict[str, int]:
-        holders: dict[str, int] = {}
-        for lp in self.loops.values():
-            keys = {k for k in lp.contexts if lp.holds(k)} | {b.context_key for b in lp.batches.values()}
-            for k in keys:
-                holders[k] = holders.get(k, 0) + 1
-        return holders
-
     def _ship(self, loop: WorkerLoop, key: str, size: int) -> None:
         queue = self.queues[key]
         items = list(itertools.islice(queue, size))
@@ -457,12 +519,12 @@ class Dispatcher:
             for f, body in self.guard.call(self.store.function_bodies, missing).items():
                 bodies[f] = body
                 self._bodies.put(f, body)
-        self.guard.call(self.store.mark_dispatched, [it.id for it in items])
         for _ in items:
             queue.popleft()
         if not queue:
             del self.queues[key]
         batch = LoopBatch(next(self._batch_ids), key, len(items), {it.id for it in items})
+        self._pending.dispatched += [it.id for it in items]  # marked in the next commit, with others
         for it in items:
             it.attempts += 1
             it.loop, it.batch = loop.token, batch.id
@@ -484,20 +546,29 @@ class Dispatcher:
                 self.outbox.append((loop.token, protocol.encode(protocol.Retire())))
                 del self.loops[loop.token]
 
-    def _held_up(self, loop: WorkerLoop, now: float, queued_behind: int = 1) -> bool:
-        """Its current invocation has run far longer than usual."""
+    def _held_up(self, loop: WorkerLoop, now: float) -> bool:
+        """Its current invocation has run far longer than usual. Not while the
+        loop may be loading the context (it has not reported it loaded): a
+        model's load takes minutes, and taking its queue back would only move
+        the load, and the wait, to another worker."""
         if not loop.running:
             return False
         since = min(loop.running.values())
         key = self.items[next(iter(loop.running))].context_key
-        return policy.should_reclaim(now - since, loop.rates.get(key), queued_behind)
+        if not loop.contexts.get(key, {}).get("loaded"):
+            return False
+        return policy.should_reclaim(now - since, loop.rates.get(key), 1)
 
-    def _reclaim(self) -> None:
-        now = time.monotonic()
+    def _reclaim(self, now: float) -> None:
+        if now - self._last_reclaim < RECLAIM_PERIOD:
+            return
+        self._last_reclaim = now
         for loop in self.loops.values():
+            if not self._held_up(loop, now):
+                continue
             behind = [i for b in loop.batches.values() for i in b.open
                       if i not in loop.running and not self.items[i].reclaiming]
-            if self._held_up(loop, now, len(behind)):
+            if behind:
                 for inv_id in behind:
                     self.items[inv_id].reclaiming = True
                 self.outbox.append((loop.token, protocol.encode(protocol.Revoke(ids=behind, reason="reclaim"))))

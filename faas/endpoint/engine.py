@@ -30,7 +30,7 @@ import os
 import sys
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from parsl import python_app
 from parsl.config import Config
@@ -44,6 +44,26 @@ from faas.warm_pool.loop import serve
 
 log = logging.getLogger(__name__)
 LABEL = "faas"
+
+
+class Engine(Protocol):
+    """What the dispatcher and server need of the worker engine: start loop
+    tasks (each ends, with its Future, when its worker is retired or lost), say
+    whether workers cannot start at all, and how many loops it can hold.
+    ParslEngine is the one users configure; the seam lets a simulated fleet
+    (benchmarks/fleet.py) stand in for Parsl under the real daemon."""
+
+    loops_per_block: int  # loops started together when work waits
+    max_loops: int
+    min_loops: int
+
+    def start_loop(self, token: str, link) -> Future: ...
+
+    def failure(self) -> BaseException | None: ...
+
+    def managers(self) -> list[dict[str, Any]]: ...
+
+    def shutdown(self) -> None: ...
 
 
 class ParslEngine:

@@ -28,11 +28,11 @@ class LoopLoad:
         return self.outstanding > 0
 
 
-def choose_context(holds: set[str], backlog: dict[str, int], holders: dict[str, int]) -> str | None:
+def choose_context(holds: set[str], backlog: dict[str, float], holders: dict[str, int]) -> str | None:
     """The context a free worker should serve next.
 
-    ``holds``: contexts the worker holds; ``backlog``: waiting invocations per
-    context; ``holders``: workers holding (or about to hold) each context. A
+    ``holds``: contexts the worker holds; ``backlog``: waiting work per context
+    (invocations, or the seconds they take); ``holders``: workers holding (or about to hold) each context. A
     worker keeps to a context it holds, the one with most backlog per holder,
     unless some context with backlog has no holder at all and the worker's
     context keeps another; a worker holding nothing useful takes the context
@@ -52,14 +52,19 @@ def choose_context(holds: set[str], backlog: dict[str, int], holders: dict[str, 
 
 
 def batch_size(me: LoopLoad, others: list[LoopLoad], queued: int, in_flight: int, max_batch: int,
-               max_batch_seconds: float, min_batch: int = 1) -> int:
+               max_batch_seconds: float, min_batch: int = 1, load: float = 0.0) -> int:
     """Guided self-scheduling, weighted by measured speed: about half of what
     ``me`` can run before the context's remaining work (``queued`` waiting plus
     ``in_flight`` on its holders) would be done by all holders (``me`` and
     ``others``). A worker's first batch is small (its speed is not known);
     no batch holds more than ``max_batch_seconds`` of work. ``min_batch``: a
     batched function's size, so a worker can fill one merged call. 0: leave
-    the loop idle, the others finish sooner."""
+    the loop idle, the others finish sooner: also when ``me`` would first
+    spend ``load`` seconds loading the context and its measured holders would
+    be done with it by then (near the end of a run, a load only delays it)."""
+    if load > 0 and others and all(lp.rate for lp in others):
+        if (queued + in_flight) / sum(lp.rate for lp in others) <= load:
+            return 0
     if me.rate is None:
         return min(max(FIRST_BATCH, min_batch), queued)
     cap = max(min_batch, min(max_batch, max(1, int(me.rate * max_batch_seconds))))
@@ -68,7 +73,7 @@ def batch_size(me: LoopLoad, others: list[LoopLoad], queued: int, in_flight: int
         return min(cap, queued, max(min_batch, math.ceil(queued / (2 * len(rates)))))
     finish = (queued + in_flight) / sum(rates)  # seconds until all of it is done
     share = (finish - me.outstanding / me.rate) * me.rate
-    if share < 0.5 and (me.busy or others):
+    if share < 0.5 and (me.busy or (others and in_flight)):  # none in flight: idle holders all say no
         return 0
     return min(cap, queued, max(min_batch, math.ceil(share / 2)))
 

@@ -20,7 +20,7 @@ import queue
 import threading
 import time
 from concurrent.futures import Future
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
@@ -37,6 +37,9 @@ from faas.errors import ProtocolError, StoreUnavailable
 from faas.home import EndpointDir
 from faas.store import State, Store
 
+if TYPE_CHECKING:
+    from faas.endpoint.engine import Engine
+
 log = logging.getLogger(__name__)
 MONITOR_PERIOD = 1.0
 PER_PASS = 1000  # messages read from the worker socket per pass of the loop
@@ -46,7 +49,7 @@ WAITS_FOR_STORE = {"submit", "watch", "cancel"}  # requests that queue behind on
 
 
 class Server:
-    def __init__(self, epdir: EndpointDir, config: EndpointConfig, store: Store, engine,
+    def __init__(self, epdir: EndpointDir, config: EndpointConfig, store: Store, engine: Engine,
                  exit_with: int | None = None):
         self.epdir = epdir
         self.cfg = config
@@ -149,7 +152,8 @@ class Server:
                  ", ".join(self.link.addresses))
         next_heartbeat = next_vet = 0.0
         while not self._stop.is_set():
-            events = dict(poller.poll(1000))
+            due = self.dispatcher.commit_due()  # a commit held back under load (Dispatcher.commit_due)
+            events = dict(poller.poll(1000 if due is None else min(1000, int(due * 1000) + 1)))
             if self._wake_r in events:
                 os.read(self._wake_r, 65536)
             self._read_workers()
@@ -172,6 +176,10 @@ class Server:
             self._record_and_push()
             self._send_to_workers()
             self.clients.flush()
+        try:  # what the last passes decided and held back (Dispatcher.commit_due)
+            self._push(self.dispatcher.commit(force=True))
+        except StoreDown:
+            log.error("stopping with outcomes the store did not take: their invocations run again after a restart")
 
     def _read_workers(self) -> None:
         for _ in range(PER_PASS):  # bounded, so neither socket is starved

@@ -35,6 +35,7 @@ class LoopBatch:
     open: set[str]  # invocation ids
     first_started: float = math.inf
     last_finished: float = 0.0
+    loading: float = 0.0  # seconds of it spent loading its context: not the functions' speed
 
 
 @dataclass

@@ -164,11 +164,18 @@ class Store:
         with self.engine.begin() as conn:
             if requeue:
                 _requeue(conn, requeue, set(refund))
-            for wid, host, pid in workers:
-                updated = conn.execute(update(Worker).where(Worker.id == wid).values(last_seen=now))
-                if updated.rowcount == 0:
-                    conn.execute(insert(Worker).values(id=wid, host=host, pid=pid, first_seen=now,
-                                                       last_seen=now))
+            workers = {w[0]: w for w in workers}
+            if workers:  # three statements for all of them: a fleet reports hundreds per transaction
+                known = set()
+                for chunk in _chunks(list(workers), 500):
+                    known.update(conn.scalars(select(Worker.id).where(Worker.id.in_(chunk))))
+                if known:
+                    conn.execute(update(Worker).where(Worker.id == bindparam("b_id")).values(last_seen=now)
+                                 .execution_options(synchronize_session=False), [{"b_id": w} for w in known])
+                new = [dict(id=wid, host=host, pid=pid, first_seen=now, last_seen=now)
+                       for wid, host, pid in workers.values() if wid not in known]
+                if new:
+                    conn.execute(insert(Worker), new)
             for wid, at in lost_workers:
                 conn.execute(update(Worker).where(Worker.id == wid).values(lost_at=at))
             inits = [dict(i) for i in inits]
@@ -185,10 +192,11 @@ class Store:
                 rows = [o for o in outcomes if o.state is target]
                 if not rows:
                     continue
-                open_ids = set()
-                for chunk in _chunks([o.id for o in rows], 500):
-                    open_ids.update(conn.scalars(select(Invocation.id).where(
-                        Invocation.id.in_(chunk), Invocation.state.in_(allowed_sources(target)))))
+                open_ids, sources = set(), allowed_sources(target)
+                for chunk in _chunks([o.id for o in rows], 500):  # by id alone: SQLite would scan the
+                    open_ids.update(i for i, state in conn.execute(  # state index for a long IN (...)
+                        select(Invocation.id, Invocation.state).where(Invocation.id.in_(chunk)))
+                        if state in sources)
                 params = [dict(b_id=o.id, result=o.payload, error=o.error, worker_id=o.worker_id,
                                started_at=o.started_at, finished_at=o.finished_at)
                           for o in rows if o.id in open_ids]
@@ -205,11 +213,17 @@ class Store:
         return recorded
 
     def _transition(self, ids: Sequence[str], target: State, **values) -> None:
+        """One row per id (executemany on ``id = ?``): with ``id IN (...)``
+        SQLite chose the state index and scanned every pending invocation."""
+        if not ids:
+            return
         with self.engine.begin() as conn:
-            for chunk in _chunks(list(ids), 500):
-                conn.execute(update(Invocation)
-                             .where(Invocation.id.in_(chunk), Invocation.state.in_(allowed_sources(target)))
-                             .values(state=target, **values))
+            conn.execute(update(Invocation)
+                         .where(Invocation.id == bindparam("b_id"),
+                                or_(*(Invocation.state == src for src in allowed_sources(target))))
+                         .values(state=target, **values)
+                         .execution_options(synchronize_session=False),
+                         [{"b_id": i} for i in ids])
 
     # -- reads ------------------------------------------------------------
     def function_bodies(self, fids: Iterable[str]) -> dict[str, bytes]:

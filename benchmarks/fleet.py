@@ -1,0 +1,836 @@
+"""Paper scale on a simulated fleet, through the real daemon.
+
+The daemon runs as it does for users (faas.endpoint.daemon.run: the real
+client socket, dispatcher, store and CurveZMQ worker socket) in its own
+process, so that its CPU and memory are measured apart; only its engine is
+:class:`FleetEngine` instead of Parsl. The fleet (in this process) follows a
+trace of GPU slots joining and leaving: each slot that holds a loop token runs
+a simulated worker that speaks the worker-loop protocol over a real CurveZMQ
+DEALER socket, but sleeps instead of running code: a context load when its GPU
+holds another model, then the invocation's time divided by the slot's speed.
+It returns each invocation's argument blob as its result, so clients check
+that every result belongs to its invocation. A slot that leaves is preempted
+without goodbye: its socket closes, and for ``end: report`` slots the engine
+reports the loss (as Parsl does for a lost block); the others are found by the
+heartbeat threshold. Clients are separate processes that submit at once.
+
+All times in traces and models are the paper's (seconds on real GPUs), divided
+by ``--scale`` here; the daemon's heartbeat settings are given in scaled time.
+
+    python benchmarks/fleet.py run --trace benchmarks/traces/paper.json -n 150000
+    python benchmarks/fleet.py run --trace benchmarks/traces/paper.json -n 150000 --store postgresql
+    python benchmarks/fleet.py saturation --sizes 186,372,744,1488 -n 20000
+    python benchmarks/fleet.py trace paper|harsh > benchmarks/traces/NAME.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import heapq
+import itertools
+import json
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zlib
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import zmq
+
+from faas import protocol
+from faas.function import ctx_function
+from faas.protocol import Kind, OutcomeInfo
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+STALL_SECONDS = 30.0  # a run where no invocation ends for this long has hung: it fails, saying where
+MAX_LOAD_SECONDS = 600.0  # a model load slower than this is cut (the lognormal's tail)
+
+
+# -- the work: three models, single-claim invocations ----------------------------------
+@dataclass(frozen=True)
+class Model:
+    name: str
+    load: float  # mean seconds to load on a GPU (real time)
+    call: float  # mean seconds per claim on a speed-1 GPU (real time)
+
+    @property
+    def key(self) -> str:
+        return ctx_function(_never_called, model=f"fleet-sim/{self.name}").context_key
+
+
+MODELS = [Model("small", 30.0, 8.0), Model("medium", 90.0, 16.0), Model("large", 180.0, 32.0)]
+JITTER = 0.25  # lognormal sigma of one claim's time, and of one load's
+
+
+def _never_called(claim):
+    raise RuntimeError("the fleet simulator never runs the code it is sent")
+
+
+def _jitter(seed: str, sigma: float = JITTER) -> float:
+    """A lognormal factor of mean 1, the same for the same invocation id on every worker."""
+    z = random.Random(zlib.crc32(seed.encode())).gauss(0.0, 1.0)
+    return math.exp(sigma * z - sigma * sigma / 2)
+
+
+# -- traces -----------------------------------------------------------------------------
+def make_trace(kind: str, gpus: int = 186, ramp: float = 300.0, seed: int = 1) -> dict:
+    """A trace of GPU slots (paper time, seconds from the start).
+
+    ``paper``: 0 -> ``gpus`` over the first ``ramp`` seconds; 10 % of them are
+    preempted once at a random time in the first 2 hours and replaced 1-5
+    minutes later. ``harsh``: a third of the fleet is preempted twice (the
+    replacement of a preempted slot is preempted again). Half the losses are
+    reported by the engine, half are silent (found by the heartbeat)."""
+    rng = random.Random(seed)
+    slots: list[dict] = []
+    ids = itertools.count()
+
+    def slot(join: float, leave: float | None) -> dict:
+        s = {"id": next(ids), "speed": round(rng.uniform(0.7, 1.3), 3), "join": round(join, 1),
+             "leave": None if leave is None else round(leave, 1), "end": rng.choice(["silent", "report"])}
+        slots.append(s)
+        return s
+
+    fraction, times = {"paper": (0.10, 1), "harsh": (1 / 3, 2)}[kind]
+    preempted = set(rng.sample(range(gpus), round(fraction * gpus)))
+    for g in range(gpus):
+        join = rng.uniform(0, ramp)
+        if g not in preempted:
+            slot(join, None)
+            continue
+        for _ in range(times):
+            leave = join + rng.uniform(300.0, 3600.0 if times == 1 else 1800.0)
+            slot(join, leave)
+            join = leave + rng.uniform(60.0, 300.0)
+        slot(join, None)
+    return {"name": kind, "gpus": gpus, "slots": slots}
+
+
+def multiply(trace: dict, factor: int) -> dict:
+    """The same trace with every slot repeated ``factor`` times (a fleet ``factor`` times larger)."""
+    if factor == 1:
+        return trace
+    slots = [dict(s, id=s["id"] * factor + k) for s in trace["slots"] for k in range(factor)]
+    return {"name": f"{trace['name']}x{factor}", "gpus": trace["gpus"] * factor, "slots": slots}
+
+
+def peak(trace: dict) -> int:
+    """The most slots alive at once: the loops the engine may hold."""
+    edges = sorted([(s["join"], 1) for s in trace["slots"]]
+                   + [(s["leave"], -1) for s in trace["slots"] if s["leave"] is not None],
+                   key=lambda e: (e[0], e[1]))
+    best = alive = 0
+    for _, d in edges:
+        alive += d
+        best = max(best, alive)
+    return best
+
+
+def ideal_makespan(trace: dict, work: float, load: float) -> float:
+    """Paper time by which the fleet can have done ``work`` speed-1 seconds, each
+    slot first spending one ``load``: sum of work over speed-weighted available
+    worker-seconds (bisection on T)."""
+    def capacity(t: float) -> float:
+        return sum(s["speed"] * max(0.0, min(t, s["leave"] if s["leave"] is not None else t) - s["join"] - load)
+                   for s in trace["slots"])
+
+    lo, hi = 0.0, 1.0
+    while capacity(hi) < work:
+        hi *= 2
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if capacity(mid) < work else (lo, mid)
+    return hi
+
+
+# -- the engine, in the daemon's process --------------------------------------------------
+class Preempted(Exception):
+    """The engine's report of a lost worker (Parsl's is ManagerLost)."""
+
+
+class FleetEngine:
+    """Stands in for ParslEngine: start_loop hands the token and the worker
+    socket's keys to the fleet over an ipc PUSH socket; the fleet reports loops
+    that ended (retired) or were lost with their slot, which complete the loop's
+    Future as Parsl would."""
+
+    def __init__(self, orders: str, reports: str, max_loops: int):
+        self.loops_per_block = self.max_loops = max_loops
+        self.min_loops = 0
+        self.zctx = zmq.Context()
+        self.push = self.zctx.socket(zmq.PUSH)
+        self.push.connect(orders)
+        self.pull = self.zctx.socket(zmq.PULL)
+        self.pull.connect(reports)
+        self.futures: dict[str, Future] = {}
+        self._stop = threading.Event()
+        self._reader = threading.Thread(target=self._read, name="fleet-engine", daemon=True)
+        self._reader.start()
+
+    def start_loop(self, token: str, link) -> Future:
+        fut: Future = Future()
+        fut.set_running_or_notify_cancel()
+        self.futures[token] = fut
+        self.push.send_multipart([token.encode(), link.addresses[0].encode(), link.server_public,
+                                  link.client_public, link.client_secret])
+        return fut
+
+    def _read(self) -> None:
+        while not self._stop.is_set():
+            if not self.pull.poll(200):
+                continue
+            what, token, why = (f.decode() for f in self.pull.recv_multipart())
+            fut = self.futures.pop(token, None)
+            if fut is None:
+                continue
+            if what == "lost":
+                fut.set_exception(Preempted(why))
+            else:
+                fut.set_result(why)
+
+    def failure(self) -> BaseException | None:
+        return None
+
+    def managers(self) -> list[dict[str, Any]]:
+        return []
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        self._reader.join()
+        self.zctx.destroy(linger=0)
+
+
+def serve(name: str, orders: str, reports: str, max_loops: int, stats_path: str) -> None:
+    """The daemon process: the real daemon with a FleetEngine; on exit it writes
+    its store transaction count and where its loop thread spent its time."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    from faas.endpoint import daemon
+    from faas.home import EndpointDir
+
+    commits = collections.Counter()
+    event.listen(Engine, "commit", lambda conn: commits.update(["commits"]))  # every engine in this process
+    sampler = Sampler(threading.main_thread().ident)
+    sampler.start()
+    try:
+        daemon.run(EndpointDir.of(name), engine_factory=lambda cfg, run_dir: FleetEngine(orders, reports, max_loops))
+    finally:
+        sampler.stop()
+        Path(stats_path).write_text(json.dumps({"commits": commits["commits"], "profile": sampler.shares()}))
+
+
+class Sampler:
+    """Where the daemon's loop thread is, 100 times a second, by the innermost
+    frame that tells: store (SQLAlchemy, the driver), socket (zmq, protocol
+    decode/encode, pydantic), dispatcher (dispatcher, policy), else server."""
+
+    def __init__(self, ident: int):
+        self.ident = ident
+        self.counts: collections.Counter[str] = collections.Counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fleet-sampler", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.01):
+            frame = sys._current_frames().get(self.ident)
+            if frame is not None:
+                self.counts[self.classify(frame)] += 1
+
+    @staticmethod
+    def classify(frame) -> str:
+        if frame.f_code.co_name == "poll" and "zmq" in frame.f_code.co_filename:
+            return "idle"
+        while frame is not None:
+            f = frame.f_code.co_filename
+            if "sqlalchemy" in f or "faas/store" in f or "sqlite" in f or "psycopg" in f:
+                return "store"
+            if "/zmq/" in f or "pydantic" in f or "faas/protocol" in f:
+                return "socket"
+            if "faas/endpoint/dispatcher" in f or "faas/endpoint/policy" in f or "faas/endpoint/workers" in f:
+                return "dispatcher"
+            if "faas/endpoint/server" in f:
+                return "server"
+            frame = frame.f_back
+        return "other"
+
+    def shares(self) -> dict[str, float]:
+        total = sum(self.counts.values()) or 1
+        return {k: round(v / total, 4) for k, v in sorted(self.counts.items())}
+
+
+# -- the fleet, in this process ----------------------------------------------------------
+@dataclass
+class Slot:
+    id: int
+    speed: float
+    end: str
+    loaded: str | None = None  # the context its GPU holds (one at a time)
+    ready_at: float = 0.0  # monotonic: when its load ends (reported loaded from then on, as the warm pool does)
+    worker: SimWorker | None = None
+    gone: bool = False
+    spawned: bool = False  # a loop ran on it
+    done: int = 0  # invocations it reported finished
+
+
+@dataclass
+class SimWorker:
+    slot: Slot
+    token: str
+    sock: zmq.Socket
+    queue: collections.deque = field(default_factory=collections.deque)  # (inv id, fid, args)
+    current: tuple[str, str, bytes, float] | None = None  # (inv id, fid, args, started wall time)
+    cancelled: bool = False
+    retiring: bool = False
+    started: list[str] = field(default_factory=list)  # to report in the next progress message
+    outcomes: list[tuple[OutcomeInfo, bytes]] = field(default_factory=list)
+    inits: list[protocol.InitInfo] = field(default_factory=list)
+
+
+class Fleet:
+    """Simulated workers driven by one thread: a zmq Poller over their sockets
+    and a heap of timed events (slots joining and leaving, invocations ending)."""
+
+    def __init__(self, trace: dict, scale: float, folder: Path, seed: int = 1):
+        self.trace, self.scale = trace, scale
+        self.rng = random.Random(seed)
+        self.zctx = zmq.Context()
+        self.zctx.setsockopt(zmq.LINGER, 0)
+        self.zctx.set(zmq.MAX_SOCKETS, 65536)
+        self.orders_address, self.reports_address = f"ipc://{folder}/orders", f"ipc://{folder}/reports"
+        self.orders = self.zctx.socket(zmq.PULL)
+        self.orders.bind(self.orders_address)
+        self.reports = self.zctx.socket(zmq.PUSH)
+        self.reports.bind(self.reports_address)
+        self.poller = zmq.Poller()
+        self.poller.register(self.orders, zmq.POLLIN)
+        self.by_sock: dict[zmq.Socket, SimWorker] = {}
+        self.events: list[tuple[float, int, str, Any]] = []
+        self._seq = itertools.count()
+        self.tokens: collections.deque[list[bytes]] = collections.deque()  # orders waiting for a slot
+        self.idle: collections.deque[Slot] = collections.deque()  # slots waiting for a token
+        self.slots: list[Slot] = []
+        self.fn_ctx: dict[str, str] = {}
+        self.models = {m.key: m for m in MODELS}
+        self.executed: collections.Counter[str] = collections.Counter()  # OK outcomes reported, per invocation
+        self.loads = 0
+        self.revoked = 0  # invocations the daemon took back (reclaim) or cancelled
+        self.batches = 0
+        self.late: list[float] = []  # how late each invocation's end was handled: the simulator's own lag
+        self.lost_running = 0  # invocations running or queued on a slot when it was preempted
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fleet", daemon=True)
+        self.t0 = 0.0
+
+    def start(self) -> None:
+        """Time zero of the trace."""
+        self.t0 = time.monotonic()
+        for s in self.trace["slots"]:
+            slot = Slot(s["id"], s["speed"], s["end"])
+            self.slots.append(slot)
+            self._at(s["join"] / self.scale, "join", slot)
+            if s["leave"] is not None:
+                self._at(s["leave"] / self.scale, "leave", slot)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.zctx.destroy(linger=0)
+
+    def _at(self, t: float, kind: str, what: Any) -> None:
+        heapq.heappush(self.events, (self.t0 + t, next(self._seq), kind, what))
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            now = time.monotonic()
+            wait = min(0.05, self.events[0][0] - now) if self.events else 0.05
+            ready = self.poller.poll(max(2, int(wait * 1000)))  # >= 2 ms: one poll serves many events
+            touched: dict[int, SimWorker] = {}
+            for sock, _ in ready:
+                if sock is self.orders:
+                    while self.orders.poll(0):
+                        self._order(self.orders.recv_multipart())
+                    continue
+                w = self.by_sock.get(sock)
+                while w is not None and not sock.closed and sock.poll(0):
+                    self._on_message(w, sock.recv_multipart(), touched)
+            now = time.monotonic()
+            while self.events and self.events[0][0] <= now:
+                due, _, kind, what = heapq.heappop(self.events)
+                if kind == "done":
+                    self.late.append(now - due)
+                getattr(self, f"_{kind}")(what, touched)
+            for w in touched.values():
+                self._flush(w)
+
+    # -- the trace ------------------------------------------------------------
+    def _join(self, slot: Slot, touched) -> None:
+        if self.tokens:
+            self._spawn(slot, self.tokens.popleft())
+        else:
+            self.idle.append(slot)
+
+    def _leave(self, slot: Slot, touched) -> None:
+        """Preempted without goodbye."""
+        slot.gone = True
+        w = slot.worker
+        if w is None:
+            self.idle.remove(slot)
+            return
+        self.lost_running += len(w.queue) + (w.current is not None)
+        self._close(w)
+        if slot.end == "report":
+            self._report(b"lost", w.token, b"block preempted")
+
+    def _order(self, frames: list[bytes]) -> None:
+        if self.idle:
+            self._spawn(self.idle.popleft(), frames)
+        else:
+            self.tokens.append(frames)
+
+    def _spawn(self, slot: Slot, order: list[bytes]) -> None:
+        token, address, server_public, public, secret = order
+        sock = self.zctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.IDENTITY, token)
+        sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = server_public, public, secret
+        sock.connect(address.decode())
+        w = SimWorker(slot, token.decode(), sock)
+        slot.worker, slot.spawned = w, True
+        self.by_sock[sock] = w
+        self.poller.register(sock, zmq.POLLIN)
+        sock.send_multipart(protocol.encode(protocol.Ready(host=f"fleet-{slot.id}", pid=1000 + slot.id,
+                                                           contexts=self._contexts(slot))))
+
+    def _report(self, what: bytes, token: str, why: bytes) -> None:
+        """To the engine; dropped once the daemon is gone (it retires every loop as it stops)."""
+        try:
+            self.reports.send_multipart([what, token.encode(), why], zmq.NOBLOCK)
+        except zmq.Again:
+            pass
+
+    def _close(self, w: SimWorker) -> None:
+        self.poller.unregister(w.sock)
+        del self.by_sock[w.sock]
+        w.sock.close(0)
+        w.slot.worker = None
+
+    def _contexts(self, slot: Slot) -> dict[str, dict]:
+        now = time.monotonic()
+        return {k: {"loaded": k == slot.loaded and now >= slot.ready_at} for k in self.models}
+
+    # -- the worker protocol ---------------------------------------------------
+    def _on_message(self, w: SimWorker, frames: list[bytes], touched) -> None:
+        msg, body = protocol.decode(frames, protocol.WORKER_ORDERS)
+        if isinstance(msg, protocol.Heartbeat):
+            w.sock.send_multipart(protocol.encode(protocol.Heartbeat()))
+            return
+        touched[id(w)] = w
+        if isinstance(msg, protocol.Batch):
+            self.batches += 1
+            for fid, fbody in zip(msg.functions, body):
+                self.fn_ctx.setdefault(fid, next(k for k in self.models if k.encode() in fbody))
+            w.queue.extend((i, f, a) for (i, f), a in zip(msg.items, body[len(msg.functions):]))
+            if w.current is None:
+                self._next(w)
+        elif isinstance(msg, protocol.Revoke):
+            wanted = set(msg.ids)
+            kind = Kind.CANCELLED if msg.reason == "cancel" else Kind.RETURNED
+            self.revoked += len(wanted)
+            kept = collections.deque()
+            for item in w.queue:
+                if item[0] in wanted:
+                    w.outcomes.append(_bare(item[0], kind))
+                else:
+                    kept.append(item)
+            w.queue = kept
+            if msg.reason == "cancel" and w.current is not None and w.current[0] in wanted:
+                w.cancelled = True
+        elif isinstance(msg, protocol.Retire):
+            w.retiring = True
+            w.outcomes += [_bare(i, Kind.RETURNED) for i, _, _ in w.queue]
+            w.queue.clear()
+            if w.current is None:
+                self._retired(w)
+
+    def _next(self, w: SimWorker) -> None:
+        if not w.queue:
+            w.current = None
+            return
+        inv_id, fid, args = w.queue.popleft()
+        key = self.fn_ctx[fid]
+        model = self.models[key]
+        seconds = model.call * _jitter(inv_id) / w.slot.speed
+        if w.slot.loaded != key:
+            load = min(MAX_LOAD_SECONDS, model.load * _jitter(f"{w.slot.id}:{self.loads}"))
+            self.loads += 1
+            w.slot.loaded, w.slot.ready_at = key, time.monotonic() + load / self.scale
+            w.inits.append(protocol.InitInfo(context_key=key, description=f"fleet-sim/{model.name}",
+                                             started_at=time.time(), seconds=load / self.scale))
+            seconds += load
+        w.current = (inv_id, fid, args, time.time())
+        w.cancelled = False
+        w.started.append(inv_id)
+        self._at(time.monotonic() - self.t0 + seconds / self.scale, "done", (w, inv_id))
+
+    def _done(self, what: tuple[SimWorker, str], touched) -> None:
+        w, inv_id = what
+        if w.slot.gone or w.slot.worker is not w or w.current is None or w.current[0] != inv_id:
+            return  # preempted meanwhile
+        _, _, args, started = w.current
+        if w.cancelled:
+            w.outcomes.append(_bare(inv_id, Kind.CANCELLED))
+        else:
+            w.outcomes.append((OutcomeInfo(id=inv_id, kind=Kind.OK, started=started, finished=time.time()), args))
+            self.executed[inv_id] += 1
+            w.slot.done += 1
+        touched[id(w)] = w
+        if w.retiring:
+            self._flush(w)
+            self._retired(w)
+        else:
+            self._next(w)
+
+    def _retired(self, w: SimWorker) -> None:
+        """The loop ended; its slot (a worker process, with its GPU's model) takes the next token."""
+        self._flush(w)
+        self._close(w)
+        self._report(b"ended", w.token, b"retired")
+        self._join(w.slot, {})
+
+    def _flush(self, w: SimWorker) -> None:
+        if w.slot.worker is not w or not (w.started or w.outcomes):
+            return
+        msg = protocol.Progress(started=w.started, outcomes=[o for o, _ in w.outcomes], inits=w.inits,
+                                contexts=self._contexts(w.slot) if w.outcomes else None)
+        w.sock.send_multipart(protocol.encode(msg, [p for _, p in w.outcomes]))
+        w.started, w.outcomes, w.inits = [], [], []
+
+
+def _bare(inv_id: str, kind: Kind) -> tuple[OutcomeInfo, bytes]:
+    now = time.time()
+    return OutcomeInfo(id=inv_id, kind=kind, started=now, finished=now), b""
+
+
+# -- clients ----------------------------------------------------------------------------------
+def client(name: str, index: int, count: int, go: str, out: str) -> None:
+    """One client process: submit ``count`` claims (the models in turn) at once
+    when ``go`` appears; check every result is its own invocation's; write figures."""
+    from faas.client.executor import Executor
+
+    deliveries: collections.Counter[str] = collections.Counter()
+
+    class CountingExecutor(Executor):
+        """Counts every result the endpoint delivers, to catch one delivered twice."""
+
+        def _on_results(self, items, payloads):
+            deliveries.update(it.id for it in items)
+            super()._on_results(items, payloads)
+
+    functions = [ctx_function(_never_called, model=f"fleet-sim/{m.name}") for m in MODELS]
+    ex = CountingExecutor(endpoint=name, batch_size=1024)
+    while not os.path.exists(go):
+        time.sleep(0.005)
+    latencies: list[float] = []
+    futures = []
+    begin = time.monotonic()
+    for i in range(count):
+        claim = f"claim-{index}-{i}"
+        fut = ex.submit(functions[i % len(functions)], claim)
+        t = time.monotonic()
+        fut.add_done_callback(lambda f, t=t: latencies.append(time.monotonic() - t))
+        futures.append((claim, fut))
+    submitted = time.monotonic() - begin
+    wrong = errors = 0
+    for claim, fut in futures:
+        try:
+            wrong += fut.result() != ((claim,), {})
+        except Exception:
+            errors += 1
+    last = time.monotonic()
+    ids = {fut.task_id for _, fut in futures}
+    ex.shutdown()
+    latencies.sort()
+    Path(out).write_text(json.dumps({
+        "count": count, "wrong": wrong, "errors": errors, "submit_seconds": submitted,
+        "duplicated": sum(1 for i, n in deliveries.items() if i in ids and n > 1),
+        "p50": latencies[len(latencies) // 2], "p99": latencies[int(len(latencies) * 0.99)],
+        "latencies": latencies[:: max(1, len(latencies) // 2000)], "finished_at": last - begin}))
+
+
+# -- one run ----------------------------------------------------------------------------------
+def config_text(store_url: str | None, heartbeat: tuple[int, int], scale: float) -> str:
+    """The endpoint's config: its time settings are the paper's divided by ``scale``
+    (the default 10 s of work per batch), except the heartbeat, given scaled."""
+    store = f"store:\n  url: {json.dumps(store_url)}\n" if store_url else ""
+    return f"""\
+engine:
+  address: 127.0.0.1
+  heartbeat_period: {heartbeat[0]}
+  heartbeat_threshold: {heartbeat[1]}
+  max_idletime: 3600
+dispatch:
+  max_batch: 64
+  max_batch_seconds: {10.0 / scale}
+{store}"""
+
+
+def run_fleet(trace: dict, invocations: int, clients: int = 3, scale: float = 60.0, store_url: str | None = None,
+              heartbeat: tuple[int, int] = (1, 3), log: Callable[[str], None] = print) -> dict:
+    """One run of ``invocations`` over ``trace``; returns its figures."""
+    from faas.endpoint.daemon import ping, request
+    from faas.home import EndpointDir
+
+    with tempfile.TemporaryDirectory(prefix="faas-fleet-") as tmp:
+        tmp = Path(tmp)
+        home, name = tmp / "home", "fleet"
+        folder = home / "endpoints" / name
+        folder.mkdir(parents=True, mode=0o700)
+        (folder / "config.yaml").write_text(config_text(store_url, heartbeat, scale))
+        env = {**os.environ, "FAAS_HOME": str(home),
+               "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+        fleet = Fleet(trace, scale, tmp)
+        stats_path = tmp / "daemon-stats.json"
+        with open(tmp / "daemon.log", "wb") as daemon_log:
+            daemon = subprocess.Popen([sys.executable, __file__, "serve", name, fleet.orders_address,
+                                       fleet.reports_address, str(peak(trace)), str(stats_path)],
+                                      env=env, stdout=daemon_log, stderr=subprocess.STDOUT, cwd=tmp)
+        go = tmp / "go"
+        procs = []
+        try:
+            address = EndpointDir.of(name, home).address
+            deadline = time.monotonic() + 60
+            while not ping(address, timeout=0.5):
+                if daemon.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the daemon did not start:\n{(tmp / 'daemon.log').read_text()[-3000:]}")
+                time.sleep(0.1)
+            shares = [invocations // clients + (i < invocations % clients) for i in range(clients)]
+            procs = [subprocess.Popen([sys.executable, __file__, "client", name, str(i), str(n), str(go),
+                                       str(tmp / f"client{i}.json")], env=env) for i, n in enumerate(shares)]
+            time.sleep(3.0)  # clients connect (imports, handshake) before time zero
+            dp = psutil.Process(daemon.pid)
+            cpu0, rss_peak, rss0 = sum(dp.cpu_times()[:2]), 0, dp.memory_info().rss
+            main0 = _thread_cpu(dp)
+            fleet.start()
+            go.touch()
+            start = time.monotonic()
+            samples = []
+            last_count, last_change = 0, time.monotonic()
+            while any(p.poll() is None for p in procs):
+                time.sleep(0.5)
+                rss = dp.memory_info().rss
+                rss_peak = max(rss_peak, rss)
+                samples.append((time.monotonic() - start, sum(dp.cpu_times()[:2]) - cpu0))
+                if daemon.poll() is not None:
+                    raise RuntimeError(f"the daemon died:\n{(tmp / 'daemon.log').read_text()[-3000:]}")
+                if len(fleet.executed) != last_count:
+                    last_count, last_change = len(fleet.executed), time.monotonic()
+                elif time.monotonic() - last_change > STALL_SECONDS:
+                    st = request(address, "status")["status"]
+                    raise RuntimeError(f"no invocation ended for {STALL_SECONDS:.0f}s; backlog {st['backlog']}, "
+                                       f"in flight {st['batches_in_flight']}, {len(st['worker_contexts'])} "
+                                       f"workers ready, {len(fleet.by_sock)} simulated, {len(fleet.tokens)} "
+                                       f"tokens waiting for a slot, {len(fleet.idle)} slots for a token")
+                if len(samples) % 20 == 0:
+                    log(f"  t={samples[-1][0]:.0f}s daemon cpu {samples[-1][1]:.1f}s rss {rss / 2**20:.0f} MB "
+                        f"executed {len(fleet.executed)}/{invocations}")
+            makespan = max(json.loads((tmp / f"client{i}.json").read_text())["finished_at"]
+                           for i in range(clients))
+            cpu = sum(dp.cpu_times()[:2]) - cpu0
+            main_cpu = _thread_cpu(dp) - main0
+            if any(p.returncode for p in procs):
+                raise RuntimeError("a client failed")
+            results = [json.loads((tmp / f"client{i}.json").read_text()) for i in range(clients)]
+            store = store_figures(store_url or f"sqlite:///{folder / 'store.db'}", folder)
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+            daemon.send_signal(signal.SIGTERM)
+            try:
+                daemon.wait(60)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+            fleet.stop()
+        dstats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
+    work = sum(invocations / len(MODELS) * m.call for m in MODELS)
+    ideal = ideal_makespan(trace, work, sum(m.load for m in MODELS) / len(MODELS)) / scale
+    latencies = sorted(x for r in results for x in r["latencies"])
+    return {
+        "trace": trace["name"], "workers": trace["gpus"], "slots": len(trace["slots"]), "invocations": invocations,
+        "store": "postgresql" if store_url else "sqlite", "scale": scale,
+        "makespan": makespan, "ideal": ideal, "ratio": makespan / ideal,
+        "lost": invocations - store["succeeded"] + sum(r["wrong"] + r["errors"] for r in results),
+        "duplicated": sum(r["duplicated"] for r in results) + store["extra_rows"],
+        "reexecuted": sum(n - 1 for n in fleet.executed.values()),
+        "lost_on_preemption": fleet.lost_running, "revoked": fleet.revoked,
+        "loads": store["inits"], "loads_min": sum(1 for s in fleet.slots if s.done),
+        "idle_joined": [s.id for s in fleet.slots if s.spawned and not s.done],
+        "daemon_cpu_s": cpu, "daemon_cpu_share": cpu / makespan, "loop_thread_cpu_s": main_cpu,
+        "cpu_per_invocation_ms": 1000 * cpu / invocations,
+        "decisions_per_s": fleet.batches / makespan, "commits_per_s": dstats.get("commits", 0) / makespan,
+        "store_mb": store["bytes"] / 2**20, "rss_mb": rss_peak / 2**20, "rss_start_mb": rss0 / 2**20,
+        "p50": latencies[len(latencies) // 2], "p99": latencies[int(len(latencies) * 0.99)],
+        "throughput": invocations / makespan, "fleet_lag_ms": 1000 * sum(fleet.late) / max(1, len(fleet.late)),
+        "fleet_lag_p99_ms": 1000 * sorted(fleet.late)[int(len(fleet.late) * 0.99)] if fleet.late else 0.0,
+        "profile": dstats.get("profile", {}),
+        "cpu_samples": samples[:: max(1, len(samples) // 50)],
+    }
+
+
+def _thread_cpu(proc: psutil.Process) -> float:
+    """CPU seconds of the daemon's main thread (its loop): the rest is ZeroMQ's I/O thread (CurveZMQ), the monitor."""
+    return next(t.user_time + t.system_time for t in proc.threads() if t.id == proc.pid)
+
+
+def store_figures(url: str, folder: Path) -> dict:
+    """What the store holds after a run: final states, rows, context loads, size."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        states = dict(conn.execute(text("SELECT state, count(*) FROM invocations GROUP BY state")).all())
+        rows = conn.execute(text("SELECT count(*), count(DISTINCT id) FROM invocations")).one()
+        inits = conn.execute(text("SELECT count(*) FROM context_inits")).scalar()
+        if engine.url.get_backend_name() == "postgresql":
+            size = conn.execute(text("SELECT pg_database_size(current_database())")).scalar()
+        else:
+            size = sum(p.stat().st_size for p in folder.glob("store.db*"))
+    engine.dispose()
+    return {"succeeded": states.get("succeeded", 0), "states": states, "extra_rows": rows[0] - rows[1],
+            "inits": inits, "bytes": size}
+
+
+def report(r: dict) -> str:
+    p = r["profile"]
+    return (f"{r['trace']} {r['workers']} workers ({r['slots']} slots), {r['invocations']} invocations, "
+            f"{r['store']}, scale {r['scale']:g}x\n"
+            f"  makespan {r['makespan']:.1f}s vs ideal {r['ideal']:.1f}s: {r['ratio']:.3f}x\n"
+            f"  lost {r['lost']}, duplicated {r['duplicated']} (re-executed after preemption: {r['reexecuted']}, "
+            f"on preempted slots: {r['lost_on_preemption']}, taken back: {r['revoked']})\n"
+            f"  context loads {r['loads']} vs minimum {r['loads_min']} (one per worker that ran work); "
+            f"workers that joined but ran nothing: {len(r['idle_joined'])}\n"
+            f"  daemon CPU {r['daemon_cpu_s']:.1f}s = {100 * r['daemon_cpu_share']:.1f}% of a core "
+            f"(loop thread {r['loop_thread_cpu_s']:.1f}s), {r['cpu_per_invocation_ms']:.3f} ms/invocation\n"
+            f"  {r['throughput']:.0f} invocations/s, {r['decisions_per_s']:.1f} decisions (batches)/s, "
+            f"{r['commits_per_s']:.1f} store commits/s, store {r['store_mb']:.1f} MB\n"
+            f"  daemon RSS {r['rss_start_mb']:.0f} MB at start, {r['rss_mb']:.0f} MB peak; "
+            f"submit->result p50 {r['p50']:.2f}s p99 {r['p99']:.2f}s\n"
+            f"  simulator lag (invocation ends handled late) mean {r['fleet_lag_ms']:.1f} ms, "
+            f"p99 {r['fleet_lag_p99_ms']:.1f} ms\n"
+            f"  daemon loop thread: " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in p.items()))
+
+
+def _postgres(stack) -> str:
+    sys.path.insert(0, str(ROOT / "tests"))
+    from services.postgres import postgres_server
+
+    return stack.enter_context(postgres_server(tempfile.mkdtemp(prefix="faas-fleet-pg-")))
+
+
+def main() -> None:
+    import contextlib
+    import faulthandler
+
+    faulthandler.register(signal.SIGUSR1)  # kill -USR1 PID: every thread's stack, to see where a run hangs
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("trace")
+    t.add_argument("kind", choices=["paper", "harsh"])
+    for cmd in ("run", "saturation"):
+        p = sub.add_parser(cmd)
+        p.add_argument("--trace", default=str(HERE / "traces" / "paper.json"))
+        p.add_argument("-n", "--invocations", type=int, default=150_000)
+        p.add_argument("--clients", type=int, default=3)
+        p.add_argument("--scale", type=float, default=60.0)
+        p.add_argument("--store", choices=["sqlite", "postgresql"], default="sqlite")
+        p.add_argument("--json", help="append the figures to this file (one JSON object a line)")
+    sub.choices["saturation"].add_argument("--sizes", default="186,372,744,1488")
+    sub.choices["saturation"].add_argument("--plot", default=str(HERE / "fleet_saturation.png"))
+    for cmd, n in (("serve", 5), ("client", 5)):
+        s = sub.add_parser(cmd)
+        s.add_argument("args", nargs=n)
+    a = ap.parse_args()
+    if a.cmd == "trace":
+        print(json.dumps(make_trace(a.kind), indent=0))
+        return
+    if a.cmd == "serve":
+        name, orders, reports, loops, stats = a.args
+        return serve(name, orders, reports, int(loops), stats)
+    if a.cmd == "client":
+        name, index, count, go, out = a.args
+        return client(name, int(index), int(count), go, out)
+    trace = json.loads(Path(a.trace).read_text())
+    with contextlib.ExitStack() as stack:
+        url = _postgres(stack) if a.store == "postgresql" else None
+        if a.cmd == "run":
+            runs = [run_fleet(trace, a.invocations, a.clients, a.scale, url)]
+        else:
+            runs = []
+            for size in (int(s) for s in a.sizes.split(",")):
+                r = run_fleet(multiply(trace, max(1, round(size / trace["gpus"]))), a.invocations, a.clients,
+                              a.scale, url)
+                print(report(r), flush=True)
+                runs.append(r)
+                if a.json:
+                    with open(a.json, "a") as f:
+                        f.write(json.dumps(r) + "\n")
+            plot(runs, a.plot)
+    for r in runs if a.cmd == "run" else ():
+        print(report(r), flush=True)
+        if a.json:
+            with open(a.json, "a") as f:
+                f.write(json.dumps(r) + "\n")
+
+
+def plot(runs: list[dict], path: str) -> None:
+    """Throughput and daemon CPU against fleet size: the daemon saturates where
+    throughput stops following the fleet's demand and its CPU nears one core."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = [r["workers"] for r in runs]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.plot(sizes, [r["throughput"] for r in runs], "o-", label="invocations/s (measured)")
+    ax.plot(sizes, [r["invocations"] / r["ideal"] for r in runs], "s--", label="invocations/s (trace's ideal)")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sizes, [str(s) for s in sizes])
+    ax.set_xlabel("simulated workers (GPUs)")
+    ax.set_ylabel("invocations/s")
+    ax2 = ax.twinx()
+    ax2.plot(sizes, [100 * r["daemon_cpu_share"] for r in runs], "^:", color="tab:red", label="daemon CPU %")
+    ax2.set_ylabel("daemon CPU, % of one core")
+    ax2.set_ylim(0, max(110, 10 + max(100 * r["daemon_cpu_share"] for r in runs)))
+    lines = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
+    ax.legend(lines, [h.get_label() for h in lines], loc="upper left")
+    ax.set_title(f"faas daemon on a simulated fleet ({runs[0]['invocations']} invocations, "
+                 f"{runs[0]['scale']:g}x time)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()
