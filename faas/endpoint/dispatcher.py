@@ -49,6 +49,7 @@ PREFETCH = 2  # batches a loop holds: one running, one queued behind it
 ROW_SLACK = 2**16  # bytes of a stored invocation's row besides its arguments and result
 RECLAIM_PERIOD = 0.1  # seconds between looks for loops held up by a long invocation (a scan of all loops)
 COMMIT_INTERVAL = 0.05  # seconds: under load, one store transaction carries every decision of this long
+COMMIT_SHARE = 0.2  # at most: a commit waits 1/COMMIT_SHARE times the last one's cost after it, or the interval
 _STATE = {Step.SUCCEEDED: State.SUCCEEDED, Step.FAILED: State.FAILED, Step.CANCELLED: State.CANCELLED}
 
 
@@ -131,6 +132,7 @@ class Dispatcher:
         self.load_seconds: dict[str, float] = {}  # context -> how long a worker takes to load it, smoothed
         self._pending = _Pending()
         self._last_commit = self._last_reclaim = 0.0  # monotonic
+        self._commit_seconds = 0.0  # what the last commit of outcomes cost
         self._batch_ids = itertools.count(1)
         self._bodies = ByteLRU(int(config.warm_pool.function_cache_bytes))  # the store has them all
         budget = config.warm_pool.memory_budget
@@ -366,12 +368,15 @@ class Dispatcher:
     # -- the passes' one transaction ------------------------------------------
     def commit_due(self) -> float | None:
         """Seconds until what the passes decided must be written (0: now), None
-        when there is nothing to write. A commit right after another waits
-        COMMIT_INTERVAL, so that under load one transaction carries the outcomes
-        of many passes (a lone result is written at once)."""
+        when there is nothing to write. A commit right after another waits in
+        proportion to what the last one cost, up to COMMIT_INTERVAL: under load
+        one transaction carries the outcomes of many passes and commits take at
+        most about COMMIT_SHARE of the loop, while cheap commits (and a lone
+        result) are written at once, so results reach clients in milliseconds."""
         p = self._pending
         if p.outcomes or p.requeue or p.inits or p.lost_workers:
-            return max(0.0, self._last_commit + COMMIT_INTERVAL - time.monotonic())
+            hold = min(COMMIT_INTERVAL, self._commit_seconds / COMMIT_SHARE)
+            return max(0.0, self._last_commit + hold - time.monotonic())
         if p.dispatched:  # no hurry: they ride with the next outcomes, or go alone after the interval
             return max(0.0, p.since + COMMIT_INTERVAL - time.monotonic())
         return None
@@ -394,11 +399,13 @@ class Dispatcher:
                 p.dispatched = []
             if not (p.outcomes or p.requeue or p.inits or p.lost_workers):
                 return []
-            self._last_commit = time.monotonic()
+            started = time.monotonic()
             recorded = self.guard.call(
                 self.store.record_outcomes, [o for o, _ in p.outcomes], p.workers.values(), p.inits,
                 requeue={i: note for i, (_, note) in p.requeue.items()}, refund=p.refund,
                 lost_workers=p.lost_workers)
+            self._last_commit = time.monotonic()
+            self._commit_seconds = self._last_commit - started
         except StoreDown:
             if p.failing_since is None:
                 p.failing_since = time.monotonic()

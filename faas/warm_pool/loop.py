@@ -113,6 +113,7 @@ class WorkerLoop:
         self.sock = sock
         self.threshold = heartbeat_threshold
         self.runner = Runner()
+        self.runner.on_init = lambda: self._report("loaded", None)
         self.settings = protocol.WorkerSettings()
         self.cond = threading.Condition()
         self.queue: deque[WorkItem] = deque()
@@ -341,22 +342,29 @@ class WorkerLoop:
         self._send_reports([_bare(it.id, Kind.RETURNED) for it in queued])
 
     def _send_reports(self, extra: list[Result] = ()) -> None:
-        """Everything reported since the last send, in one progress message."""
+        """Everything reported since the last send, in one progress message; the
+        warm pool's state with outcomes, and as soon as a context has loaded (the
+        endpoint then knows a long first invocation is not a load)."""
         started: list[str] = []
         outcomes: list[Result] = list(extra)
+        loaded = False
         while True:
             try:
                 kind, value = self._reports.get_nowait()
             except queue.Empty:
                 break
-            (started if kind == "started" else outcomes).extend(value)
+            if kind == "loaded":
+                loaded = True
+            else:
+                (started if kind == "started" else outcomes).extend(value)
         with self.cond:
             dropped = self.runner.take_dropped()
-        if not started and not outcomes and not dropped:
+        if not started and not outcomes and not dropped and not loaded:
             return
-        inits = self.runner.inits() if outcomes else []
-        msg = protocol.Progress(started=started, outcomes=[info for info, _ in outcomes], inits=inits,
-                                contexts=self.runner.pool.snapshot() if outcomes else None,
+        pool_changed = bool(outcomes) or loaded
+        msg = protocol.Progress(started=started, outcomes=[info for info, _ in outcomes],
+                                inits=self.runner.inits() if pool_changed else [],
+                                contexts=self.runner.pool.snapshot() if pool_changed else None,
                                 dropped_functions=dropped)
         try:
             self.sock.send_multipart(protocol.encode(msg, [payload for _, payload in outcomes]), zmq.NOBLOCK)

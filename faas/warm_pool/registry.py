@@ -170,6 +170,11 @@ class WarmPool:
             return {k: dict(vars(st), loaded=k in self._entries and self._entries[k].loaded)
                     for k, st in self.stats.items()}
 
+    def has_events(self) -> bool:
+        """Whether a context was initialised (or failed to) since the last drain."""
+        with self._lock:
+            return bool(self._events)
+
     def drain_events(self) -> list[InitEvent]:
         """Init events since the last call (the worker ships them with its results)."""
         with self._lock:

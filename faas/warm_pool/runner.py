@@ -16,7 +16,7 @@ import os
 import socket
 import time
 import traceback
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,6 +63,7 @@ class Runner:
         self._functions: dict[str, Any] = {}
         self._dropped: list[str] = []
         self._failed_inits: dict[str, tuple[float, str]] = {}  # context key -> (when, loader's traceback)
+        self.on_init: Callable[[], None] | None = None  # told when a context was just initialised
 
     def add_bodies(self, bodies: dict[str, bytes], keep: Iterable[str] = ()) -> None:
         """``keep``: functions that queued work still needs (never evicted)."""
@@ -151,6 +152,8 @@ class Runner:
             self._failed_inits[key] = (time.monotonic(), tb)
             raise _init_error(fn, tb) from None
         self._failed_inits.pop(key, None)
+        if self.on_init is not None and self.pool.has_events():
+            self.on_init()  # before the code runs: the endpoint learns the context is loaded
         try:
             yield ctx
         finally:
