@@ -48,8 +48,8 @@ log = logging.getLogger(__name__)
 PREFETCH = 2  # batches a loop holds: one running, one queued behind it
 ROW_SLACK = 2**16  # bytes of a stored invocation's row besides its arguments and result
 RECLAIM_PERIOD = 0.1  # seconds between looks for loops held up by a long invocation (a scan of all loops)
-COMMIT_INTERVAL = 0.05  # seconds: under load, one store transaction carries every decision of this long
-COMMIT_SHARE = 0.2  # at most: a commit waits 1/COMMIT_SHARE times the last one's cost after it, or the interval
+COMMIT_INTERVAL = 0.05  # seconds: the longest a result waits for others to share its store transaction
+RESULT_WAIT = 0.1  # and at most this share of the run time of those waiting (a no-op's is written at once)
 _STATE = {Step.SUCCEEDED: State.SUCCEEDED, Step.FAILED: State.FAILED, Step.CANCELLED: State.CANCELLED}
 
 
@@ -99,6 +99,8 @@ class _Pending:
     lost_workers: list[tuple[str, float]] = field(default_factory=list)
     dispatched: list[str] = field(default_factory=list)  # shipped: marked in the next commit
     since: float = field(default_factory=time.monotonic)
+    first_outcome: float | None = None  # monotonic arrival of the oldest outcome not written
+    run_seconds: float = 0.0  # the run times of the outcomes not written, summed
     failing_since: float | None = None  # monotonic time its write first failed
     refused: set[str] = field(default_factory=set)  # outcomes its clients were told cannot be recorded
 
@@ -111,6 +113,9 @@ class _Pending:
         self.inits += newer.inits
         self.lost_workers += newer.lost_workers
         self.dispatched += newer.dispatched
+        if self.first_outcome is None:
+            self.first_outcome = newer.first_outcome
+        self.run_seconds += newer.run_seconds
         return self
 
 
@@ -131,8 +136,7 @@ class Dispatcher:
         self.started: list[Item] = []  # invocations that started since the last call of take_started
         self.load_seconds: dict[str, float] = {}  # context -> how long a worker takes to load it, smoothed
         self._pending = _Pending()
-        self._last_commit = self._last_reclaim = 0.0  # monotonic
-        self._commit_seconds = 0.0  # what the last commit of outcomes cost
+        self._last_reclaim = 0.0  # monotonic
         self._batch_ids = itertools.count(1)
         self._bodies = ByteLRU(int(config.warm_pool.function_cache_bytes))  # the store has them all
         budget = config.warm_pool.memory_budget
@@ -359,7 +363,11 @@ class Dispatcher:
                                         f"are more than the store takes in one row ({self.store.max_value_bytes} "
                                         f"bytes): the result was not recorded")
             payload = None
-        self._pending.outcomes.append((Outcome(it.id, _STATE[step], payload, error, worker, started, finished), it))
+        p = self._pending
+        p.outcomes.append((Outcome(it.id, _STATE[step], payload, error, worker, started, finished), it))
+        if p.first_outcome is None:
+            p.first_outcome = time.monotonic()
+        p.run_seconds += max(0.0, finished - started)
 
     def take_started(self) -> list[Item]:
         started, self.started = self.started, []
@@ -368,15 +376,16 @@ class Dispatcher:
     # -- the passes' one transaction ------------------------------------------
     def commit_due(self) -> float | None:
         """Seconds until what the passes decided must be written (0: now), None
-        when there is nothing to write. A commit right after another waits in
-        proportion to what the last one cost, up to COMMIT_INTERVAL: under load
-        one transaction carries the outcomes of many passes and commits take at
-        most about COMMIT_SHARE of the loop, while cheap commits (and a lone
-        result) are written at once, so results reach clients in milliseconds."""
+        when there is nothing to write. Outcomes wait for company a small share
+        of their mean run time (RESULT_WAIT, at most COMMIT_INTERVAL): a fleet's
+        results of long invocations share few transactions, while short ones
+        reach their clients in milliseconds. Losses and returns go at once."""
         p = self._pending
-        if p.outcomes or p.requeue or p.inits or p.lost_workers:
-            hold = min(COMMIT_INTERVAL, self._commit_seconds / COMMIT_SHARE)
-            return max(0.0, self._last_commit + hold - time.monotonic())
+        if p.requeue or p.inits or p.lost_workers:
+            return 0.0
+        if p.outcomes:
+            hold = min(COMMIT_INTERVAL, RESULT_WAIT * p.run_seconds / len(p.outcomes))
+            return max(0.0, p.first_outcome + hold - time.monotonic())
         if p.dispatched:  # no hurry: they ride with the next outcomes, or go alone after the interval
             return max(0.0, p.since + COMMIT_INTERVAL - time.monotonic())
         return None
@@ -399,13 +408,10 @@ class Dispatcher:
                 p.dispatched = []
             if not (p.outcomes or p.requeue or p.inits or p.lost_workers):
                 return []
-            started = time.monotonic()
             recorded = self.guard.call(
                 self.store.record_outcomes, [o for o, _ in p.outcomes], p.workers.values(), p.inits,
                 requeue={i: note for i, (_, note) in p.requeue.items()}, refund=p.refund,
                 lost_workers=p.lost_workers)
-            self._last_commit = time.monotonic()
-            self._commit_seconds = self._last_commit - started
         except StoreDown:
             if p.failing_since is None:
                 p.failing_since = time.monotonic()
