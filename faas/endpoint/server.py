@@ -22,6 +22,7 @@ import time
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
+import psutil
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
@@ -127,7 +128,7 @@ class Server:
                 else:
                     if purged:
                         log.info("purged %d results older than %.0fs", purged, self.cfg.store.retention)
-            if self.exit_with is not None and not _alive(self.exit_with):
+            if self.exit_with is not None and not psutil.pid_exists(self.exit_with):
                 log.info("process %d is gone; stopping", self.exit_with)
                 self.stop()
                 return
@@ -457,16 +458,6 @@ def _invocation_ids(frames: list[bytes]) -> list[str]:
 
 def _submitted_ids(msg) -> list[str]:
     return [inv.id for inv in msg.invocations] if isinstance(msg, protocol.Submit) else []
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
 
 
 def _results_message(rows: list[tuple[str, State, bytes | None, str | None]]) -> list[bytes]:

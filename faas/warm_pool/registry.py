@@ -16,6 +16,7 @@ evicted until the others fit.
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import sys
@@ -236,12 +237,7 @@ def _memory_in_use() -> int:
     return psutil.Process().memory_info().rss
 
 
-_pool: WarmPool | None = None
-
-
+@functools.cache
 def process_pool() -> WarmPool:
     """The warm pool of this process."""
-    global _pool
-    if _pool is None:
-        _pool = WarmPool()
-    return _pool
+    return WarmPool()

@@ -11,6 +11,7 @@ culprit fails.
 
 from __future__ import annotations
 
+import functools
 import linecache
 import os
 import socket
@@ -233,14 +234,9 @@ def run_batch(functions: dict[str, bytes], items: list[tuple[str, str, bytes]],
     return {"host": socket.gethostname(), "pid": os.getpid(), "outcomes": outcomes, "inits": runner.inits()}
 
 
-_runner: Runner | None = None
-
-
+@functools.cache
 def _process_runner() -> Runner:
-    global _runner
-    if _runner is None:
-        _runner = Runner()
-    return _runner
+    return Runner()
 
 
 def _restore_source(fn: Any) -> None:
