@@ -291,6 +291,15 @@ class Slot:
     gone: bool = False
     spawned: bool = False  # a loop ran on it
     done: int = 0  # invocations it reported finished
+    joined: float | None = None  # monotonic: when the trace brought it
+    left: float | None = None  # and took it away
+    idle_from: float | None = None  # monotonic: idle since (nothing to run), while idle
+    idle: list[tuple[float, float]] = field(default_factory=list)  # its idle spans so far
+
+    def idle_until(self, now: float) -> None:
+        if self.idle_from is not None:
+            self.idle.append((self.idle_from, now))
+            self.idle_from = None
 
 
 @dataclass
@@ -338,6 +347,8 @@ class Fleet:
         self.batches = 0
         self.late: list[float] = []  # how late each invocation's end was handled: the simulator's own lag
         self.lost_running = 0  # invocations running or queued on a slot when it was preempted
+        self.busy = {"running": 0.0, "loading": 0.0}  # the slots' seconds, for where their time went
+        self.last_batch = 0.0  # monotonic: when the last batch arrived (the daemon's backlog was out by then)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fleet", daemon=True)
         self.t0 = 0.0
@@ -352,6 +363,17 @@ class Fleet:
             if s["leave"] is not None:
                 self._at(s["leave"] / self.scale, "leave", slot)
         self._thread.start()
+
+    def time_shares(self, end: float) -> dict[str, float]:
+        """Where the slots' time went until ``end`` (monotonic): running, loading, or
+        idle (joined, nothing to run); of the idle time, how much passed while the
+        daemon still had work to send (before the last batch arrived): dispatch lag."""
+        total = sum(min(end, s.left or end) - s.joined for s in self.slots if s.joined is not None)
+        shares = {k: v / total for k, v in self.busy.items()}
+        spans = [span for s in self.slots for span in s.idle] + [
+            (s.idle_from, end) for s in self.slots if s.idle_from is not None]
+        starved = sum(max(0.0, min(b, self.last_batch) - a) for a, b in spans)
+        return {**shares, "idle": max(0.0, 1.0 - sum(shares.values())), "idle while work was queued": starved / total}
 
     def stop(self) -> None:
         self._stop.set()
@@ -386,6 +408,10 @@ class Fleet:
 
     # -- the trace ------------------------------------------------------------
     def _join(self, slot: Slot, touched) -> None:
+        if slot.joined is None:
+            slot.joined = time.monotonic()
+        if slot.idle_from is None:
+            slot.idle_from = time.monotonic()
         if self.tokens:
             self._spawn(slot, self.tokens.popleft())
         else:
@@ -393,7 +419,8 @@ class Fleet:
 
     def _leave(self, slot: Slot, touched) -> None:
         """Preempted without goodbye."""
-        slot.gone = True
+        slot.gone, slot.left = True, time.monotonic()
+        slot.idle_until(slot.left)
         w = slot.worker
         if w is None:
             self.idle.remove(slot)
@@ -448,6 +475,7 @@ class Fleet:
         touched[id(w)] = w
         if isinstance(msg, protocol.Batch):
             self.batches += 1
+            self.last_batch = time.monotonic()
             for fid, fbody in zip(msg.functions, body):
                 self.fn_ctx.setdefault(fid, next(k for k in self.models if k.encode() in fbody))
             w.queue.extend((i, f, a) for (i, f), a in zip(msg.items, body[len(msg.functions):]))
@@ -476,11 +504,15 @@ class Fleet:
     def _next(self, w: SimWorker) -> None:
         if not w.queue:
             w.current = None
+            if w.slot.idle_from is None:
+                w.slot.idle_from = time.monotonic()
             return
+        w.slot.idle_until(time.monotonic())
         inv_id, fid, args = w.queue.popleft()
         key = self.fn_ctx[fid]
         model = self.models[key]
         seconds = model.call * _jitter(inv_id) / w.slot.speed
+        self.busy["running"] += seconds / self.scale
         if w.slot.loaded != key:
             load = min(MAX_LOAD_SECONDS, model.load * _jitter(f"{w.slot.id}:{self.loads}"))
             self.loads += 1
@@ -488,6 +520,7 @@ class Fleet:
             w.inits.append(protocol.InitInfo(context_key=key, description=f"fleet-sim/{model.name}",
                                              started_at=time.time(), seconds=load / self.scale))
             seconds += load
+            self.busy["loading"] += load / self.scale
         w.current = (inv_id, fid, args, time.time())
         w.cancelled = False
         w.started.append(inv_id)
@@ -551,6 +584,7 @@ def client(name: str, index: int, count: int, go: str, out: str) -> None:
     ex = CountingExecutor(endpoint=name, batch_size=1024)
     while not os.path.exists(go):
         time.sleep(0.005)
+    cpu0 = time.process_time()
     latencies: list[float] = []
     futures = []
     begin = time.monotonic()
@@ -575,7 +609,8 @@ def client(name: str, index: int, count: int, go: str, out: str) -> None:
         "count": count, "wrong": wrong, "errors": errors, "submit_seconds": submitted,
         "duplicated": sum(1 for i, n in deliveries.items() if i in ids and n > 1),
         "p50": latencies[len(latencies) // 2], "p99": latencies[int(len(latencies) * 0.99)],
-        "latencies": latencies[:: max(1, len(latencies) // 2000)], "finished_at": last - begin}))
+        "latencies": latencies[:: max(1, len(latencies) // 2000)], "finished_at": last - begin,
+        "cpu_s": time.process_time() - cpu0}))
 
 
 # -- one run ----------------------------------------------------------------------------------
@@ -631,6 +666,8 @@ def run_fleet(trace: dict, invocations: int, clients: int = 3, scale: float = 60
             dp = psutil.Process(daemon.pid)
             cpu0, rss_peak, rss0 = sum(dp.cpu_times()[:2]), 0, dp.memory_info().rss
             main0 = _thread_cpu(dp)
+            me = psutil.Process()
+            sim0 = sum(me.cpu_times()[:2])
             fleet.start()
             go.touch()
             start = time.monotonic()
@@ -656,8 +693,10 @@ def run_fleet(trace: dict, invocations: int, clients: int = 3, scale: float = 60
                         f"executed {len(fleet.executed)}/{invocations}")
             makespan = max(json.loads((tmp / f"client{i}.json").read_text())["finished_at"]
                            for i in range(clients))
+            slot_time = fleet.time_shares(start + makespan)
             cpu = sum(dp.cpu_times()[:2]) - cpu0
             main_cpu = _thread_cpu(dp) - main0
+            sim_cpu = sum(me.cpu_times()[:2]) - sim0
             if any(p.returncode for p in procs):
                 raise RuntimeError("a client failed")
             results = [json.loads((tmp / f"client{i}.json").read_text()) for i in range(clients)]
@@ -687,13 +726,14 @@ def run_fleet(trace: dict, invocations: int, clients: int = 3, scale: float = 60
         "loads": store["inits"], "loads_min": sum(1 for s in fleet.slots if s.done),
         "idle_joined": [s.id for s in fleet.slots if s.spawned and not s.done],
         "daemon_cpu_s": cpu, "daemon_cpu_share": cpu / makespan, "loop_thread_cpu_s": main_cpu,
+        "simulator_cpu_share": sim_cpu / makespan, "clients_cpu_share": sum(r["cpu_s"] for r in results) / makespan,
         "cpu_per_invocation_ms": 1000 * cpu / invocations,
         "decisions_per_s": fleet.batches / makespan, "commits_per_s": dstats.get("commits", 0) / makespan,
         "store_mb": store["bytes"] / 2**20, "rss_mb": rss_peak / 2**20, "rss_start_mb": rss0 / 2**20,
         "p50": latencies[len(latencies) // 2], "p99": latencies[int(len(latencies) * 0.99)],
         "throughput": invocations / makespan, "fleet_lag_ms": 1000 * sum(fleet.late) / max(1, len(fleet.late)),
         "fleet_lag_p99_ms": 1000 * sorted(fleet.late)[int(len(fleet.late) * 0.99)] if fleet.late else 0.0,
-        "profile": dstats.get("profile", {}),
+        "profile": dstats.get("profile", {}), "slot_time": slot_time,
         "cpu_samples": samples[:: max(1, len(samples) // 50)],
     }
 
@@ -737,8 +777,10 @@ def report(r: dict) -> str:
             f"  daemon RSS {r['rss_start_mb']:.0f} MB at start, {r['rss_mb']:.0f} MB peak; "
             f"submit->result p50 {r['p50']:.2f}s p99 {r['p99']:.2f}s\n"
             f"  simulator lag (invocation ends handled late) mean {r['fleet_lag_ms']:.1f} ms, "
-            f"p99 {r['fleet_lag_p99_ms']:.1f} ms\n"
-            f"  daemon loop thread: " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in p.items()))
+            f"p99 {r['fleet_lag_p99_ms']:.1f} ms; CPU of the simulator {100 * r['simulator_cpu_share']:.0f}%, "
+            f"of the clients {100 * r['clients_cpu_share']:.0f}% of a core (the machine has {os.cpu_count()})\n"
+            f"  daemon loop thread: " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in p.items()) + "\n"
+            "  the slots' time: " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in r["slot_time"].items()))
 
 
 def _postgres(stack) -> str:
@@ -822,7 +864,11 @@ def plot(runs: list[dict], path: str) -> None:
     ax.set_ylabel("invocations/s")
     ax2 = ax.twinx()
     ax2.plot(sizes, [100 * r["daemon_cpu_share"] for r in runs], "^:", color="tab:red", label="daemon CPU %")
-    ax2.set_ylabel("daemon CPU, % of one core")
+    ax2.plot(sizes, [100 * (1 - r["profile"].get("idle", 0.0)) for r in runs], "v:", color="tab:purple",
+             label="daemon loop thread busy %")
+    ax2.plot(sizes, [100 * r["simulator_cpu_share"] for r in runs], "x:", color="tab:gray",
+             label="simulator CPU %")
+    ax2.set_ylabel("% of one core")
     ax2.set_ylim(0, max(110, 10 + max(100 * r["daemon_cpu_share"] for r in runs)))
     lines = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
     ax.legend(lines, [h.get_label() for h in lines], loc="upper left")

@@ -2,33 +2,42 @@
 
 from __future__ import annotations
 
-from faas.endpoint.policy import FIRST_BATCH, LoopLoad, Step, after_attempt, after_loss, batch_size, should_reclaim
+from faas.endpoint.policy import (
+    FIRST_BATCH,
+    Holders,
+    LoopLoad,
+    Step,
+    after_attempt,
+    after_loss,
+    batch_size,
+    should_reclaim,
+)
 from faas.protocol import Kind
 
 
 def test_first_batch_is_small_until_the_worker_is_measured():
-    assert batch_size(LoopLoad(None, 0), [], queued=1000, in_flight=0, max_batch=64,
+    assert batch_size(LoopLoad(None, 0), Holders(), queued=1000, in_flight=0, max_batch=64,
                       max_batch_seconds=10) == FIRST_BATCH
-    assert batch_size(LoopLoad(None, 0), [], queued=2, in_flight=0, max_batch=64, max_batch_seconds=10) == 2
+    assert batch_size(LoopLoad(None, 0), Holders(), queued=2, in_flight=0, max_batch=64, max_batch_seconds=10) == 2
 
 
 def test_a_batched_function_gets_batches_it_can_fill():
-    assert batch_size(LoopLoad(None, 0), [], 1000, 0, 64, 10, min_batch=32) == 32
-    assert batch_size(LoopLoad(100.0, 0), [LoopLoad(100.0, 0)], 10, 0, 64, 10, min_batch=8) == 8
+    assert batch_size(LoopLoad(None, 0), Holders(), 1000, 0, 64, 10, min_batch=32) == 32
+    assert batch_size(LoopLoad(100.0, 0), Holders.of([100.0]), 10, 0, 64, 10, min_batch=8) == 8
 
 
 def test_batches_follow_speed_and_backlog():
     fast, slow = LoopLoad(100.0, 0), LoopLoad(10.0, 0)
-    big_fast = batch_size(fast, [slow], 1000, 0, 1000, 100)
-    big_slow = batch_size(slow, [fast], 1000, 0, 1000, 100)
+    big_fast = batch_size(fast, Holders.of([slow.rate]), 1000, 0, 1000, 100)
+    big_slow = batch_size(slow, Holders.of([fast.rate]), 1000, 0, 1000, 100)
     assert big_fast > 5 * big_slow  # the fast worker takes about ten times the slow one's share
-    assert batch_size(fast, [slow], 10, 0, 1000, 100) < big_fast  # small at the tail
-    assert batch_size(LoopLoad(100.0, 0), [], 1000, 0, 1000, max_batch_seconds=0.1) == 10  # 0.1 s of work
+    assert batch_size(fast, Holders.of([slow.rate]), 10, 0, 1000, 100) < big_fast  # small at the tail
+    assert batch_size(LoopLoad(100.0, 0), Holders(), 1000, 0, 1000, max_batch_seconds=0.1) == 10  # 0.1 s of work
 
 
 def test_a_busy_worker_is_left_idle_when_the_others_finish_sooner():
     busy = LoopLoad(1.0, outstanding=10)
-    assert batch_size(busy, [LoopLoad(100.0, 0)], queued=5, in_flight=0, max_batch=64,
+    assert batch_size(busy, Holders.of([100.0]), queued=5, in_flight=0, max_batch=64,
                       max_batch_seconds=10) == 0
 
 
@@ -59,7 +68,7 @@ def test_queued_work_is_taken_back_from_a_worker_held_up():
 
 
 def test_a_worker_that_would_load_the_context_stays_idle_when_its_holders_finish_first():
-    holders = [LoopLoad(2.0, 4), LoopLoad(2.0, 4)]  # 4 invocations/s together
+    holders = Holders.of([2.0, 2.0])  # 4 invocations/s together
     assert batch_size(LoopLoad(None, 0), holders, queued=8, in_flight=8, max_batch=64, max_batch_seconds=10,
                       load=5.0) == 0  # done in 4 s, before a 5 s load
     assert batch_size(LoopLoad(None, 0), holders, queued=100, in_flight=8, max_batch=64, max_batch_seconds=10,
@@ -68,6 +77,6 @@ def test_a_worker_that_would_load_the_context_stays_idle_when_its_holders_finish
 
 def test_an_idle_holder_takes_the_last_invocations_when_all_holders_are_idle():
     """Each of many idle holders' share of 2 invocations is under one: none may leave them queued."""
-    idle = [LoopLoad(1.0, 0) for _ in range(300)]
+    idle = Holders.of([1.0] * 300)
     assert batch_size(LoopLoad(1.0, 0), idle, queued=2, in_flight=0, max_batch=64, max_batch_seconds=10) >= 1
     assert batch_size(LoopLoad(1.0, 0), idle, queued=2, in_flight=5, max_batch=64, max_batch_seconds=10) == 0

@@ -6,11 +6,12 @@ Invocations wait here, per context. Each Parsl worker runs a loop task
 batch running, one queued behind it) the dispatcher picks a context and a
 batch size for it (:mod:`faas.endpoint.policy`), so workers keep to their warm
 contexts and batches follow the backlog and each worker's measured speed.
+Who has room and who holds which context is kept by :mod:`faas.endpoint.roster`.
 
 Batches are the unit of dispatch only. Loops report each invocation as it
 starts and as it ends (``progress``); each outcome is recorded, with the
-others of the server's pass, in one transaction (:meth:`commit`) before any
-client is told. A lost worker costs only its unfinished invocations.
+others of the server's passes, in one transaction (:mod:`faas.endpoint.ledger`)
+before any client is told. A lost worker costs only its unfinished invocations.
 Cancellations reach queued invocations here and running ones through the
 loop (``revoke``); a loop whose current invocation runs far longer than usual
 has its unstarted work taken back for others.
@@ -34,8 +35,10 @@ from typing import TYPE_CHECKING
 from faas import protocol
 from faas.endpoint import policy
 from faas.endpoint.config import EndpointConfig
+from faas.endpoint.ledger import Final, Ledger
 from faas.endpoint.policy import Step
-from faas.endpoint.storeguard import StoreDown, StoreGuard
+from faas.endpoint.roster import PREFETCH, Roster
+from faas.endpoint.storeguard import StoreGuard
 from faas.endpoint.workers import LoopBatch, WorkerLoop
 from faas.lru import ByteLRU
 from faas.protocol import Kind
@@ -45,11 +48,8 @@ if TYPE_CHECKING:
     from faas.endpoint.engine import Engine
 
 log = logging.getLogger(__name__)
-PREFETCH = 2  # batches a loop holds: one running, one queued behind it
 ROW_SLACK = 2**16  # bytes of a stored invocation's row besides its arguments and result
-RECLAIM_PERIOD = 0.1  # seconds between looks for loops held up by a long invocation (a scan of all loops)
-COMMIT_INTERVAL = 0.05  # seconds: the longest a result waits for others to share its store transaction
-RESULT_WAIT = 0.1  # and at most this share of the run time of those waiting (a no-op's is written at once)
+UPKEEP_PERIOD = 0.1  # seconds between looks for held-up loops and idle ones to retire (scans of all loops)
 _STATE = {Step.SUCCEEDED: State.SUCCEEDED, Step.FAILED: State.FAILED, Step.CANCELLED: State.CANCELLED}
 
 
@@ -75,50 +75,6 @@ class FunctionMeta:
     batch_size: int = 1
 
 
-@dataclass
-class Final:
-    """A newly recorded final outcome, to be pushed to clients."""
-
-    id: str
-    group_id: str
-    state: State
-    payload: bytes | None
-    error: str | None
-
-
-@dataclass
-class _Pending:
-    """What the current pass decided, to be written in one transaction (with
-    what earlier passes could not write: the store was failing)."""
-
-    outcomes: list[tuple[Outcome, Item]] = field(default_factory=list)
-    requeue: dict[str, tuple[Item, str]] = field(default_factory=dict)
-    refund: set[str] = field(default_factory=set)
-    workers: dict[str, tuple[str, str, int]] = field(default_factory=dict)
-    inits: list[dict] = field(default_factory=list)
-    lost_workers: list[tuple[str, float]] = field(default_factory=list)
-    dispatched: list[str] = field(default_factory=list)  # shipped: marked in the next commit
-    since: float = field(default_factory=time.monotonic)
-    first_outcome: float | None = None  # monotonic arrival of the oldest outcome not written
-    run_seconds: float = 0.0  # the run times of the outcomes not written, summed
-    failing_since: float | None = None  # monotonic time its write first failed
-    refused: set[str] = field(default_factory=set)  # outcomes its clients were told cannot be recorded
-
-    def then(self, newer: _Pending) -> _Pending:
-        """This unwritten pass followed by a newer one, to be written together."""
-        self.outcomes += newer.outcomes
-        self.requeue.update(newer.requeue)
-        self.refund |= newer.refund
-        self.workers.update(newer.workers)
-        self.inits += newer.inits
-        self.lost_workers += newer.lost_workers
-        self.dispatched += newer.dispatched
-        if self.first_outcome is None:
-            self.first_outcome = newer.first_outcome
-        self.run_seconds += newer.run_seconds
-        return self
-
-
 class Dispatcher:
     def __init__(self, store: Store, engine: Engine, config: EndpointConfig, worker_link,
                  notify: Callable[[str, Future], None], guard: StoreGuard):
@@ -130,13 +86,13 @@ class Dispatcher:
         self.notify = notify
         self.queues: dict[str, deque[Item]] = {}
         self.items: dict[str, Item] = {}  # every invocation not final yet
-        self.loops: dict[str, WorkerLoop] = {}
+        self.loops = Roster()  # the loops, and who has room and holds what
         self.functions: dict[str, FunctionMeta] = {}
         self.outbox: list[tuple[str, list[bytes]]] = []  # (loop token, message) for the server to send
         self.started: list[Item] = []  # invocations that started since the last call of take_started
         self.load_seconds: dict[str, float] = {}  # context -> how long a worker takes to load it, smoothed
-        self._pending = _Pending()
-        self._last_reclaim = 0.0  # monotonic
+        self.ledger = Ledger(store, guard)  # what the passes decided, written in one transaction
+        self._last_upkeep = 0.0  # monotonic
         self._batch_ids = itertools.count(1)
         self._bodies = ByteLRU(int(config.warm_pool.function_cache_bytes))  # the store has them all
         budget = config.warm_pool.memory_budget
@@ -169,7 +125,7 @@ class Dispatcher:
         return sum(len(q) for q in self.queues.values())
 
     def in_flight(self) -> int:
-        return sum(lp.outstanding() for lp in self.loops.values())
+        return self.loops.in_flight()
 
     def cancel(self, ids: Iterable[str]) -> None:
         """A client cancels: queued invocations never run; running ones are
@@ -201,7 +157,7 @@ class Dispatcher:
         """Submit ``n`` loop tasks to the engine; each connects back when a worker runs it."""
         for _ in range(n):
             loop = WorkerLoop(uuid.uuid4().hex)
-            self.loops[loop.token] = loop
+            self.loops.add(loop)
             loop.future = self.engine.start_loop(loop.token, self.link)
             loop.future.add_done_callback(lambda f, t=loop.token: self.notify(t, f))
 
@@ -211,8 +167,9 @@ class Dispatcher:
             self.outbox.append((token, protocol.encode(protocol.Retire())))
             return
         loop.host, loop.pid, loop.contexts = msg.host, msg.pid, msg.contexts
-        loop.ready, loop.idle_since, loop.last_heard = True, time.monotonic(), time.monotonic()
+        loop.idle_since, loop.last_heard = time.monotonic(), time.monotonic()
         loop.prewarm = msg.prewarm
+        self.loops.mark_ready(loop)
         log.info("worker %s ready %.1fs after its loop started (imports %s, CUDA %s)", loop.name,
                  msg.prewarm.get("ready_after", 0.0), msg.prewarm.get("imports", {}), msg.prewarm.get("cuda"))
         self.outbox.append((token, protocol.encode(protocol.Heartbeat())))
@@ -225,13 +182,14 @@ class Dispatcher:
     def heartbeat(self) -> None:
         """Beat to every ready loop; a loop silent past the threshold is lost."""
         now = time.monotonic()
-        for loop in list(self.loops.values()):
+        beat = protocol.encode(protocol.Heartbeat())
+        for loop in list(self.loops.loops.values()):
             if not loop.ready:
                 continue
             if now - loop.last_heard > self.cfg.engine.heartbeat_threshold:
                 self.lose(loop.token, f"silent for {now - loop.last_heard:.0f}s")
             else:
-                self.outbox.append((loop.token, protocol.encode(protocol.Heartbeat())))
+                self.outbox.append((loop.token, beat))
 
     def on_loop_end(self, token: str, fut: Future) -> None:
         """A loop task ended: retired, lost with its worker, or its endpoint link
@@ -243,14 +201,14 @@ class Dispatcher:
         self.lose(token, cause)
 
     def lose(self, token: str, cause: str) -> None:
-        loop = self.loops.pop(token, None)
+        loop = self.loops.remove(token)
         if loop is None:
             return
         open_ids = [i for b in loop.batches.values() for i in b.open]
         if open_ids:
             log.warning("worker loop %s lost with %d invocations: %s", loop.name, len(open_ids), cause)
         if loop.ready:
-            self._pending.lost_workers.append((loop.name, time.time()))
+            self.ledger.lost_worker(loop.name, time.time())
         where = f"at {time.strftime('%H:%M:%S')} on {loop.name or 'a worker'}: {cause}"
         now = time.time()
         for inv_id in open_ids:
@@ -275,6 +233,7 @@ class Dispatcher:
         loop.last_heard = now
         if msg.contexts is not None:
             loop.contexts = msg.contexts
+            self.loops.update(loop)
         worker = loop.name
         loop.sent_functions.difference_update(msg.dropped_functions)  # before outcomes: returned ones need them
         for inv_id in msg.started:
@@ -290,8 +249,8 @@ class Dispatcher:
                 batch = next((b for b in loop.batches.values() if b.context_key == e.context_key), None)
                 if batch is not None:
                     batch.loading += e.seconds
-            self._pending.workers[worker] = (worker, loop.host, loop.pid)
-            self._pending.inits += [dict(e.model_dump(), worker_id=worker) for e in msg.inits]
+            self.ledger.worker(worker, loop.host, loop.pid)
+            self.ledger.inits([dict(e.model_dump(), worker_id=worker) for e in msg.inits])
         for info, payload in zip(msg.outcomes, payloads):
             it = self.items.get(info.id)
             if it is None or it.loop != token:
@@ -300,7 +259,7 @@ class Dispatcher:
             if info.kind is not Kind.RETURNED:
                 batch.first_started = min(batch.first_started, info.started)
                 batch.last_finished = max(batch.last_finished, info.finished)
-            self._pending.workers[worker] = (worker, loop.host, loop.pid)
+            self.ledger.worker(worker, loop.host, loop.pid)
             self._on_outcome(it, info, payload, worker)
 
     def _on_outcome(self, it: Item, info: protocol.OutcomeInfo, payload: bytes, worker: str) -> None:
@@ -309,11 +268,11 @@ class Dispatcher:
         step = policy.after_attempt(info.kind, it.attempts, fn.retries, it.cancel_requested, it.init_failures > 0)
         if info.kind is Kind.INIT_ERROR:
             it.init_failures += 1
-        where = f"on {worker} at {time.strftime('%H:%M:%S')}"
+        if step in (Step.RETURN, Step.RETRY):  # their note; a result needs none
+            where = f"on {worker} at {time.strftime('%H:%M:%S')}"
         if step is Step.RETURN:
-            self._pending.refund.add(it.id)
             it.attempts -= 1
-            self._requeue(it, f"returned unstarted {where}")
+            self._requeue(it, f"returned unstarted {where}", refund=True)
         elif step is Step.RETRY:
             if info.kind is Kind.INIT_ERROR:
                 self._requeue(it, f"attempt {it.attempts} {where}: context init failed")
@@ -343,14 +302,17 @@ class Dispatcher:
             batch = loop.batches[it.batch]
             batch.open.discard(it.id)
             loop.running.pop(it.id, None)
-            if not batch.open:
+            if batch.open:
+                self.loops.ended(loop, batch.context_key)
+            else:
                 self._batch_done(loop, batch)
+                self.loops.update(loop)
 
-    def _requeue(self, it: Item, note: str) -> None:
+    def _requeue(self, it: Item, note: str, refund: bool = False) -> None:
         self._detach(it)
         it.loop = None
         it.history.append(note)
-        self._pending.requeue[it.id] = (it, note)
+        self.ledger.requeue(it, note, refund)
 
     def _final(self, it: Item, step: Step, payload: bytes | None, error: str | None, worker: str,
                started: float, finished: float) -> None:
@@ -363,78 +325,20 @@ class Dispatcher:
                                         f"are more than the store takes in one row ({self.store.max_value_bytes} "
                                         f"bytes): the result was not recorded")
             payload = None
-        p = self._pending
-        p.outcomes.append((Outcome(it.id, _STATE[step], payload, error, worker, started, finished), it))
-        if p.first_outcome is None:
-            p.first_outcome = time.monotonic()
-        p.run_seconds += max(0.0, finished - started)
+        self.ledger.outcome(Outcome(it.id, _STATE[step], payload, error, worker, started, finished), it)
 
     def take_started(self) -> list[Item]:
         started, self.started = self.started, []
         return [it for it in started if not it.cancel_requested]
 
     # -- the passes' one transaction ------------------------------------------
-    def commit_due(self) -> float | None:
-        """Seconds until what the passes decided must be written (0: now), None
-        when there is nothing to write. Outcomes wait for company a small share
-        of their mean run time (RESULT_WAIT, at most COMMIT_INTERVAL): a fleet's
-        results of long invocations share few transactions, while short ones
-        reach their clients in milliseconds. Losses and returns go at once."""
-        p = self._pending
-        if p.requeue or p.inits or p.lost_workers:
-            return 0.0
-        if p.outcomes:
-            hold = min(COMMIT_INTERVAL, RESULT_WAIT * p.run_seconds / len(p.outcomes))
-            return max(0.0, p.first_outcome + hold - time.monotonic())
-        if p.dispatched:  # no hurry: they ride with the next outcomes, or go alone after the interval
-            return max(0.0, p.since + COMMIT_INTERVAL - time.monotonic())
-        return None
-
     def commit(self, force: bool = False) -> list[Final]:
-        """Write what the passes decided, when due (or ``force``); then requeued
-        invocations become dispatchable. Returns the newly final ones, to push
-        to clients.
-
-        Raises StoreDown when the write failed: it is kept, whole, and written
-        with a later pass's (outcomes wait; requeued invocations are not
-        dispatched until their return to the queue is on record)."""
-        due = self.commit_due()
-        if due is None or (due > 0 and not force):
-            return []
-        p, self._pending = self._pending, _Pending()
-        try:
-            if p.dispatched:  # before the outcomes: one may have come back within the interval
-                self.guard.call(self.store.mark_dispatched, p.dispatched)
-                p.dispatched = []
-            if not (p.outcomes or p.requeue or p.inits or p.lost_workers):
-                return []
-            recorded = self.guard.call(
-                self.store.record_outcomes, [o for o, _ in p.outcomes], p.workers.values(), p.inits,
-                requeue={i: note for i, (_, note) in p.requeue.items()}, refund=p.refund,
-                lost_workers=p.lost_workers)
-        except StoreDown:
-            if p.failing_since is None:
-                p.failing_since = time.monotonic()
-            self._pending = p.then(self._pending)
-            raise
-        finals = {o.id for o, _ in p.outcomes}
-        self._enqueue(it for i, (it, _) in p.requeue.items() if i not in finals)  # cancelled while waiting
-        return [Final(o.id, it.group_id, o.state, o.payload, o.error) for o, it in p.outcomes if o.id in recorded]
-
-    def unrecorded(self) -> bool:
-        """Whether anything decided waits to be written (the store failed)."""
-        return self._pending.failing_since is not None
-
-    def overdue(self) -> list[Final]:
-        """Outcomes that have waited for the store longer than its retry window
-        and were not refused yet: their clients are told (they stay pending here,
-        and are recorded and pushed once the store is back)."""
-        p = self._pending
-        if p.failing_since is None or not self.guard.overdue(p.failing_since):
-            return []
-        out = [Final(o.id, it.group_id, o.state, None, None) for o, it in p.outcomes if o.id not in p.refused]
-        p.refused.update(f.id for f in out)
-        return out
+        """Write what the passes decided when due (see :class:`Ledger`); requeued
+        invocations then become dispatchable. Returns the newly final ones, to
+        push to clients. Raises StoreDown when the write failed (it is kept)."""
+        finals, requeued = self.ledger.commit(force)
+        self._enqueue(requeued)
+        return finals
 
     # -- dispatch -----------------------------------------------------------
     def pump(self) -> None:
@@ -447,72 +351,44 @@ class Dispatcher:
         now = time.monotonic()
         if self.queues and self.guard.down_since is None:  # while the store fails, nothing new goes out
             self._dispatch(now)
-        engine = self.engine
-        waiting = sum(1 for lp in self.loops.values() if not lp.ready)
-        if self.queues and not waiting and len(self.loops) < engine.max_loops:
-            self.start_loops(min(engine.loops_per_block, engine.max_loops - len(self.loops)))
-        elif len(self.loops) < engine.min_loops:
-            self.start_loops(engine.min_loops - len(self.loops))
-        self._retire_idle()
-        self._reclaim(now)
+        engine, loops = self.engine, self.loops
+        if self.queues and not loops.unready and len(loops) < engine.max_loops:
+            self.start_loops(min(engine.loops_per_block, engine.max_loops - len(loops)))
+        elif len(loops) < engine.min_loops:
+            self.start_loops(engine.min_loops - len(loops))
+        if now - self._last_upkeep >= UPKEEP_PERIOD:
+            self._last_upkeep = now
+            self._retire_idle(now)
+            self._reclaim(now)
 
     def _dispatch(self, now: float) -> None:
-        """Fill the loops that have room, least loaded first. One scan of the
-        loops per pump, then per batch only the context's holders: with
-        hundreds of loops, a scan per batch made dispatch quadratic."""
-        by_load = sorted((lp for lp in self.loops.values()
-                          if lp.ready and len(lp.batches) < PREFETCH and not self._held_up(lp, now)),
-                         key=lambda lp: len(lp.batches))
-        if not by_load:
-            return  # most passes under load: every loop is full
-        free = [deque(lp for lp in by_load if len(lp.batches) == n) for n in range(PREFETCH)]
-        cost = self._costs()
-        holding: dict[str, list[WorkerLoop]] = {}  # context -> ready loops holding it (or about to)
-        in_flight: dict[str, int] = {}  # context -> invocations sent and not finished
-        for lp in self.loops.values():
-            for b in lp.batches.values():
-                in_flight[b.context_key] = in_flight.get(b.context_key, 0) + len(b.open)
-            for k in {k for k in lp.contexts if lp.holds(k)} | {b.context_key for b in lp.batches.values()}:
-                holding.setdefault(k, []).append(lp)
-        while self.queues and any(free):
-            loop = next(q for q in free if q).popleft()
-            key = policy.choose_context({k for k in self.queues if loop.holds(k)},
-                                        {k: len(q) * cost(k) for k, q in self.queues.items()},
-                                        {k: len(v) for k, v in holding.items()})
-            size = self._batch_size(loop, key, holding.get(key, []), in_flight.get(key, 0)) if key else 0
-            if size == 0:
-                continue  # left idle: the others finish sooner
-            if not loop.holds(key):
-                holding.setdefault(key, []).append(loop)
-            in_flight[key] = in_flight.get(key, 0) + min(size, len(self.queues[key]))
-            self._ship(loop, key, size)
-            if len(loop.batches) < PREFETCH:
-                free[len(loop.batches)].append(loop)
+        """Fill the loops that have room, least loaded first. Only the loops with
+        room are visited, and the roster's sums stand in for the holders: a
+        pass costs what it ships, not the size of the fleet."""
+        levels = [self.loops.with_room(n) for n in range(PREFETCH)]
+        for n in range(PREFETCH):
+            for loop in levels[n]:  # grows as loops of the level before get a batch
+                if not self.queues:
+                    return
+                if loop.token not in self.loops or len(loop.batches) != n or self._held_up(loop, now):
+                    continue
+                key = policy.choose_context({k for k in self.queues if self.loops.holds(loop, k)},
+                                            {k: len(q) * self.loops.cost(k) for k, q in self.queues.items()},
+                                            {k: self.loops.holder_count(k) for k in self.queues})
+                if not key or not (size := self._batch_size(loop, key)):
+                    continue  # left idle: the others finish sooner
+                self._ship(loop, key, size)
+                if len(loop.batches) < PREFETCH:
+                    levels[len(loop.batches)].append(loop)
 
-    def _costs(self) -> Callable[[str], float]:
-        """Seconds per invocation of each context on one worker, as measured so
-        far (one not measured yet: the others' average), so that workers follow
-        the waiting work rather than its count when one model is slower."""
-        costs: dict[str, list[float]] = {}
-        for lp in self.loops.values():
-            for k, rate in lp.rates.items():
-                costs.setdefault(k, []).append(1.0 / rate)
-        mean = {k: sum(v) / len(v) for k, v in costs.items()}
-        default = sum(mean.values()) / len(mean) if mean else 1.0
-        return lambda k: mean.get(k, default)
-
-    def _batch_size(self, loop: WorkerLoop, key: str, holding: list[WorkerLoop], in_flight: int) -> int:
+    def _batch_size(self, loop: WorkerLoop, key: str) -> int:
         queue = self.queues[key]
-        holders = [lp for lp in holding if lp.ready and lp is not loop]
         fn = self.functions.get(queue[0].function_id, FunctionMeta())
-        return policy.batch_size(self._load(loop, key), [self._load(lp, key) for lp in holders], len(queue),
-                                 in_flight, self.cfg.dispatch.max_batch, self.cfg.dispatch.max_batch_seconds,
-                                 min_batch=fn.batch_size,
-                                 load=0.0 if loop.holds(key) else self.load_seconds.get(key, 0.0))
-
-    @staticmethod
-    def _load(loop: WorkerLoop, key: str) -> policy.LoopLoad:
-        return policy.LoopLoad(loop.rates.get(key), loop.outstanding())
+        held = self.loops.holds(loop, key)
+        return policy.batch_size(policy.LoopLoad(loop.rates.get(key), loop.outstanding()),
+                                 self.loops.holders(key, besides=loop), len(queue), self.loops.in_flight(key),
+                                 self.cfg.dispatch.max_batch, self.cfg.dispatch.max_batch_seconds,
+                                 min_batch=fn.batch_size, load=0.0 if held else self.load_seconds.get(key, 0.0))
 
     def _fail_queued(self, error: str) -> None:
         now = time.time()
@@ -537,27 +413,27 @@ class Dispatcher:
         if not queue:
             del self.queues[key]
         batch = LoopBatch(next(self._batch_ids), key, len(items), {it.id for it in items})
-        self._pending.dispatched += [it.id for it in items]  # marked in the next commit, with others
+        self.ledger.dispatched([it.id for it in items])  # marked with the next commit
         for it in items:
             it.attempts += 1
             it.loop, it.batch = loop.token, batch.id
         loop.sent_functions.update(fids)
         loop.batches[batch.id] = batch
+        self.loops.update(loop)
         msg = protocol.Batch(batch=batch.id, functions=fids, items=[(it.id, it.function_id) for it in items],
                              settings=self._settings)
         self.outbox.append((loop.token, protocol.encode(msg, [*(bodies[f] for f in fids),
                                                               *(it.args for it in items)])))
 
-    def _retire_idle(self) -> None:
+    def _retire_idle(self, now: float) -> None:
         if self.queues:
             return
-        now = time.monotonic()
-        for loop in list(self.loops.values()):
+        for loop in self.loops.idle():
             if len(self.loops) <= self.engine.min_loops:
                 return
-            if loop.ready and not loop.batches and now - loop.idle_since > self.cfg.engine.max_idletime:
+            if now - loop.idle_since > self.cfg.engine.max_idletime:
                 self.outbox.append((loop.token, protocol.encode(protocol.Retire())))
-                del self.loops[loop.token]
+                self.loops.remove(loop.token)
 
     def _held_up(self, loop: WorkerLoop, now: float) -> bool:
         """Its current invocation has run far longer than usual. Not while the
@@ -570,13 +446,11 @@ class Dispatcher:
         key = self.items[next(iter(loop.running))].context_key
         if not loop.contexts.get(key, {}).get("loaded"):
             return False
-        return policy.should_reclaim(now - since, loop.rates.get(key), 1)
+        # not measured on this loop yet: the others' usual time (a model's calls may take tens of seconds)
+        return policy.should_reclaim(now - since, loop.rates.get(key) or self.loops.rate(key), 1)
 
     def _reclaim(self, now: float) -> None:
-        if now - self._last_reclaim < RECLAIM_PERIOD:
-            return
-        self._last_reclaim = now
-        for loop in self.loops.values():
+        for loop in self.loops.loops.values():
             if not self._held_up(loop, now):
                 continue
             behind = [i for b in loop.batches.values() for i in b.open

@@ -28,6 +28,21 @@ class LoopLoad:
         return self.outstanding > 0
 
 
+@dataclass
+class Holders:
+    """The other workers holding a context, summed: the dispatcher keeps these
+    sums current as batches start and end, so the rule costs the same with
+    ten holders or a thousand."""
+
+    count: int = 0
+    rate_sum: float = 0.0  # invocations/s of those measured
+    unmeasured: int = 0  # those whose speed is not known yet
+
+    @classmethod
+    def of(cls, rates: list[float | None]) -> Holders:
+        return cls(len(rates), sum(r for r in rates if r is not None), sum(r is None for r in rates))
+
+
 def choose_context(holds: set[str], backlog: dict[str, float], holders: dict[str, int]) -> str | None:
     """The context a free worker should serve next.
 
@@ -51,7 +66,7 @@ def choose_context(holds: set[str], backlog: dict[str, float], holders: dict[str
     return max(wanted, key=lambda k: wanted[k] / (holders.get(k, 0) + 1))
 
 
-def batch_size(me: LoopLoad, others: list[LoopLoad], queued: int, in_flight: int, max_batch: int,
+def batch_size(me: LoopLoad, others: Holders, queued: int, in_flight: int, max_batch: int,
                max_batch_seconds: float, min_batch: int = 1, load: float = 0.0) -> int:
     """Guided self-scheduling, weighted by measured speed: about half of what
     ``me`` can run before the context's remaining work (``queued`` waiting plus
@@ -62,18 +77,17 @@ def batch_size(me: LoopLoad, others: list[LoopLoad], queued: int, in_flight: int
     the loop idle, the others finish sooner: also when ``me`` would first
     spend ``load`` seconds loading the context and its measured holders would
     be done with it by then (near the end of a run, a load only delays it)."""
-    if load > 0 and others and all(lp.rate for lp in others):
-        if (queued + in_flight) / sum(lp.rate for lp in others) <= load:
+    if load > 0 and others.count and not others.unmeasured:
+        if (queued + in_flight) / others.rate_sum <= load:
             return 0
     if me.rate is None:
         return min(max(FIRST_BATCH, min_batch), queued)
     cap = max(min_batch, min(max_batch, max(1, int(me.rate * max_batch_seconds))))
-    rates = [lp.rate for lp in [me, *others]]
-    if None in rates:  # the others are not measured yet: split the backlog evenly
-        return min(cap, queued, max(min_batch, math.ceil(queued / (2 * len(rates)))))
-    finish = (queued + in_flight) / sum(rates)  # seconds until all of it is done
+    if others.unmeasured:  # the others are not measured yet: split the backlog evenly
+        return min(cap, queued, max(min_batch, math.ceil(queued / (2 * (others.count + 1)))))
+    finish = (queued + in_flight) / (me.rate + others.rate_sum)  # seconds until all of it is done
     share = (finish - me.outstanding / me.rate) * me.rate
-    if share < 0.5 and (me.busy or (others and in_flight)):  # none in flight: idle holders all say no
+    if share < 0.5 and (me.busy or (others.count and in_flight)):  # none in flight: idle holders all say no
         return 0
     return min(cap, queued, max(min_batch, math.ceil(share / 2)))
 

@@ -31,7 +31,8 @@ from faas.endpoint import storeguard
 from faas.endpoint.access import TcpListeners, endpoint_keys
 from faas.endpoint.clients import ClientSocket, Message
 from faas.endpoint.config import EndpointConfig
-from faas.endpoint.dispatcher import Dispatcher, Final, Item
+from faas.endpoint.dispatcher import Dispatcher, Item
+from faas.endpoint.ledger import Final
 from faas.endpoint.storeguard import DeferredRequests, StoreDown, StoreGuard
 from faas.endpoint.workers import WorkerLink
 from faas.errors import ProtocolError, StoreUnavailable
@@ -153,7 +154,7 @@ class Server:
                  ", ".join(self.link.addresses))
         next_heartbeat = next_vet = 0.0
         while not self._stop.is_set():
-            due = self.dispatcher.commit_due()  # a commit held back under load (Dispatcher.commit_due)
+            due = self.dispatcher.ledger.due()  # a commit held back under load (Ledger.due)
             events = dict(poller.poll(1000 if due is None else min(1000, int(due * 1000) + 1)))
             if self._wake_r in events:
                 os.read(self._wake_r, 65536)
@@ -177,7 +178,7 @@ class Server:
             self._record_and_push()
             self._send_to_workers()
             self.clients.flush()
-        try:  # what the last passes decided and held back (Dispatcher.commit_due)
+        try:  # what the last passes decided and held back (Ledger.due)
             self._push(self.dispatcher.commit(force=True))
         except StoreDown:
             log.error("stopping with outcomes the store did not take: their invocations run again after a restart")
@@ -210,7 +211,7 @@ class Server:
     def _probe_store(self) -> None:
         """While the store is failing with nothing waiting to be written, a write
         that changes nothing finds out when it is back (status then says so)."""
-        if self.guard.down_since is not None and not self.deferred and not self.dispatcher.unrecorded():
+        if self.guard.down_since is not None and not self.deferred and not self.dispatcher.ledger.unrecorded():
             try:
                 self.guard.call(self.store.probe_write)
             except StoreDown:
@@ -223,7 +224,7 @@ class Server:
         try:
             self._push(self.dispatcher.commit())
         except StoreDown:
-            self._refuse_unrecorded(self.dispatcher.overdue())
+            self._refuse_unrecorded(self.dispatcher.ledger.overdue())
         by_group: dict[str, list[str]] = {}
         for it in self.dispatcher.take_started():
             by_group.setdefault(it.group_id, []).append(it.id)
@@ -240,7 +241,7 @@ class Server:
         """Retire the loops and close the sockets. The wake pipe stays open
         until :meth:`close_wake`: the engine's callbacks still use it while it
         shuts down."""
-        for token in list(self.dispatcher.loops):
+        for token in list(self.dispatcher.loops.loops):
             self.link.send(token, protocol.encode(protocol.Retire()))
         self.link.close()
         self.sock.close(0)
@@ -436,8 +437,9 @@ class Server:
             "backlog": self.dispatcher.backlog(),
             "batches_in_flight": self.dispatcher.in_flight(),
             "clients": self.clients.pending(),
-            "worker_contexts": {lp.name: lp.contexts for lp in self.dispatcher.loops.values() if lp.ready},
-            "worker_prewarm": {lp.name: lp.prewarm for lp in self.dispatcher.loops.values() if lp.ready},
+            "worker_contexts": {lp.name: lp.contexts for lp in self.dispatcher.loops.loops.values() if lp.ready},
+            "worker_prewarm": {lp.name: lp.prewarm for lp in self.dispatcher.loops.loops.values()
+                               if lp.ready},
             "store_failing": self.guard.status(),  # None while the store takes writes
             "requests_waiting_for_store": len(self.deferred),
         }
@@ -461,6 +463,8 @@ def _submitted_ids(msg) -> list[str]:
 
 
 def _results_message(rows: list[tuple[str, State, bytes | None, str | None]]) -> list[bytes]:
-    items = [protocol.ResultItem(id=i, state=state.value, error=err if state is not State.SUCCEEDED else None)
+    # from the endpoint's own records: nothing to validate (model_construct), once per result
+    items = [protocol.ResultItem.model_construct(id=i, state=state.value,
+                                                 error=err if state is not State.SUCCEEDED else None)
              for i, state, _, err in rows]
     return protocol.encode(protocol.Results(items=items), [p or b"" for _, _, p, _ in rows])

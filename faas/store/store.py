@@ -7,6 +7,7 @@ submission without dialect-specific upserts.
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
 import time
@@ -67,6 +68,7 @@ class Store:
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).chmod(0o600)
         self._file = self._file_identity()
+        self._workers: set[str] = set()  # worker rows known to exist (only the daemon writes them)
 
     def _file_identity(self) -> tuple[int, int] | None:
         """(st_dev, st_ino) of a SQLite store's file; None for a server database or an in-memory one."""
@@ -126,8 +128,8 @@ class Store:
         return {r["id"] for r in fresh}
 
     def mark_dispatched(self, ids: Sequence[str]) -> None:
-        self._transition(ids, State.DISPATCHED, dispatched_at=time.time(),
-                         attempts=Invocation.attempts + 1)
+        with self.engine.begin() as conn:
+            _mark_dispatched(conn, ids)
 
     def requeue(self, notes: dict[str, str], refund: Iterable[str] = ()) -> None:
         """Back to pending; each invocation's note (why the attempt ended) is
@@ -151,8 +153,10 @@ class Store:
 
     def record_outcomes(self, outcomes: Sequence[Outcome], workers: Iterable[tuple[str, str, int]] = (),
                         inits: Iterable[dict] = (), requeue: dict[str, str] | None = None,
-                        refund: Iterable[str] = (), lost_workers: Iterable[tuple[str, float]] = ()) -> set[str]:
-        """Record final outcomes, the workers that produced them, context inits,
+                        refund: Iterable[str] = (), lost_workers: Iterable[tuple[str, float]] = (),
+                        dispatched: Sequence[str] = ()) -> set[str]:
+        """Record invocations shipped to workers (see :meth:`mark_dispatched`),
+        final outcomes, the workers that produced them, context inits,
         invocations going back to the queue (see :meth:`requeue`) and when
         workers were lost, in one transaction: a failed write leaves nothing
         half-recorded, and is simply tried again. Returns the ids whose outcome
@@ -162,20 +166,20 @@ class Store:
         of at its last result; a worker that never reported has no row to end."""
         now = time.time()
         with self.engine.begin() as conn:
+            _mark_dispatched(conn, dispatched)  # first: one may have finished since
             if requeue:
                 _requeue(conn, requeue, set(refund))
             workers = {w[0]: w for w in workers}
-            if workers:  # three statements for all of them: a fleet reports hundreds per transaction
-                known = set()
-                for chunk in _chunks(list(workers), 500):
-                    known.update(conn.scalars(select(Worker.id).where(Worker.id.in_(chunk))))
-                if known:
-                    conn.execute(update(Worker).where(Worker.id == bindparam("b_id")).values(last_seen=now)
-                                 .execution_options(synchronize_session=False), [{"b_id": w} for w in known])
-                new = [dict(id=wid, host=host, pid=pid, first_seen=now, last_seen=now)
-                       for wid, host, pid in workers.values() if wid not in known]
-                if new:
-                    conn.execute(insert(Worker), new)
+            new_workers = [w for w in workers if w not in self._workers]
+            for chunk in _chunks(new_workers, 500):  # once per worker: a fleet reports hundreds per transaction
+                self._workers.update(conn.scalars(select(Worker.id).where(Worker.id.in_(chunk))))
+            known = [{"b_id": w} for w in workers if w in self._workers]
+            if known:
+                conn.execute(_worker_seen(), [dict(k, seen=now) for k in known])
+            new = [dict(id=wid, host=host, pid=pid, first_seen=now, last_seen=now)
+                   for wid, host, pid in workers.values() if wid not in self._workers]
+            if new:
+                conn.execute(insert(Worker), new)
             for wid, at in lost_workers:
                 conn.execute(update(Worker).where(Worker.id == wid).values(lost_at=at))
             inits = [dict(i) for i in inits]
@@ -194,36 +198,15 @@ class Store:
                     continue
                 open_ids, sources = set(), allowed_sources(target)
                 for chunk in _chunks([o.id for o in rows], 500):  # by id alone: SQLite would scan the
-                    open_ids.update(i for i, state in conn.execute(  # state index for a long IN (...)
-                        select(Invocation.id, Invocation.state).where(Invocation.id.in_(chunk)))
-                        if state in sources)
+                    open_ids.update(i for i, state in conn.execute(_states_of(), {"ids": chunk})  # state index
+                                    if state in sources)  # for a long IN (...)
                 params = [dict(b_id=o.id, result=o.payload, error=o.error, worker_id=o.worker_id,
                                started_at=o.started_at, finished_at=o.finished_at)
                           for o in rows if o.id in open_ids]
                 if params:
-                    conn.execute(
-                        update(Invocation).where(Invocation.id == bindparam("b_id"))
-                        .values(state=target, result=bindparam("result"), error=bindparam("error"),
-                                worker_id=bindparam("worker_id"), started_at=bindparam("started_at"),
-                                finished_at=bindparam("finished_at"))
-                        .execution_options(synchronize_session=False),
-                        params,
-                    )
+                    conn.execute(_finish(target), params)
                 recorded |= open_ids
         return recorded
-
-    def _transition(self, ids: Sequence[str], target: State, **values) -> None:
-        """One row per id (executemany on ``id = ?``): with ``id IN (...)``
-        SQLite chose the state index and scanned every pending invocation."""
-        if not ids:
-            return
-        with self.engine.begin() as conn:
-            conn.execute(update(Invocation)
-                         .where(Invocation.id == bindparam("b_id"),
-                                or_(*(Invocation.state == src for src in allowed_sources(target))))
-                         .values(state=target, **values)
-                         .execution_options(synchronize_session=False),
-                         [{"b_id": i} for i in ids])
 
     # -- reads ------------------------------------------------------------
     def function_bodies(self, fids: Iterable[str]) -> dict[str, bytes]:
@@ -297,6 +280,46 @@ def _value_limit(engine: Engine) -> int:
         with engine.connect() as conn:
             return conn.connection.dbapi_connection.getlimit(sqlite3.SQLITE_LIMIT_LENGTH)
     return 2**30 - 1
+
+
+# The hot statements, built once: building an UPDATE cost more than running it for a few rows.
+# One row per id (executemany on ``id = ?``): with ``id IN (...)`` SQLite chose the
+# state index and scanned every pending invocation.
+def _from(target: State):
+    return or_(*(Invocation.state == src for src in allowed_sources(target)))
+
+
+@functools.cache
+def _dispatch_mark():
+    return (update(Invocation).where(Invocation.id == bindparam("b_id"), _from(State.DISPATCHED))
+            .values(state=State.DISPATCHED, dispatched_at=bindparam("at"), attempts=Invocation.attempts + 1)
+            .execution_options(synchronize_session=False))
+
+
+@functools.cache
+def _finish(target: State):
+    return (update(Invocation).where(Invocation.id == bindparam("b_id"))
+            .values(state=target, result=bindparam("result"), error=bindparam("error"),
+                    worker_id=bindparam("worker_id"), started_at=bindparam("started_at"),
+                    finished_at=bindparam("finished_at"))
+            .execution_options(synchronize_session=False))
+
+
+@functools.cache
+def _states_of():
+    return select(Invocation.id, Invocation.state).where(Invocation.id.in_(bindparam("ids", expanding=True)))
+
+
+@functools.cache
+def _worker_seen():
+    return (update(Worker).where(Worker.id == bindparam("b_id")).values(last_seen=bindparam("seen"))
+            .execution_options(synchronize_session=False))
+
+
+def _mark_dispatched(conn, ids: Sequence[str]) -> None:
+    if ids:
+        at = time.time()
+        conn.execute(_dispatch_mark(), [{"b_id": i, "at": at} for i in ids])
 
 
 def _requeue(conn, notes: dict[str, str], refund: set[str]) -> None:
