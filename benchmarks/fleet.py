@@ -712,6 +712,7 @@ def run_fleet(trace: dict, invocations: int, clients: int = 3, scale: float = 60
                 daemon.kill()
             fleet.stop()
         dstats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
+        losses = [line for line in (tmp / "daemon.log").read_text(errors="replace").splitlines() if "lost with" in line]
     work = sum(invocations / len(MODELS) * m.call for m in MODELS)
     ideal = ideal_makespan(trace, work, sum(m.load for m in MODELS) / len(MODELS)) / scale
     latencies = sorted(x for r in results for x in r["latencies"])
@@ -722,6 +723,9 @@ def run_fleet(trace: dict, invocations: int, clients: int = 3, scale: float = 60
         "lost": invocations - store["succeeded"] + sum(r["wrong"] + r["errors"] for r in results),
         "duplicated": sum(r["duplicated"] for r in results) + store["extra_rows"],
         "reexecuted": sum(n - 1 for n in fleet.executed.values()),
+        "lost_silent": sum("silent for" in line for line in losses),
+        "lost_unreachable": sum("unreachable" in line for line in losses),
+        "lost_reported": sum("silent for" not in line and "unreachable" not in line for line in losses),
         "lost_on_preemption": fleet.lost_running, "revoked": fleet.revoked,
         "loads": store["inits"], "loads_min": sum(1 for s in fleet.slots if s.done),
         "idle_joined": [s.id for s in fleet.slots if s.spawned and not s.done],
@@ -767,7 +771,9 @@ def report(r: dict) -> str:
             f"{r['store']}, scale {r['scale']:g}x\n"
             f"  makespan {r['makespan']:.1f}s vs ideal {r['ideal']:.1f}s: {r['ratio']:.3f}x\n"
             f"  lost {r['lost']}, duplicated {r['duplicated']} (re-executed after preemption: {r['reexecuted']}, "
-            f"on preempted slots: {r['lost_on_preemption']}, taken back: {r['revoked']})\n"
+            f"on preempted slots: {r['lost_on_preemption']}, taken back: {r['revoked']}; loops lost holding work: "
+            f"{r['lost_reported']} reported by the engine, {r['lost_unreachable']} unreachable (socket closed), "
+            f"{r['lost_silent']} silent past the heartbeat threshold)\n"
             f"  context loads {r['loads']} vs minimum {r['loads_min']} (one per worker that ran work); "
             f"workers that joined but ran nothing: {len(r['idle_joined'])}\n"
             f"  daemon CPU {r['daemon_cpu_s']:.1f}s = {100 * r['daemon_cpu_share']:.1f}% of a core "

@@ -207,7 +207,8 @@ def _closure_loader(base):
     return load
 
 
-def test_client_and_worker_agree_on_context_keys(endpoint):
+def test_client_and_worker_agree_on_context_keys(endpoint, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the missing model fails at once, not after the hub's timeouts
     endpoint("keys", local_config(workers=1))
     fns = [ctx_function(model=_named, name="plain")(_pid),
            ctx_function(model=functools.partial(_named, "partial"))(_pid),

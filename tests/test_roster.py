@@ -84,3 +84,4 @@ def test_indexes_follow_every_change(seed):
             assert roster.remove(lp.token) is lp
         check(roster, loops)
     assert not math.isnan(roster.cost("a"))
+

@@ -44,6 +44,26 @@ def test_a_function_keeps_its_retries_and_batch_size(store):
     assert functions["f"]["batch_size"] == 1
 
 
+def test_a_dispatch_mark_written_with_its_outcome_is_the_same_record(store):
+    """Shipped and finished within one write: one UPDATE does both (the mark of
+    one requeued meanwhile is still written on its own, before its requeue)."""
+    from sqlalchemy import select
+
+    from faas.store.models import Invocation
+
+    store.add_invocations(_rows("a", "b", "c"))
+    store.mark_dispatched(["c"])
+    done = [Outcome(i, State.SUCCEEDED, i.encode(), None, "h:1", 1.0, 2.0) for i in "abc"]
+    recorded = store.record_outcomes(done, [("h:1", "h", 1)], dispatched=["a", "b"], requeue={"b": "returned"})
+    assert recorded == {"a", "b", "c"}
+    with store.engine.connect() as conn:
+        rows = {r.id: r for r in conn.execute(select(Invocation))}
+    assert {i: (r.state, r.attempts, r.result) for i, r in rows.items()} == {
+        "a": (State.SUCCEEDED, 1, b"a"), "b": (State.SUCCEEDED, 1, b"b"), "c": (State.SUCCEEDED, 1, b"c")}
+    assert rows["b"].history == "returned\n"
+    assert all(r.dispatched_at is not None for r in rows.values())
+
+
 def test_state_machine_never_overwrites_a_final_result(store):
     store.add_invocations(_rows("a", "b"))
     store.mark_dispatched(["a", "b"])

@@ -179,15 +179,17 @@ class Dispatcher:
         if loop is not None:
             loop.last_heard = time.monotonic()
 
-    def heartbeat(self) -> None:
-        """Beat to every ready loop; a loop silent past the threshold is lost."""
-        now = time.monotonic()
+    def heartbeat(self, read_until: float) -> None:
+        """Beat to every ready loop; a loop silent past the threshold is lost.
+        Silent as of ``read_until``, when the worker socket was last read to the
+        end: a daemon behind on its socket (thousands of loops) must not take
+        the messages still waiting there for silence."""
         beat = protocol.encode(protocol.Heartbeat())
         for loop in list(self.loops.loops.values()):
             if not loop.ready:
                 continue
-            if now - loop.last_heard > self.cfg.engine.heartbeat_threshold:
-                self.lose(loop.token, f"silent for {now - loop.last_heard:.0f}s")
+            if read_until - loop.last_heard > self.cfg.engine.heartbeat_threshold:
+                self.lose(loop.token, f"silent for {read_until - loop.last_heard:.0f}s")
             else:
                 self.outbox.append((loop.token, beat))
 
@@ -260,7 +262,13 @@ class Dispatcher:
                 batch.first_started = min(batch.first_started, info.started)
                 batch.last_finished = max(batch.last_finished, info.finished)
             self.ledger.worker(worker, loop.host, loop.pid)
-            self._on_outcome(it, info, payload, worker)
+            try:
+                self._on_outcome(it, info, payload, worker)
+            except Exception as e:  # a fault here must not strand the message's other outcomes, nor this one
+                log.exception("handling the outcome of invocation %s failed; it fails", it.id)
+                if it.id in self.items:
+                    self._final(it, Step.FAILED, None, f"the endpoint failed to handle its outcome: "
+                                f"{type(e).__name__}: {e}", worker, info.started, info.finished)
 
     def _on_outcome(self, it: Item, info: protocol.OutcomeInfo, payload: bytes, worker: str) -> None:
         fn = self.functions.get(it.function_id, FunctionMeta())

@@ -153,6 +153,7 @@ class Server:
         log.info("endpoint %s listening on %s (workers: %s)", self.epdir.name, ", ".join(self.addresses()),
                  ", ".join(self.link.addresses))
         next_heartbeat = next_vet = 0.0
+        self._workers_read_at = time.monotonic()  # when the worker socket was last read to the end
         while not self._stop.is_set():
             due = self.dispatcher.ledger.due()  # a commit held back under load (Ledger.due)
             events = dict(poller.poll(1000 if due is None else min(1000, int(due * 1000) + 1)))
@@ -165,7 +166,7 @@ class Server:
             self._drain_ended()
             if time.monotonic() >= next_heartbeat:
                 next_heartbeat = time.monotonic() + self.cfg.engine.heartbeat_period
-                self.dispatcher.heartbeat()
+                self.dispatcher.heartbeat(self._workers_read_at)
             if self.tcp is not None and time.monotonic() >= next_vet:
                 next_vet = time.monotonic() + VET_PERIOD
                 for ident, key in self.tcp.revoked():  # told now, even if they only wait
@@ -188,6 +189,7 @@ class Server:
             try:
                 frames = self.link.sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
+                self._workers_read_at = time.monotonic()
                 return
             self._handle_worker(frames[0], frames[1:])
 
@@ -463,8 +465,6 @@ def _submitted_ids(msg) -> list[str]:
 
 
 def _results_message(rows: list[tuple[str, State, bytes | None, str | None]]) -> list[bytes]:
-    # from the endpoint's own records: nothing to validate (model_construct), once per result
-    items = [protocol.ResultItem.model_construct(id=i, state=state.value,
-                                                 error=err if state is not State.SUCCEEDED else None)
+    items = [protocol.ResultItem(id=i, state=state.value, error=err if state is not State.SUCCEEDED else None)
              for i, state, _, err in rows]
     return protocol.encode(protocol.Results(items=items), [p or b"" for _, _, p, _ in rows])

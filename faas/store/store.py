@@ -7,6 +7,7 @@ submission without dialect-specific upserts.
 
 from __future__ import annotations
 
+import collections
 import functools
 import os
 import sqlite3
@@ -36,7 +37,15 @@ def _make_engine(url: str, lock_wait: float) -> Engine:
     @event.listens_for(engine, "connect")
     def _sqlite_pragmas(dbapi_conn, _record):  # WAL: readers (CLI status) never block the daemon
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
+        deadline = time.monotonic() + lock_wait
+        while True:  # while another connection creates the file, this pragma fails at once, unretried by SQLite
+            try:
+                cur.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
@@ -165,8 +174,11 @@ class Store:
         A lost worker's span in the report's timeline ends at ``lost_at`` instead
         of at its last result; a worker that never reported has no row to end."""
         now = time.time()
+        # shipped and finished since the last write (short calls): one UPDATE for both, not two
+        once = collections.Counter(dispatched)
+        folded = {o.id for o in outcomes if once[o.id] == 1} - set(requeue or ())
         with self.engine.begin() as conn:
-            _mark_dispatched(conn, dispatched)  # first: one may have finished since
+            _mark_dispatched(conn, [i for i in dispatched if i not in folded])  # first: one may have finished since
             if requeue:
                 _requeue(conn, requeue, set(refund))
             workers = {w[0]: w for w in workers}
@@ -200,11 +212,15 @@ class Store:
                 for chunk in _chunks([o.id for o in rows], 500):  # by id alone: SQLite would scan the
                     open_ids.update(i for i, state in conn.execute(_states_of(), {"ids": chunk})  # state index
                                     if state in sources)  # for a long IN (...)
-                params = [dict(b_id=o.id, result=o.payload, error=o.error, worker_id=o.worker_id,
-                               started_at=o.started_at, finished_at=o.finished_at)
-                          for o in rows if o.id in open_ids]
-                if params:
-                    conn.execute(_finish(target), params)
+                params = {False: [], True: []}
+                for o in rows:
+                    if o.id in open_ids:
+                        params[o.id in folded].append(dict(b_id=o.id, result=o.payload, error=o.error, at=now,
+                                                           worker_id=o.worker_id, started_at=o.started_at,
+                                                           finished_at=o.finished_at))
+                for shipped, batch in params.items():
+                    if batch:
+                        conn.execute(_finish(target, shipped), batch)
                 recorded |= open_ids
         return recorded
 
@@ -297,11 +313,13 @@ def _dispatch_mark():
 
 
 @functools.cache
-def _finish(target: State):
+def _finish(target: State, shipped: bool = False):
+    """``shipped``: its dispatch mark was not written yet, and is written with it."""
+    marks = dict(dispatched_at=bindparam("at"), attempts=Invocation.attempts + 1) if shipped else {}
     return (update(Invocation).where(Invocation.id == bindparam("b_id"))
             .values(state=target, result=bindparam("result"), error=bindparam("error"),
                     worker_id=bindparam("worker_id"), started_at=bindparam("started_at"),
-                    finished_at=bindparam("finished_at"))
+                    finished_at=bindparam("finished_at"), **marks)
             .execution_options(synchronize_session=False))
 
 
