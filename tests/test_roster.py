@@ -15,8 +15,13 @@ from faas.endpoint.workers import LoopBatch, WorkerLoop
 KEYS = ["a", "b", "c"]
 
 
+def holds(lp: WorkerLoop, key: str) -> bool:
+    """Loaded, or about to be: a batch of it is on its way to the loop."""
+    return bool(lp.contexts.get(key, {}).get("loaded")) or any(b.context_key == key for b in lp.batches.values())
+
+
 def scanned(loops: list[WorkerLoop], key: str, besides: WorkerLoop) -> Holders:
-    rates = [lp.rates.get(key) for lp in loops if lp is not besides and lp.holds(key)]
+    rates = [lp.rates.get(key) for lp in loops if lp is not besides and holds(lp, key)]
     return Holders.of(rates)
 
 
@@ -26,7 +31,7 @@ def check(roster: Roster, loops: list[WorkerLoop]) -> None:
                                                            if lp.ready and len(lp.batches) == n}
     assert roster.unready == sum(not lp.ready for lp in loops)
     for key in KEYS:
-        assert roster.holder_count(key) == sum(lp.holds(key) for lp in loops)
+        assert roster.holder_count(key) == sum(holds(lp, key) for lp in loops)
         assert roster.in_flight(key) == sum(len(b.open) for lp in loops for b in lp.batches.values()
                                             if b.context_key == key)
         costs = [1.0 / lp.rates[key] for lp in loops if key in lp.rates]

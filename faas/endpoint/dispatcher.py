@@ -185,7 +185,7 @@ class Dispatcher:
         end: a daemon behind on its socket (thousands of loops) must not take
         the messages still waiting there for silence."""
         beat = protocol.encode(protocol.Heartbeat())
-        for loop in list(self.loops.loops.values()):
+        for loop in self.loops:
             if not loop.ready:
                 continue
             if read_until - loop.last_heard > self.cfg.engine.heartbeat_threshold:
@@ -458,7 +458,7 @@ class Dispatcher:
         return policy.should_reclaim(now - since, loop.rates.get(key) or self.loops.rate(key), 1)
 
     def _reclaim(self, now: float) -> None:
-        for loop in self.loops.loops.values():
+        for loop in self.loops:
             if not self._held_up(loop, now):
                 continue
             behind = [i for b in loop.batches.values() for i in b.open

@@ -46,6 +46,10 @@ class Roster:
     def __len__(self) -> int:
         return len(self.loops)
 
+    def __iter__(self) -> Iterator[WorkerLoop]:
+        """Every loop, ready or not (a snapshot: loops may be removed meanwhile)."""
+        return iter(list(self.loops.values()))
+
     def get(self, token: str) -> WorkerLoop | None:
         return self.loops.get(token)
 

@@ -79,6 +79,7 @@ class Server:
         self.managers: list[dict[str, Any]] = []
         self.link = WorkerLink(self.zctx, self.auth, config.engine.worker_address())
         self.guard = StoreGuard(config.store.retry_for)
+        self._workers_read_at = time.monotonic()  # when the worker socket was last read to the end
         self.deferred = DeferredRequests(self.guard)
         self.dispatcher = Dispatcher(store, engine, config, self.link, self._loop_ended, self.guard)
 
@@ -153,7 +154,6 @@ class Server:
         log.info("endpoint %s listening on %s (workers: %s)", self.epdir.name, ", ".join(self.addresses()),
                  ", ".join(self.link.addresses))
         next_heartbeat = next_vet = 0.0
-        self._workers_read_at = time.monotonic()  # when the worker socket was last read to the end
         while not self._stop.is_set():
             due = self.dispatcher.ledger.due()  # a commit held back under load (Ledger.due)
             events = dict(poller.poll(1000 if due is None else min(1000, int(due * 1000) + 1)))
@@ -243,8 +243,8 @@ class Server:
         """Retire the loops and close the sockets. The wake pipe stays open
         until :meth:`close_wake`: the engine's callbacks still use it while it
         shuts down."""
-        for token in list(self.dispatcher.loops.loops):
-            self.link.send(token, protocol.encode(protocol.Retire()))
+        for loop in self.dispatcher.loops:
+            self.link.send(loop.token, protocol.encode(protocol.Retire()))
         self.link.close()
         self.sock.close(0)
         self.auth.stop()
@@ -439,9 +439,8 @@ class Server:
             "backlog": self.dispatcher.backlog(),
             "batches_in_flight": self.dispatcher.in_flight(),
             "clients": self.clients.pending(),
-            "worker_contexts": {lp.name: lp.contexts for lp in self.dispatcher.loops.loops.values() if lp.ready},
-            "worker_prewarm": {lp.name: lp.prewarm for lp in self.dispatcher.loops.loops.values()
-                               if lp.ready},
+            "worker_contexts": {lp.name: lp.contexts for lp in self.dispatcher.loops if lp.ready},
+            "worker_prewarm": {lp.name: lp.prewarm for lp in self.dispatcher.loops if lp.ready},
             "store_failing": self.guard.status(),  # None while the store takes writes
             "requests_waiting_for_store": len(self.deferred),
         }

@@ -69,11 +69,6 @@ class WorkerLoop:
     def outstanding(self) -> int:
         return sum(len(b.open) for b in self.batches.values())
 
-    def holds(self, key: str) -> bool:
-        """Loaded, or about to be: a batch of it is on its way to this loop."""
-        return bool(self.contexts.get(key, {}).get("loaded")) or any(
-            b.context_key == key for b in self.batches.values())
-
 
 class WorkerLink:
     def __init__(self, zctx: zmq.Context, auth: ThreadAuthenticator, address: str | None):
