@@ -92,10 +92,11 @@ class Roster:
 
     # -- what dispatch reads --------------------------------------------------
     def with_room(self, batches: int) -> list[WorkerLoop]:
-        """Ready loops holding exactly ``batches`` batches (< PREFETCH), oldest first."""
+        """Ready loops holding exactly ``batches`` batches (< PREFETCH), in the order they got room."""
         return list(self._room[batches].values())
 
     def idle(self) -> Iterator[WorkerLoop]:
+        """Ready loops without a batch (a snapshot: they may be retired meanwhile)."""
         return iter(list(self._room[0].values()))
 
     def holds(self, loop: WorkerLoop, key: str) -> bool:
