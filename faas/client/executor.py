@@ -166,19 +166,19 @@ class Executor(FaasExecutor):
         room = None if self._message_limit is None else self._message_limit - 65536
         chunks: list[list] = []
         size, fids = 0, set()
-        for entry in buffered:
+
+        def cost(entry) -> int:  # its arguments, and its function's body when the chunk does not carry it yet
             fn, fid, body, _, args = entry
-            cost = len(args) + 256
-            if fid not in fids and fid not in self._sent_fids:
-                cost += len(body) + len(fn.context_description) + 512
-            if not chunks or len(chunks[-1]) == self.batch_size or room is not None and size + cost > room:
+            new = fid not in fids and fid not in self._sent_fids
+            return len(args) + 256 + (len(body) + len(fn.context_description) + 512 if new else 0)
+
+        for entry in buffered:
+            if not chunks or len(chunks[-1]) == self.batch_size or room is not None and size + cost(entry) > room:
                 chunks.append([])
                 size, fids = 0, set()
-                if fid not in self._sent_fids:
-                    cost = len(args) + 256 + len(body) + len(fn.context_description) + 512
+            size += cost(entry)
             chunks[-1].append(entry)
-            size += cost
-            fids.add(fid)
+            fids.add(entry[1])
         return chunks
 
     def _on_connect(self) -> list[list[bytes]]:

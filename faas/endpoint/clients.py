@@ -191,18 +191,13 @@ class ClientSocket:
 
     def _tell_reload(self, ident: bytes) -> bool:
         """Whether the client was told (or is gone); else it is tried again next pass."""
-        msg = protocol.encode(protocol.Error(
+        sent = self._try(ident, protocol.encode(protocol.Error(
             message="the endpoint dropped messages for this client while it was not reading; reload",
-            code="reload"))
-        try:
-            self.sock.send_multipart([ident, *msg], zmq.NOBLOCK)
-        except zmq.Again:
+            code="reload")))
+        if sent is _FULL:
             return False
-        except zmq.ZMQError:
-            self._reload.discard(ident)  # gone: nothing to tell
-            return False
-        self._reload.discard(ident)
-        return True
+        self._reload.discard(ident)  # told, or gone: nothing to tell
+        return sent is _SENT
 
 
 def _user(frame: zmq.Frame) -> str:

@@ -297,9 +297,7 @@ class Server:
             self.clients.bad.warning("bad message from a client: %s", e)
             self._send(ident, protocol.encode(protocol.Error(message=str(e), ids=_invocation_ids(frames))))
         except Exception as e:
-            log.exception("request failed")
-            self._send(ident, protocol.encode(protocol.Error(
-                message=f"endpoint error: {type(e).__name__}: {e}", ids=_submitted_ids(msg))))
+            self._failed_request(ident, msg, e)
 
     def _retry_request(self, ident: bytes, msg, body: list[bytes]) -> None:
         """A request that waited for the store, tried again (StoreDown: it waits on)."""
@@ -308,9 +306,13 @@ class Server:
         except StoreDown:
             raise
         except Exception as e:
-            log.exception("request failed")
-            self._send(ident, protocol.encode(protocol.Error(message=f"endpoint error: {type(e).__name__}: {e}",
-                                                             ids=_submitted_ids(msg))))
+            self._failed_request(ident, msg, e)
+
+    def _failed_request(self, ident: bytes, msg, e: Exception) -> None:
+        """A request that raised (not for the store): the client hears why, naming a submit's invocations."""
+        log.exception("request failed")
+        self._send(ident, protocol.encode(protocol.Error(message=f"endpoint error: {type(e).__name__}: {e}",
+                                                         ids=_submitted_ids(msg))))
 
     def _refuse_request(self, ident: bytes, msg, why: str) -> None:
         """A request the store could not take within its retry window: nothing of it
