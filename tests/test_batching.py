@@ -10,6 +10,7 @@ import pytest
 from conftest import local_config, status
 
 from faas import Executor, ctx_function
+from faas.errors import InvocationTimeout
 
 
 def _calls_log(folder):
@@ -77,3 +78,30 @@ def test_a_lone_invocation_waits_batch_wait_and_no_longer(endpoint, tmp_path):
         assert ex.submit(double, 2).result(timeout=60) == 4
         waited = time.monotonic() - t0
     assert 1.4 < waited < 4.0, waited
+
+
+def _slow(ctx, xs):
+    """0.5 s a call; 3 raises, 5 hangs (until interrupted)."""
+    time.sleep(60 if 5 in xs else 0.5)
+    if 3 in xs:
+        raise ValueError("3 is unlucky")
+    return [-x for x in xs]
+
+
+def test_a_failed_merged_call_reruns_each_member_with_its_own_timeout(endpoint, tmp_path):
+    """The merged call of 0..7 overruns (5 hangs); run again one by one, eight calls of 0.5 s
+    outlast the 3 s timeout together but not each: only 3 (raises) and 5 (hangs) fail."""
+    endpoint("slow", local_config(workers=1))
+    slow = ctx_function(model=_calls_log, folder=str(tmp_path), batch_size=8, batch_wait=1.0, timeout=3)(_slow)
+    with Executor(endpoint="slow") as ex:
+        assert ex.submit(slow, 0).result(timeout=60) == 0  # warm: the eight below arrive together
+        futures = [ex.submit(slow, x) for x in range(8)]
+        for x, fut in enumerate(futures):
+            if x == 3:
+                with pytest.raises(ValueError, match="unlucky"):
+                    fut.result(timeout=120)
+            elif x == 5:
+                with pytest.raises(InvocationTimeout):
+                    fut.result(timeout=120)
+            else:
+                assert fut.result(timeout=120) == -x

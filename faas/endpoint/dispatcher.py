@@ -73,6 +73,7 @@ class Item:
 class FunctionMeta:
     retries: int = 0
     batch_size: int = 1
+    context_key: str | None = None
 
 
 class Dispatcher:
@@ -107,7 +108,7 @@ class Dispatcher:
     # -- intake -------------------------------------------------------------
     def register_function(self, fid: str, body: bytes, info: protocol.FunctionInfo) -> None:
         self._bodies.put(fid, body)
-        self.functions[fid] = FunctionMeta(info.retries, info.batch_size)
+        self.functions[fid] = FunctionMeta(info.retries, info.batch_size, info.context_key)
 
     def submit(self, items: Iterable[Item]) -> None:
         """New work from a client (a context whose loader failed gets a fresh
@@ -474,7 +475,7 @@ class Dispatcher:
         self.guard.wait(self.store.requeue, {r["id"]: f"attempt {r['attempts']}: interrupted by an endpoint restart"
                                              for r in rows if r["state"] is State.DISPATCHED})
         for fid, meta in self.guard.wait(self.store.functions).items():
-            self.functions[fid] = FunctionMeta(meta["retries"], meta["batch_size"])
+            self.functions[fid] = FunctionMeta(meta["retries"], meta["batch_size"], meta["context_key"])
         self._enqueue(Item(r["id"], r["group_id"], r["function_id"], r["context_key"], r["args"], r["attempts"],
                            (r["history"] or "").splitlines()) for r in rows)
         return len(rows)

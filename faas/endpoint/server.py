@@ -378,12 +378,11 @@ class Server:
                             f.batch_size)
             self.dispatcher.register_function(f.id, blob, f)
             ctx_of[f.id] = f.context_key
-        missing = {inv.function for inv in msg.invocations} - set(ctx_of)
-        if missing:
-            stored = self.guard.call(self.store.functions)
-            if missing - set(stored):
-                raise ProtocolError(f"unknown function id(s) {sorted(missing - set(stored))}")
-            ctx_of.update({fid: stored[fid]["context_key"] for fid in missing})
+        for fid in {inv.function for inv in msg.invocations} - set(ctx_of):  # sent in an earlier message
+            known = self.dispatcher.functions.get(fid)
+            if known is None:
+                raise ProtocolError(f"unknown function id {fid}")
+            ctx_of[fid] = known.context_key
         rows = [dict(id=inv.id, group_id=msg.group, function_id=inv.function, context_key=ctx_of[inv.function],
                      args=args) for inv, args in zip(msg.invocations, body[len(msg.functions):])]
         new = self.guard.call(self.store.add_invocations, rows)

@@ -114,6 +114,7 @@ class WorkerLoop:
         self.threshold = heartbeat_threshold
         self.runner = Runner()
         self.runner.on_init = lambda: self._report("loaded", None)
+        self.runner.on_alone = self._restart_clock
         self.settings = protocol.WorkerSettings()
         self.cond = threading.Condition()
         self.queue: deque[WorkItem] = deque()
@@ -203,6 +204,14 @@ class WorkerLoop:
         results = [_bare(info.id, Kind.CANCELLED, info.started, info.finished) if info.id in dropped
                    else (info, payload) for info, payload in results]
         self._report("outcomes", results)
+
+    def _restart_clock(self, item: WorkItem) -> None:
+        """A merged call failed and its members run again one at a time: each
+        gets the whole timeout, as it would have had alone, and is interrupted alone."""
+        with self.cond:
+            timeout = self.running.timeout
+            self.running = _Running(next(self._tokens), [item.id], time.monotonic() + timeout if timeout else None,
+                                    timeout)
 
     def _on_signal(self, signum, frame) -> None:
         pending = self._interrupt

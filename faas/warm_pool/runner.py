@@ -5,8 +5,8 @@ Payloads stay opaque to the daemon: functions, arguments and results are
 cloudpickled bytes that only workers and clients open. Each invocation gets its
 own outcome: an exception, even a BaseException such as SystemExit, is that
 invocation's error and never fails the others. A batched function's merged
-call that raises is run again one invocation at a time, so that only the
-culprit fails.
+call that raises or overruns its timeout is run again one invocation at a
+time, each with its own timeout, so that only the culprit fails.
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ class Runner:
         self._dropped: list[str] = []
         self._failed_inits: dict[str, tuple[float, str]] = {}  # context key -> (when, loader's traceback)
         self.on_init: Callable[[], None] | None = None  # told when a context was just initialised
+        self.on_alone: Callable[[WorkItem], None] | None = None  # told as a merged call's member runs alone
 
     def add_bodies(self, bodies: dict[str, bytes], keep: Iterable[str] = ()) -> None:
         """``keep``: functions that queued work still needs (never evicted)."""
@@ -127,10 +128,14 @@ class Runner:
                     columns = [list(col) for col in zip(*(args for _, args, _ in group))]
                     kwcolumns = {k: [kw[k] for _, _, kw in group] for k in group[0][2]}
                     values = _batch_results(fn, _call(fn, ctx, columns, kwcolumns), len(group))
-            except (ContextInitError, Interrupted) as e:
-                out.update({it.id: self.failed(it, e, started) for it in members})
-            except BaseException:  # noqa: BLE001 - find the culprit: each member alone
-                out.update({it.id: self._run_one(fn, it) for it in members})
+            except BaseException as e:  # noqa: BLE001 - find the culprit: each member alone
+                if len(members) == 1 or isinstance(e, ContextInitError) or _cancelled(e):
+                    out.update({it.id: self.failed(it, e, started) for it in members})
+                    continue
+                for it in members:
+                    if self.on_alone is not None:
+                        self.on_alone(it)
+                    out[it.id] = self._run_one(fn, it)
             else:
                 out.update({it.id: self._ok(it, v, started) for it, v in zip(members, values)})
         return [out[it.id] for it in items]
@@ -191,6 +196,10 @@ def _init_error(fn: Any, tb: str) -> ContextInitError:
     error = ContextInitError(f"context {fn.spec.description} failed to initialise")
     error.tb = tb  # the loader's traceback, reported as the invocation's
     return error
+
+
+def _cancelled(exc: BaseException) -> bool:
+    return isinstance(exc, Interrupted) and exc.reason != "timeout"
 
 
 def _call(fn: Any, ctx: Any, args: Any, kwargs: dict) -> Any:
