@@ -41,7 +41,7 @@ sys.path[:0] = _PATHS
 os.environ["PYTHONPATH"] = os.pathsep.join([*_PATHS, *filter(None, [os.environ.get("PYTHONPATH")])])
 
 from faas.endpoint.gpus import visible_gpus  # noqa: E402 (needs the path above)
-from faas.warm_pool.prewarm import prewarm  # noqa: E402
+from faas.warm_pool.prewarm import DEFAULT_MODULES, prewarm  # noqa: E402
 
 BATCH_SIZES = (1, 8, 32, 64, 128, 256)
 SMOLLM2_SHAPE = dict(hidden_size=576, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
@@ -280,7 +280,7 @@ def report(name: str, n: int, seconds: float, rounds: list[float] = ()) -> float
 def cold_child(checkpoint: str | None, spawned_at: float) -> None:
     """Runs in a fresh process: the steps of a worker's cold start, as JSON."""
     steps = {"process start (interpreter, this script)": time.time() - spawned_at}
-    warm = prewarm()
+    warm = prewarm(list(DEFAULT_MODULES))  # what a GPU worker imports as it starts (timed here on a CPU too)
     steps.update({f"import {m}": s for m, s in warm["imports"].items()})
     steps["CUDA init"] = warm["cuda"]
     t = time.perf_counter()
