@@ -9,6 +9,7 @@ import functools
 import gc
 import itertools
 import os
+import re
 import signal
 import time
 import weakref
@@ -143,7 +144,9 @@ def _scale(ctx, x):
 def test_the_concurrent_futures_contract(endpoint):
     endpoint("contract", local_config(workers=2))
     scale = ctx_function(model=lambda k: {"k": k}, k=3)(_scale)
-    with Executor(endpoint="contract") as ex:
+    with Executor(endpoint="contract") as ex, Executor(endpoint="contract") as other:
+        ids = [f.task_id for f in [*(ex.submit(pow, 2, 8) for _ in range(50)), other.submit(pow, 2, 8)]]
+        assert len(set(ids)) == len(ids) and all(re.fullmatch("[0-9a-f]{32}", i) for i in ids), ids[-2:]
         assert ex.submit(pow, 2, 8).result(timeout=60) == 256  # plain callables: no context
         assert list(ex.map(str, range(3))) == ["0", "1", "2"]
         assert list(ex.map(scale, range(10), chunksize=4)) == [3 * x for x in range(10)]

@@ -105,7 +105,7 @@ class Executor(FaasExecutor):
             raise PayloadTooLarge(f"function {ctx_fn.__qualname__} pickles to {len(fn_blob)} bytes, "
                                   f"over the limit of {limit} bytes")
         blob = serialize.args_blob(args, kwargs, limit)
-        fut = ComputeFuture(uuid.uuid4().hex, _weak_call(self._cancel))
+        fut = ComputeFuture(self._new_id(), _weak_call(self._cancel))
         with self._lock:
             self._futures[fut.task_id] = fut
             self._buffer.append((ctx_fn, fid, fn_blob, fut, blob))

@@ -15,7 +15,6 @@ rate and payload size; one invocation's exception never fails its batch mates.
 from __future__ import annotations
 
 import functools
-import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import CancelledError, Future
 from concurrent.futures import Executor as _BaseExecutor
@@ -85,7 +84,7 @@ class GlobusExecutor(FaasExecutor):
         if len(fn_blob) >= self.max_batch_bytes:
             raise PayloadTooLarge(f"{ctx_fn.__qualname__} pickles to {len(fn_blob)} bytes, over max_batch_bytes")
         args_blob = serialize.args_blob(args, kwargs, self.max_batch_bytes - len(fn_blob))
-        inv = _Invocation(ComputeFuture(uuid.uuid4().hex), ctx_fn, fid, fn_blob, args_blob)
+        inv = _Invocation(ComputeFuture(self._new_id()), ctx_fn, fid, fn_blob, args_blob)
         with self._lock:
             self._futures[inv.future.task_id] = inv.future
         inv.future.add_done_callback(self._forget)
