@@ -25,7 +25,7 @@ def _default_prewarm(visible_devices: str) -> dict:
 
 def test_default_on_a_gpu_worker_imports_torch_and_transformers():
     report = _default_prewarm("0")
-    assert set(report["imports"]) == {"torch", "transformers"} and not report["errors"]
+    assert set(report["imports"]) == {"torch", "transformers", "transformers.modeling_utils"} and not report["errors"]
     assert all(s > 0 for s in report["imports"].values())
     if not torch_sees_a_gpu():
         assert report["cuda"] is None

@@ -230,7 +230,7 @@ class WarmPoolConfig(_Strict):
     idle_timeout: float | None = Field(3600.0, gt=0)
     # per worker; "8GiB" etc. None: the GPU's memory on a GPU worker, else unlimited
     memory_budget: ByteSize | None = None
-    # imported by each worker as it starts (faas.warm_pool.prewarm); None: torch and transformers on GPU workers
+    # imported by each worker as it starts (faas.warm_pool.prewarm); None: its DEFAULT_MODULES on GPU workers
     prewarm: list[str] | None = None
     # function bodies kept, least recently used go first: by the daemon (reloaded from the store when
     # needed) and by each worker (counted in its memory_budget; sent again when needed)

@@ -194,7 +194,7 @@ dispatch:
 warm_pool:
   idle_timeout: 3600 #~ seconds before an unused context is released
   prewarm: null #~ modules a worker imports when it starts (null: torch and
- #~   transformers on a GPU worker, if installed; []: none), then CUDA is initialised
+ #~   transformers with its model classes on a GPU worker, if installed; []: none), then CUDA is initialised
 store:
   url: null #~ null: SQLite in this folder; or any SQLAlchemy URL
   retention: 604800 #~ seconds results are kept for reattaching clients
