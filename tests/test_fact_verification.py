@@ -70,6 +70,26 @@ def test_labels_come_from_the_model_deterministically(llm):
     assert first == second
 
 
+def test_prompts_tokenised_after_the_shared_prefix_match_whole_prompts():
+    """scoring.encode_prompts tokenises the worked examples once: for every claim, the
+    ids and mask must be those of tokenising each whole prompt with left padding."""
+    import scoring
+    from transformers import AutoTokenizer
+
+    from faas.warm_pool.gguf import smollm2_gguf_path
+
+    gguf = smollm2_gguf_path()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tokenizer.pad_token = tokenizer.eos_token
+    rows = [*(json.loads(line) for line in (EXAMPLE / "claims.jsonl").read_text().splitlines()), scoring.CONTENT_FREE]
+    whole = tokenizer([scoring.build_prompt(tokenizer, r["claim"], r["evidence"]) for r in rows], padding=True,
+                      padding_side="left", add_special_tokens=False, return_tensors="pt")
+    fast = scoring.encode_prompts(tokenizer, rows)
+    assert len(scoring.shared_prefix(tokenizer)[1]) > 100  # the examples: most of each prompt
+    assert fast["input_ids"].tolist() == whole["input_ids"].tolist()
+    assert fast["attention_mask"].tolist() == whole["attention_mask"].tolist()
+
+
 def test_two_workers_share_one_conversion_of_the_model(llm):
     inits = [i for i in _rows(llm["store"], "context_inits") if "load_smollm2" in _description(llm, i)]
     assert all(i["error"] is None for i in inits)

@@ -16,7 +16,9 @@ claim and evidence are "N/A". That removes the model's prior for one answer.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -46,6 +48,33 @@ def build_prompt(tokenizer, claim: str, evidence: str) -> str:
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
+@functools.lru_cache(maxsize=4)
+def shared_prefix(tokenizer) -> tuple[str, list[int]]:
+    """The start every prompt shares (the worked examples), as text and as
+    token ids, tokenised once: it is most of each prompt. It is cut right after
+    a special token, where a tokenizer splits the text before anything else, so
+    a prompt's ids are the prefix's followed by those of the rest."""
+    common = os.path.commonprefix([build_prompt(tokenizer, "A", "A"), build_prompt(tokenizer, "B", "B")])
+    cut = max((common.rfind(t) + len(t) for t in tokenizer.all_special_tokens if t in common), default=0)
+    return common[:cut], tokenizer(common[:cut], add_special_tokens=False)["input_ids"]
+
+
+def encode_prompts(tokenizer, rows) -> dict[str, torch.Tensor]:
+    """Left-padded ``input_ids`` and ``attention_mask`` of the rows' prompts,
+    tokenising only what follows the shared prefix."""
+    prefix, prefix_ids = shared_prefix(tokenizer)
+    rests = []
+    for row in rows:
+        prompt = build_prompt(tokenizer, row["claim"], row["evidence"])
+        if not prompt.startswith(prefix):
+            raise ValueError("this chat template renders the worked examples differently for each claim")
+        rests.append(prompt[len(prefix):])
+    ids = [prefix_ids + rest for rest in tokenizer(rests, add_special_tokens=False)["input_ids"]]
+    width = max(map(len, ids))
+    return {"input_ids": torch.tensor([[tokenizer.pad_token_id] * (width - len(i)) + i for i in ids]),
+            "attention_mask": torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i in ids])}
+
+
 def answer_token_ids(tokenizer) -> dict[str, int]:
     """First token of each answer word, keyed by label.
 
@@ -66,10 +95,7 @@ def batch_label_scores(model, tokenizer, rows, calibrate: bool = True) -> list[d
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     batch_rows = [*rows, CONTENT_FREE] if calibrate else list(rows)
-    prompts = [build_prompt(tokenizer, row["claim"], row["evidence"]) for row in batch_rows]
-    batch = tokenizer(
-        prompts, padding=True, padding_side="left", add_special_tokens=False, return_tensors="pt"
-    ).to(model.device)
+    batch = {k: v.to(model.device) for k, v in encode_prompts(tokenizer, batch_rows).items()}
     position_ids = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
     with torch.inference_mode():
         logits = model(**batch, position_ids=position_ids, logits_to_keep=1).logits[:, -1, :]
