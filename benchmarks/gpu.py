@@ -196,7 +196,8 @@ def parsl_cached(rows, checkpoint):
 CACHE: dict = {}  # parsl_cached's model, in the worker's copy of this module
 
 
-def faas_runs(args, checkpoint, workers: int, cold: dict) -> dict[str, float]:
+def faas_runs(args, checkpoint, workers: int, cold: dict) -> dict[str, list[float]]:
+    """Prints claims/s of each way; returns them, round by round."""
     from faas import Executor, ctx_function
 
     model = load_model if checkpoint is None else checkpoint  # a folder: faas' default loader
@@ -211,7 +212,7 @@ def faas_runs(args, checkpoint, workers: int, cold: dict) -> dict[str, float]:
         cold["faas: first result (cold context)"] = time.perf_counter() - t
         t = time.perf_counter()
         assert len(list(ex.map(unbatched, rows))) == len(rows)
-        report("faas, one claim per invocation", len(rows), time.perf_counter() - t)
+        report("faas, one claim per invocation", len(rows), [time.perf_counter() - t])
         # Single-claim invocations merged by the worker, at the size a user would declare, and at the
         # caller's grouping (the same forward passes: what merging itself costs); then the caller's grouping.
         runs = {f"faas, one claim per invocation, batched ({size})":
@@ -221,22 +222,25 @@ def faas_runs(args, checkpoint, workers: int, cold: dict) -> dict[str, float]:
         runs[f"faas, {args.task_claims} claims per invocation"] = (ctx_function(model=model, **options)(many_claims),
                                                                    chunks)
         times: dict[str, list[float]] = {}
-        for _ in range(args.rounds):  # in turn, so that drift on a shared machine falls on all alike
-            for name, (fn, inputs) in runs.items():
+        ways = list(runs.items())
+        for r in range(args.rounds):  # in turn, each round starting with the next: drift falls on all alike
+            for name, (fn, inputs) in ways[r % len(ways):] + ways[:r % len(ways)]:
                 t = time.perf_counter()
                 outs = list(ex.map(fn, inputs))
                 times.setdefault(name, []).append(time.perf_counter() - t)
                 assert (sum(map(len, outs)) if inputs is chunks else len(outs)) == len(rows)
-        return {name: report(name, len(rows), min(seconds), seconds) for name, seconds in times.items()}
+        for name, seconds in times.items():
+            report(name, len(rows), seconds)
+        return {name: [len(rows) / t for t in seconds] for name, seconds in times.items()}
 
 
-def parsl_runs(args, checkpoint, workers: int, gpus: list[str]) -> dict[str, float]:
+def parsl_runs(args, checkpoint, workers: int, gpus: list[str]) -> dict[str, list[float]]:
     from _common import plain_parsl
     from parsl import python_app
 
     rows = claim_rows(args.claims)
     chunks = [rows[i:i + args.task_claims] for i in range(0, len(rows), args.task_claims)]
-    best = {}
+    rates = {}
     for name, body in ((f"Parsl, model loaded in every task ({args.task_claims} claims each)", parsl_load_per_task),
                        (f"Parsl, model in a per-process global ({args.task_claims} claims each)", parsl_cached)):
         with plain_parsl(workers, gpus) as dfk:
@@ -250,30 +254,35 @@ def parsl_runs(args, checkpoint, workers: int, gpus: list[str]) -> dict[str, flo
                 t = time.perf_counter()
                 assert sum(len(f.result()) for f in [app(chunk, checkpoint) for chunk in chunks]) == len(rows)
                 times.append(time.perf_counter() - t)
-            best[name] = report(name, len(rows), min(times), times)
-    return best
+            report(name, len(rows), times)
+            rates[name] = [len(rows) / t for t in times]
+    return rates
 
 
-def ratios(best: dict[str, float], args) -> None:
+def ratios(rates: dict[str, list[float]], args) -> None:
     """The issue's comparisons: single-claim invocations merged at ``--batch-size``
     against callers grouping ``--task-claims`` claims (faas, and Parsl with a
     global); and merged at ``--task-claims``, where the forward passes are the
-    same and only what merging costs differs."""
-    grouped = best[f"faas, {args.task_claims} claims per invocation"]
-    parsl = best.get(f"Parsl, model in a per-process global ({args.task_claims} claims each)")
+    same and only what merging costs differs. Against faas, round by round (the
+    ways ran in turn, seconds apart: a shared machine's drift falls on both);
+    against Parsl, which ran after, best against best."""
+    grouped = rates[f"faas, {args.task_claims} claims per invocation"]
+    parsl = rates.get(f"Parsl, model in a per-process global ({args.task_claims} claims each)")
     for size in dict.fromkeys((args.batch_size, args.task_claims)):
-        merged = best[f"faas, one claim per invocation, batched ({size})"]
-        against = f"{merged / grouped:.2f}x faas with {args.task_claims} claims per invocation"
+        merged = rates[f"faas, one claim per invocation, batched ({size})"]
+        each = sorted(m / g for m, g in zip(merged, grouped))
+        against = (f"{statistics.median(each):.2f}x faas with {args.task_claims} claims per invocation "
+                   f"(median of {len(each)} rounds; {each[0]:.2f}-{each[-1]:.2f})")
         if parsl:
-            against += f", {merged / parsl:.2f}x Parsl with a global"
+            against += f", {max(merged) / max(parsl):.2f}x Parsl with a global (best of each)"
         print(f"    batched ({size}): {against}")
 
 
-def report(name: str, n: int, seconds: float, rounds: list[float] = ()) -> float:
-    """Prints and returns claims/s of the best of ``rounds`` (all of them shown)."""
+def report(name: str, n: int, rounds: list[float]) -> None:
+    """Claims/s of the best of ``rounds`` (seconds each; all of them shown)."""
+    best = min(rounds)
     each = f"; rounds: {', '.join(f'{n / s:.0f}' for s in rounds)}" if len(rounds) > 1 else ""
-    print(f"    {name:58s} {n / seconds:9.1f} claims/s  ({n} in {seconds:.1f} s{each})")
-    return n / seconds
+    print(f"    {name:58s} {n / best:9.1f} claims/s  ({n} in {best:.1f} s{each})")
 
 
 # -- (c) cold start -----------------------------------------------------------
