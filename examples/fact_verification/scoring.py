@@ -16,7 +16,6 @@ claim and evidence are "N/A". That removes the model's prior for one answer.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 from pathlib import Path
@@ -48,15 +47,21 @@ def build_prompt(tokenizer, claim: str, evidence: str) -> str:
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
-@functools.lru_cache(maxsize=4)
 def shared_prefix(tokenizer) -> tuple[str, list[int]]:
     """The start every prompt shares (the worked examples), as text and as
     token ids, tokenised once: it is most of each prompt. It is cut right after
     a special token, where a tokenizer splits the text before anything else, so
-    a prompt's ids are the prefix's followed by those of the rest."""
-    common = os.path.commonprefix([build_prompt(tokenizer, "A", "A"), build_prompt(tokenizer, "B", "B")])
-    cut = max((common.rfind(t) + len(t) for t in tokenizer.all_special_tokens if t in common), default=0)
-    return common[:cut], tokenizer(common[:cut], add_special_tokens=False)["input_ids"]
+    a prompt's ids are the prefix's followed by those of the rest.
+
+    Kept on the tokenizer, not in this module: workers get this module's code
+    by value (run.py), and a cache here would travel with it."""
+    cached = getattr(tokenizer, "_fact_verification_prefix", None)
+    if cached is None:
+        common = os.path.commonprefix([build_prompt(tokenizer, "A", "A"), build_prompt(tokenizer, "B", "B")])
+        cut = max((common.rfind(t) + len(t) for t in tokenizer.all_special_tokens if t in common), default=0)
+        cached = tokenizer._fact_verification_prefix = (common[:cut], tokenizer(common[:cut],
+                                                                                  add_special_tokens=False)["input_ids"])
+    return cached
 
 
 def encode_prompts(tokenizer, rows) -> dict[str, torch.Tensor]:
