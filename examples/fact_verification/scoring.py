@@ -59,8 +59,9 @@ def shared_prefix(tokenizer) -> tuple[str, list[int]]:
     if cached is None:
         common = os.path.commonprefix([build_prompt(tokenizer, "A", "A"), build_prompt(tokenizer, "B", "B")])
         cut = max((common.rfind(t) + len(t) for t in tokenizer.all_special_tokens if t in common), default=0)
-        cached = tokenizer._fact_verification_prefix = (common[:cut], tokenizer(common[:cut],
-                                                                                  add_special_tokens=False)["input_ids"])
+        prefix = common[:cut]
+        cached = prefix, tokenizer(prefix, add_special_tokens=False)["input_ids"]
+        tokenizer._fact_verification_prefix = cached
     return cached
 
 
