@@ -229,9 +229,7 @@ def faas_runs(args, checkpoint, workers: int, cold: dict) -> dict[str, list[floa
                 outs = list(ex.map(fn, inputs))
                 times.setdefault(name, []).append(time.perf_counter() - t)
                 assert (sum(map(len, outs)) if inputs is chunks else len(outs)) == len(rows)
-        for name, seconds in times.items():
-            report(name, len(rows), seconds)
-        return {name: [len(rows) / t for t in seconds] for name, seconds in times.items()}
+        return {name: report(name, len(rows), seconds) for name, seconds in times.items()}
 
 
 def parsl_runs(args, checkpoint, workers: int, gpus: list[str]) -> dict[str, list[float]]:
@@ -254,8 +252,7 @@ def parsl_runs(args, checkpoint, workers: int, gpus: list[str]) -> dict[str, lis
                 t = time.perf_counter()
                 assert sum(len(f.result()) for f in [app(chunk, checkpoint) for chunk in chunks]) == len(rows)
                 times.append(time.perf_counter() - t)
-            report(name, len(rows), times)
-            rates[name] = [len(rows) / t for t in times]
+            rates[name] = report(name, len(rows), times)
     return rates
 
 
@@ -278,11 +275,13 @@ def ratios(rates: dict[str, list[float]], args) -> None:
         print(f"    batched ({size}): {against}")
 
 
-def report(name: str, n: int, rounds: list[float]) -> None:
-    """Claims/s of the best of ``rounds`` (seconds each; all of them shown)."""
+def report(name: str, n: int, rounds: list[float]) -> list[float]:
+    """Prints claims/s of the best of ``rounds`` (seconds each; all of them
+    shown) and returns the claims/s of each."""
     best = min(rounds)
     each = f"; rounds: {', '.join(f'{n / s:.0f}' for s in rounds)}" if len(rounds) > 1 else ""
     print(f"    {name:58s} {n / best:9.1f} claims/s  ({n} in {best:.1f} s{each})")
+    return [n / s for s in rounds]
 
 
 # -- (c) cold start -----------------------------------------------------------

@@ -340,19 +340,19 @@ def _mark_dispatched(conn, ids: Sequence[str]) -> None:
         conn.execute(_dispatch_mark(), [{"b_id": i, "at": at} for i in ids])
 
 
+@functools.cache
+def _back_to_queue(refunded: bool):
+    """``refunded``: the attempt did not count. No IN (...): executemany cannot expand it."""
+    return (update(Invocation).where(Invocation.id == bindparam("b_id"), _from(State.PENDING))
+            .values(state=State.PENDING, attempts=Invocation.attempts - 1 if refunded else Invocation.attempts,
+                    history=func.coalesce(Invocation.history, "") + bindparam("note"))
+            .execution_options(synchronize_session=False))
+
+
 def _requeue(conn, notes: dict[str, str], refund: set[str]) -> None:
-    counted, refunded = notes.keys() - refund, notes.keys() & refund
-    for ids, attempts in ((counted, Invocation.attempts), (refunded, Invocation.attempts - 1)):
+    for ids, refunded in ((notes.keys() - refund, False), (notes.keys() & refund, True)):
         if ids:
-            conn.execute(
-                update(Invocation)
-                .where(Invocation.id == bindparam("b_id"),  # no IN (...): executemany cannot expand it
-                       or_(*(Invocation.state == src for src in allowed_sources(State.PENDING))))
-                .values(state=State.PENDING, attempts=attempts,
-                        history=func.coalesce(Invocation.history, "") + bindparam("note"))
-                .execution_options(synchronize_session=False),
-                [{"b_id": i, "note": notes[i] + "\n"} for i in ids],
-            )
+            conn.execute(_back_to_queue(refunded), [{"b_id": i, "note": notes[i] + "\n"} for i in ids])
 
 
 def _chunks(seq: Sequence, n: int):
