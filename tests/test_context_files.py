@@ -195,7 +195,8 @@ def test_a_holder_killed_mid_copy_the_copy_goes_on_from_another(place):
         files = st["worker_files"]
         holders = [w for w, f in files.items() if key in f["staged"]]
         serving = [w for w in holders if files[w]["serving"]]
-        copying = [w for w, f in files.items() if key in f["staging"] and size * 0.1 < f["peer_bytes"].get(key, 0) < size * 0.6]
+        copying = [w for w, f in files.items()
+                   if key in f["staging"] and size * 0.1 < f["peer_bytes"].get(key, 0) < size * 0.6]
         if len(holders) >= 3 and len(serving) == 1 and copying:
             return copying[0], serving[0], files[copying[0]]["peer_bytes"][key]
         return None
