@@ -108,12 +108,17 @@ def totals(fn, ep: RunningEndpoint) -> tuple[int, int]:
     return figures.source_bytes, figures.peer_bytes
 
 
-def test_the_source_is_read_once_and_the_files_copied_from_peers(place):
+def fresh_context(place, name: str, files: int, size: int):
+    """A context over new random files at the source, once the four workers are idle:
+    (the endpoint, the function, the files' checksums, their bytes)."""
     ep, data = place
-    expected = write_source(data / "model-a", 4, 50 * MB)
-    size = 200 * MB
+    expected = write_source(data / name, files, size)
     four_idle_workers()
-    fn = ctx_function(model=checksums, files=str(data / "model-a"))(who)
+    return ep, ctx_function(model=checksums, files=str(data / name))(who), expected, files * size
+
+
+def test_the_source_is_read_once_and_the_files_copied_from_peers(place):
+    ep, fn, expected, size = fresh_context(place, "model-a", 4, 50 * MB)
     started = time.monotonic()
     with Executor(endpoint=NAME) as ex:
         results = list(ex.map(fn, [0.0] * 16, timeout=120))
@@ -133,11 +138,7 @@ def test_the_source_is_read_once_and_the_files_copied_from_peers(place):
 
 
 def test_a_byte_flipped_in_a_holders_cache_is_never_loaded_and_copied_again(place):
-    ep, data = place
-    expected = write_source(data / "model-c", 2, 10 * MB)
-    size = 20 * MB
-    four_idle_workers()
-    fn = ctx_function(model=checksums, files=str(data / "model-c"))(who)
+    ep, fn, expected, size = fresh_context(place, "model-c", 2, 10 * MB)
     key = fn.context_key
     with Executor(endpoint=NAME) as ex:
         first_pid, first = ex.submit(fn, 0.3).result(timeout=60)  # measured: the others join for the backlog
@@ -184,11 +185,7 @@ def test_a_holder_killed_mid_copy_the_copy_goes_on_from_another(place):
     """Three of four nodes hold the files (max_serving 2: the fourth copies in
     a second wave); its holder is SIGKILLed mid-copy: it goes on from another
     holder where it stopped, reading nothing twice and nothing from the source."""
-    ep, data = place
-    expected = write_source(data / "model-b", 3, 50 * MB)
-    size = 150 * MB
-    four_idle_workers()
-    fn = ctx_function(model=checksums, files=str(data / "model-b"))(who)
+    ep, fn, expected, size = fresh_context(place, "model-b", 3, 50 * MB)
     key = fn.context_key
 
     def mid_copy(st):

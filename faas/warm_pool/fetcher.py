@@ -291,6 +291,8 @@ class Fetcher:
                 return
             part.discard()
             self.done -= part.offset
+            if part.sources == {"source"}:
+                break  # the source itself no longer matches the manifest its holders copy by
             for address in part.sources - {"source"} - self.bad:
                 try:  # it hashes its copy again, and removes it if it does not match
                     self._link(address).ask(OPEN_TIMEOUT, op="suspect", blob=entry.hash)
@@ -299,8 +301,8 @@ class Fetcher:
                 self._drop(address, f"its copy of {entry.path} does not match its hash")
             self.holder = None
             log.warning("context %s: the copy of %s did not match its hash; copying it again", self.key, entry.path)
-        raise CopyError(f"cannot stage {manifest.source_path(entry)}: {MAX_BAD_COPIES} copies did not match its hash "
-                        f"{entry.hash} (from peers and the source: the source changed since its manifest was made?)")
+        raise CopyError(f"cannot stage {manifest.source_path(entry)}: its copies do not match the hash in its "
+                        f"manifest ({entry.hash}); the source changed since the manifest was made?")
 
     def _pull(self, entry: FileEntry, part: _Partial) -> None:
         """From the holder, a few chunks in flight."""
