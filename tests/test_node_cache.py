@@ -242,3 +242,14 @@ def test_a_holder_serves_a_bounded_number_of_copies(tmp_path, source, nodes):
             stranger.ask(2, op="open", key="ctx")
     finally:
         stranger.close()
+
+
+def test_without_peer_copy_a_node_serves_nothing_and_reads_the_source(source, nodes):
+    folder, contents = source
+    a = nodes("a")
+    a.stage("ctx", str(folder))
+    b = nodes("b", peer_copy=False)
+    assert b.server is None and b.state().address is None
+    b.hint({"ctx": [a.server.address]})
+    assert read_tree(b.stage("ctx", str(folder))) == contents
+    assert b.peer_bytes["ctx"] == 0 and b.source_bytes["ctx"] == sum(map(len, contents.values()))
