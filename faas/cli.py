@@ -11,6 +11,7 @@ from faas.home import faas_home
 
 
 @click.group()
+@click.version_option(package_name="faas")
 def main() -> None:
     """faas client tools (state under $FAAS_HOME, default ~/.faas)."""
 
