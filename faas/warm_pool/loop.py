@@ -42,6 +42,7 @@ from faas.errors import Interrupted, InvocationTimeout, ProtocolError
 from faas.protocol import Kind, OutcomeInfo
 from faas.warm_pool.prewarm import prewarm
 from faas.warm_pool.registry import process_pool
+from faas.warm_pool.resources import sample as resources
 from faas.warm_pool.runner import Result, Runner, WorkItem, dumps_exception
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,8 @@ def _connect(zctx, addresses, token, server_key, public_key, secret_key, timeout
         sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = server_key, public_key, secret_key
         sock.connect(address)
         sock.send_multipart(protocol.encode(protocol.Ready(
-            host=socket.gethostname(), pid=os.getpid(), contexts=process_pool().snapshot(), prewarm=prewarm)))
+            host=socket.gethostname(), pid=os.getpid(), contexts=process_pool().snapshot(), prewarm=prewarm,
+            resources=resources())))
         if sock.poll(int(timeout * 1000)):
             return sock
         sock.close(0)
@@ -266,7 +268,7 @@ class WorkerLoop:
             log.error("ignoring a malformed message from the endpoint: %s", e)
             return
         if isinstance(msg, protocol.Heartbeat):
-            self.sock.send_multipart(protocol.encode(protocol.Heartbeat()))
+            self.sock.send_multipart(protocol.encode(protocol.Heartbeat(resources=resources())))
         elif isinstance(msg, protocol.Batch):
             self._on_batch(msg, body)
         elif isinstance(msg, protocol.Revoke):
