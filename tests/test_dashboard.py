@@ -10,14 +10,19 @@ The screenshots the test takes are the documentation's: to refresh them, run
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import queue
 import re
 import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -27,6 +32,8 @@ from conftest import ROOT, RunningEndpoint, _start_or_skip, local_config, write_
 from services.sshd import sshd_server
 
 from faas import Executor, ctx_function
+from faas.dashboard.app import make_server
+from faas.dashboard.feed import Feed
 from faas.store import Store, sqlite_url
 
 pytest.importorskip("bokeh")
@@ -197,3 +204,42 @@ def test_dashboard_over_ssh(fleet, browser, tmp_path):
                      what="the store's counts over ssh")
             assert "live" in page.locator("#feed-state").inner_text()
             page.close()
+
+
+def test_a_dashboard_served_beyond_loopback_asks_for_its_token(fleet):
+    """Served on another address, the pages need the token the printed URL carries
+    (here forced on loopback: the tests listen on loopback only). The server runs in
+    a thread with its own event loop: Playwright's holds this thread's."""
+    feed = Feed(fleet.name)
+    started: queue.Queue = queue.Queue()
+
+    def serve() -> None:
+        asyncio.set_event_loop(asyncio.new_event_loop())
+        server, url = make_server(feed, "127.0.0.1", 0, token=True)
+        server.start()
+        started.put((server, url))
+        server.io_loop.start()
+        server.stop()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    server, url = started.get(timeout=30)
+    bare = url.split("?")[0]
+    try:
+        answers = {name: _get(address) for name, address in
+                   (("bare", bare), ("wrong", bare + "?token=guess"), ("token", url))}
+    finally:
+        server.io_loop.add_callback(server.io_loop.stop)
+        thread.join(timeout=10)
+        feed.close()
+    assert answers["bare"][0] == 403 and "needs the token" in answers["bare"][1]
+    assert answers["wrong"][0] == 403
+    assert answers["token"][0] == 200 and "faas: Overview" in answers["token"][1]
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as reply:
+            return reply.status, reply.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()

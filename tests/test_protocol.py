@@ -31,6 +31,12 @@ def test_round_trip_of_every_hop():
     batch = protocol.Batch(batch=3, functions=["f"], items=[("a", "f")], settings=protocol.WorkerSettings(timeout=2))
     msg, frames = protocol.decode(protocol.encode(batch, [b"body", b"args"]), protocol.WORKER_ORDERS)
     assert msg.items == [("a", "f")] and msg.settings.timeout == 2.0
+    msg, _ = protocol.decode(protocol.encode(protocol.FleetRequest(after=7)), protocol.CLIENT_REQUESTS)
+    assert isinstance(msg, protocol.FleetRequest) and msg.after == 7 and msg.invocation is None
+    msg, _ = protocol.decode(protocol.encode(protocol.FleetReply(view={"cursor": 7})), protocol.CLIENT_REPLIES)
+    assert msg.view == {"cursor": 7}
+    msg, _ = protocol.decode(protocol.encode(protocol.Heartbeat(resources={"rss": 1})), protocol.WORKER_REPORTS)
+    assert msg.resources == {"rss": 1}
 
 
 @pytest.mark.parametrize("frames, message", [
@@ -49,6 +55,8 @@ def test_round_trip_of_every_hop():
     ([b"[" * 100_000], "not JSON"),
     ([b'{"type": "cancel", "v": 2, "ids": "abc"}'], "'ids'"),
     ([b'{"type": "ready", "v": 2, "host": "h", "pid": 1, "contexts": {}}'], "not expected here"),
+    ([b'{"type": "fleet", "v": 2, "after": -1}'], "'after'"),
+    ([b'{"type": "fleet", "v": 2, "invocation": ""}'], "'invocation'"),
 ])
 def test_malformed_client_requests_are_rejected(frames, message):
     with pytest.raises(ProtocolError, match=message):

@@ -73,23 +73,24 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def make_server(feed: Feed, host: str = "127.0.0.1", port: int = 8787) -> tuple[Server, str]:
-    """The Bokeh server of ``feed``'s pages (not started) and the URL to open."""
+def make_server(feed: Feed, host: str = "127.0.0.1", port: int = 8787,
+                token: bool | None = None) -> tuple[Server, str]:
+    """The Bokeh server of ``feed``'s pages (not started) and the URL to open.
+    ``token``: whether a token is asked for (None: unless ``host`` is a loopback address)."""
     if port == 0:  # a free one now: the websocket's allowed origins name it
         with socket.socket() as probe:
             probe.bind((host, 0))
             port = probe.getsockname()[1]
     apps = {f"/{name}": Application(FunctionHandler(page(name, feed))) for name in PAGES}
     options: dict[str, Any] = {}
-    token = None
-    if not is_loopback(host):
-        token = secrets.token_urlsafe(24)
-        options.update(auth_provider=TokenAuth(token), allow_websocket_origin=["*"])
+    secret = secrets.token_urlsafe(24) if (not is_loopback(host) if token is None else token) else None
+    if secret is not None:
+        options.update(auth_provider=TokenAuth(secret), allow_websocket_origin=["*"])
     else:
         options["allow_websocket_origin"] = [f"{h}:{port}" for h in ("localhost", "127.0.0.1", host)]
     server = Server(apps, address=host, port=port, extra_patterns=[("/", _ToOverview)], **options)
     shown = socket.gethostname() if host in ("0.0.0.0", "::") else host
-    return server, f"http://{shown}:{server.port}/overview" + (f"?token={token}" if token else "")
+    return server, f"http://{shown}:{server.port}/overview" + (f"?token={secret}" if secret else "")
 
 
 def serve(endpoint: str, host: str = "127.0.0.1", port: int = 8787, period: float = 1.0,
