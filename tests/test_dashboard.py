@@ -32,8 +32,6 @@ from conftest import ROOT, RunningEndpoint, _start_or_skip, local_config, write_
 from services.sshd import sshd_server
 
 from faas import Executor, ctx_function
-from faas.dashboard.app import make_server
-from faas.dashboard.feed import Feed
 from faas.store import Store, sqlite_url
 
 pytest.importorskip("bokeh")
@@ -210,6 +208,9 @@ def test_a_dashboard_served_beyond_loopback_asks_for_its_token(fleet):
     """Served on another address, the pages need the token the printed URL carries
     (here forced on loopback: the tests listen on loopback only). The server runs in
     a thread with its own event loop: Playwright's holds this thread's."""
+    from faas.dashboard.app import make_server
+    from faas.dashboard.feed import Feed
+
     feed = Feed(fleet.name)
     started: queue.Queue = queue.Queue()
 

@@ -16,6 +16,7 @@ task stream is sent incrementally, the rest is replaced when it changed.
 from __future__ import annotations
 
 import html
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -40,7 +41,7 @@ def page(name: str, feed: Feed) -> Callable[[Document], None]:
 
     def make(doc: Document) -> None:
         header = Div(sizing_mode="stretch_width")
-        body, update = build(feed)
+        body, update = build(feed, doc)
 
         def tick() -> None:
             header.text = _header(name, feed)
@@ -114,7 +115,7 @@ def _time_figure(title: str, y_label: str, height: int = 220):
 
 
 # -- /overview -------------------------------------------------------------------
-def _overview(feed: Feed):
+def _overview(feed: Feed, doc: Document):
     counts = Div(sizing_mode="stretch_width")
     context_fields = ["description", "holders", "loading", "queued", "in_flight"]
     contexts = _FreeTable(context_fields)
@@ -161,7 +162,7 @@ def _counts_html(view: dict) -> str:
 
 
 # -- /stream ---------------------------------------------------------------------
-def _stream(feed: Feed):
+def _stream(feed: Feed, doc: Document):
     runs = ColumnDataSource({"row": [], "start": [], "end": [], "colour": [], "worker": [], "state": []})
     fig = _time_figure("invocations per worker (the latest runs)", "worker", height=360)
     fig.hbar(y="row", left="start", right="end", height=0.8, color="colour", source=runs)
@@ -173,10 +174,17 @@ def _stream(feed: Feed):
     seen = [0]  # the newest stream event drawn in this session
 
     def open_failure(attr, old, new) -> None:
+        """Read from the endpoint off the server's loop: the other pages go on meanwhile."""
         if not new:
             return
         inv_id = failure_source.data["id"][new[0]]
-        detail.text = _invocation_html(inv_id, feed.invocation(inv_id))
+        detail.text = f"<i>reading invocation {html.escape(inv_id)} from the endpoint's store</i>"
+
+        def fetch() -> None:
+            text = _invocation_html(inv_id, feed.invocation(inv_id))
+            doc.add_next_tick_callback(lambda: setattr(detail, "text", text))
+
+        threading.Thread(target=fetch, name="faas-dashboard-invocation", daemon=True).start()
 
     failure_source.selected.on_change("indices", open_failure)
 
@@ -221,7 +229,7 @@ WORKER_COLUMNS = [("name", "worker"), ("state", "state"), ("host", "host"), ("gp
                   ("silent", "silent s")]
 
 
-def _workers(feed: Feed):
+def _workers(feed: Feed, doc: Document):
     workers, worker_source = _table(WORKER_COLUMNS, height=260)
     base = ["worker", "context"]
     contexts = _FreeTable(base, most=20)
@@ -278,7 +286,7 @@ def _bytes(n: Any) -> str:
 
 
 # -- /timeline -------------------------------------------------------------------
-def _timeline(feed: Feed):
+def _timeline(feed: Feed, doc: Document):
     series = ColumnDataSource({"t": [], "workers": [], "done": []})
     inits = ColumnDataSource({"left": [], "right": [], "top": [], "colour": []})
     active = _time_figure("workers active", "workers", height=200)
