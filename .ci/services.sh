@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install the real services that tests/services/ starts as throw-away instances.
+# Install the real services that tests/services/ starts as throw-away instances,
+# and the headless browser the dashboard's tests drive (Debian's chromium).
 #
 #   bash .ci/services.sh install
 #
@@ -17,8 +18,10 @@ declare -A PROBES=(
     [openssh-client]="/usr/bin/ssh"
     [slurm-wlm]="/usr/sbin/slurmctld"
     [munge]="/usr/sbin/munged"
+    [chromium]="/usr/bin/chromium"
+    [chromium-driver]="/usr/bin/chromedriver"
 )
-PACKAGES=(postgresql openssh-server openssh-client slurm-wlm munge)
+PACKAGES=(postgresql openssh-server openssh-client slurm-wlm munge chromium chromium-driver)
 POLICY=/usr/sbin/policy-rc.d
 
 die() { echo "services.sh: error: $*" >&2; exit 1; }

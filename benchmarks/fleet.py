@@ -261,6 +261,11 @@ class Sampler:
     def classify(frame) -> str:
         if frame.f_code.co_name == "poll" and "zmq" in frame.f_code.co_filename:
             return "idle"
+        outer = frame
+        while outer is not None:  # the dashboard's view, its store reads and its reply's encoding included
+            if "faas/endpoint/fleetview" in outer.f_code.co_filename:
+                return "dashboard"
+            outer = outer.f_back
         while frame is not None:
             f = frame.f_code.co_filename
             if "sqlalchemy" in f or "faas/store" in f or "sqlite" in f or "psycopg" in f:
@@ -631,8 +636,9 @@ dispatch:
 
 
 def run_fleet(trace: dict, invocations: int, clients: int = 3, scale: float = 60.0, store_url: str | None = None,
-              heartbeat: tuple[int, int] = (1, 3), log: Callable[[str], None] = print) -> dict:
-    """One run of ``invocations`` over ``trace``; returns its figures."""
+              heartbeat: tuple[int, int] = (1, 3), log: Callable[[str], None] = print, dashboard: bool = False) -> dict:
+    """One run of ``invocations`` over ``trace``; returns its figures. ``dashboard``: with
+    ``faas dashboard`` attached to the daemon for the whole run (it asks for a view every second)."""
     from faas.endpoint.daemon import ping, request
     from faas.home import EndpointDir
 
@@ -651,7 +657,7 @@ def run_fleet(trace: dict, invocations: int, clients: int = 3, scale: float = 60
                                        fleet.reports_address, str(peak(trace)), str(stats_path)],
                                       env=env, stdout=daemon_log, stderr=subprocess.STDOUT, cwd=tmp)
         go = tmp / "go"
-        procs = []
+        procs, procs_dashboard = [], None
         try:
             address = EndpointDir.of(name, home).address
             deadline = time.monotonic() + 60
@@ -659,6 +665,10 @@ def run_fleet(trace: dict, invocations: int, clients: int = 3, scale: float = 60
                 if daemon.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"the daemon did not start:\n{(tmp / 'daemon.log').read_text()[-3000:]}")
                 time.sleep(0.1)
+            if dashboard:
+                with open(tmp / "dashboard.log", "wb") as out:
+                    procs_dashboard = subprocess.Popen([sys.executable, "-m", "faas.cli", "dashboard", name, "--port",
+                                                        "0"], env=env, stdout=out, stderr=subprocess.STDOUT)
             shares = [invocations // clients + (i < invocations % clients) for i in range(clients)]
             procs = [subprocess.Popen([sys.executable, __file__, "client", name, str(i), str(n), str(go),
                                        str(tmp / f"client{i}.json")], env=env) for i, n in enumerate(shares)]
@@ -699,12 +709,18 @@ def run_fleet(trace: dict, invocations: int, clients: int = 3, scale: float = 60
             sim_cpu = sum(me.cpu_times()[:2]) - sim0
             if any(p.returncode for p in procs):
                 raise RuntimeError("a client failed")
+            if procs_dashboard is not None and (procs_dashboard.poll() is not None
+                                                or "Traceback" in (tmp / "dashboard.log").read_text()):
+                raise RuntimeError(f"the dashboard failed:\n{(tmp / 'dashboard.log').read_text()[-3000:]}")
             results = [json.loads((tmp / f"client{i}.json").read_text()) for i in range(clients)]
             store = store_figures(store_url or f"sqlite:///{folder / 'store.db'}", folder)
         finally:
             for p in procs:
                 if p.poll() is None:
                     p.kill()
+            if procs_dashboard is not None:
+                procs_dashboard.send_signal(signal.SIGTERM)
+                procs_dashboard.wait(30)
             daemon.send_signal(signal.SIGTERM)
             try:
                 daemon.wait(60)
@@ -718,7 +734,7 @@ def run_fleet(trace: dict, invocations: int, clients: int = 3, scale: float = 60
     latencies = sorted(x for r in results for x in r["latencies"])
     return {
         "trace": trace["name"], "workers": trace["gpus"], "slots": len(trace["slots"]), "invocations": invocations,
-        "store": "postgresql" if store_url else "sqlite", "scale": scale,
+        "store": "postgresql" if store_url else "sqlite", "scale": scale, "dashboard": dashboard,
         "makespan": makespan, "ideal": ideal, "ratio": makespan / ideal,
         "lost": invocations - store["succeeded"] + sum(r["wrong"] + r["errors"] for r in results),
         "duplicated": sum(r["duplicated"] for r in results) + store["extra_rows"],
@@ -768,7 +784,7 @@ def store_figures(url: str, folder: Path) -> dict:
 def report(r: dict) -> str:
     p = r["profile"]
     return (f"{r['trace']} {r['workers']} workers ({r['slots']} slots), {r['invocations']} invocations, "
-            f"{r['store']}, scale {r['scale']:g}x\n"
+            f"{r['store']}, scale {r['scale']:g}x{', a dashboard attached' if r.get('dashboard') else ''}\n"
             f"  makespan {r['makespan']:.1f}s vs ideal {r['ideal']:.1f}s: {r['ratio']:.3f}x\n"
             f"  lost {r['lost']}, duplicated {r['duplicated']} (re-executed after preemption: {r['reexecuted']}, "
             f"on preempted slots: {r['lost_on_preemption']}, taken back: {r['revoked']}; loops lost holding work: "
@@ -814,6 +830,7 @@ def main() -> None:
         p.add_argument("--scale", type=float, default=60.0)
         p.add_argument("--store", choices=["sqlite", "postgresql"], default="sqlite")
         p.add_argument("--json", help="append the figures to this file (one JSON object a line)")
+        p.add_argument("--dashboard", action="store_true", help="with `faas dashboard` attached for the run")
     sub.choices["saturation"].add_argument("--sizes", default="186,372,744,1488")
     sub.choices["saturation"].add_argument("--plot", default=str(HERE / "fleet_saturation.png"))
     for cmd, n in (("serve", 5), ("client", 5)):
@@ -833,7 +850,7 @@ def main() -> None:
     with contextlib.ExitStack() as stack:
         url = _postgres(stack) if a.store == "postgresql" else None
         if a.cmd == "run":
-            runs = [run_fleet(trace, a.invocations, a.clients, a.scale, url)]
+            runs = [run_fleet(trace, a.invocations, a.clients, a.scale, url, dashboard=a.dashboard)]
         else:
             runs = []
             for size in (int(s) for s in a.sizes.split(",")):

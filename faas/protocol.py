@@ -9,9 +9,10 @@ peer can at worst earn an error reply.
 
 Hops and their messages:
 
-- client -> endpoint: ``ping``, ``status``, ``submit``, ``watch``, ``cancel``
+- client -> endpoint: ``ping``, ``status``, ``submit``, ``watch``, ``cancel``,
+  ``fleet`` (``faas dashboard``'s view)
 - endpoint -> client: ``pong``, ``ack``, ``running``, ``results``, ``tasks``,
-  ``status_reply``, ``error``
+  ``status_reply``, ``fleet_reply``, ``error``
 - worker loop -> endpoint: ``ready``, ``progress`` (invocations started and
   outcomes, streamed as they happen), ``hb``, ``locate`` (who holds a
   context's files)
@@ -114,6 +115,16 @@ class Cancel(_Message):
     ids: list[Id]
 
 
+class FleetRequest(_Message):
+    """What ``faas dashboard`` shows (:mod:`faas.endpoint.fleetview`): the stream's
+    events after ``after`` (the last one the viewer has), or with ``invocation``
+    that invocation's record (error, attempt history) alone."""
+
+    type: Literal["fleet"] = "fleet"
+    after: Annotated[int, Field(ge=0)] = 0
+    invocation: Id | None = None
+
+
 # -- endpoint -> client ----------------------------------------------------------
 class Pong(_Message):
     type: Literal["pong"] = "pong"
@@ -159,6 +170,11 @@ class StatusReply(_Message):
     status: dict[str, Any]
 
 
+class FleetReply(_Message):
+    type: Literal["fleet_reply"] = "fleet_reply"
+    view: dict[str, Any]  # see faas.endpoint.fleetview.FleetView.view
+
+
 class Error(_Message):
     type: Literal["error"] = "error"
     message: Text
@@ -193,6 +209,7 @@ class Ready(_Message):
     contexts: dict[str, dict[str, Any]]
     prewarm: dict[str, Any] = {}  # what the worker imported/initialised at start, with timings
     files: FilesState | None = None  # its node cache and file server
+    resources: dict[str, Any] = {}  # its memory and GPU (faas.warm_pool.resources.sample)
 
 
 class OutcomeInfo(BaseModel):
@@ -242,9 +259,11 @@ class Locate(_Message):
 
 
 class Heartbeat(_Message):
-    """Both ways: the endpoint's beat, and the loop's answer to it."""
+    """Both ways: the endpoint's beat, and the loop's answer to it (with its
+    process's memory and GPU, :func:`faas.warm_pool.resources.sample`)."""
 
     type: Literal["hb"] = "hb"
+    resources: dict[str, Any] | None = None
 
 
 # -- endpoint -> worker loop -------------------------------------------------------
@@ -301,12 +320,12 @@ def _adapter(*models: type[_Message]) -> TypeAdapter:
     return TypeAdapter(Annotated[Union[models], Field(discriminator="type")])  # noqa: UP007
 
 
-CLIENT_REQUESTS = _adapter(Ping, StatusRequest, Submit, Watch, Cancel)
-CLIENT_REPLIES = _adapter(Pong, Ack, Running, Results, Tasks, StatusReply, Error)
+CLIENT_REQUESTS = _adapter(Ping, StatusRequest, Submit, Watch, Cancel, FleetRequest)
+CLIENT_REPLIES = _adapter(Pong, Ack, Running, Results, Tasks, StatusReply, FleetReply, Error)
 WORKER_REPORTS = _adapter(Ready, Progress, Heartbeat, Locate)
 WORKER_ORDERS = _adapter(Batch, Revoke, Heartbeat, Retire, Peers)
-ANY = _adapter(Ping, StatusRequest, Submit, Watch, Cancel, Pong, Ack, Running, Results, Tasks, StatusReply,
-               Error, Ready, Progress, Heartbeat, Locate, Batch, Revoke, Retire, Peers)
+ANY = _adapter(Ping, StatusRequest, Submit, Watch, Cancel, FleetRequest, Pong, Ack, Running, Results, Tasks,
+               StatusReply, FleetReply, Error, Ready, Progress, Heartbeat, Locate, Batch, Revoke, Retire, Peers)
 _KNOWN = {m.model_fields["type"].default for m in _Message.__subclasses__()}
 
 

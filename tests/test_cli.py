@@ -126,3 +126,13 @@ def test_read_pid_ignores_dead_and_reused_pids(tmp_path):
         for proc in (ours, other):
             proc.kill()
             proc.wait()
+
+
+def test_both_commands_print_their_version():
+    from importlib.metadata import version
+
+    from faas import cli as client_cli
+
+    for main in (client_cli.main, endpoint_cli.main):
+        result = CliRunner().invoke(main, ["--version"])
+        assert result.exit_code == 0 and version("faas") in result.output

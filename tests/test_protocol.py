@@ -39,6 +39,12 @@ def test_round_trip_of_every_hop():
     msg, _ = protocol.decode(protocol.encode(protocol.Peers(context_key="k", addresses=["tcp://h:1"])),
                              protocol.WORKER_ORDERS)
     assert msg.addresses == ["tcp://h:1"]
+    msg, _ = protocol.decode(protocol.encode(protocol.FleetRequest(after=7)), protocol.CLIENT_REQUESTS)
+    assert isinstance(msg, protocol.FleetRequest) and msg.after == 7 and msg.invocation is None
+    msg, _ = protocol.decode(protocol.encode(protocol.FleetReply(view={"cursor": 7})), protocol.CLIENT_REPLIES)
+    assert msg.view == {"cursor": 7}
+    msg, _ = protocol.decode(protocol.encode(protocol.Heartbeat(resources={"rss": 1})), protocol.WORKER_REPORTS)
+    assert msg.resources == {"rss": 1}
 
 
 @pytest.mark.parametrize("frames, message", [
@@ -57,6 +63,8 @@ def test_round_trip_of_every_hop():
     ([b"[" * 100_000], "not JSON"),
     ([b'{"type": "cancel", "v": 2, "ids": "abc"}'], "'ids'"),
     ([b'{"type": "ready", "v": 2, "host": "h", "pid": 1, "contexts": {}}'], "not expected here"),
+    ([b'{"type": "fleet", "v": 2, "after": -1}'], "'after'"),
+    ([b'{"type": "fleet", "v": 2, "invocation": ""}'], "'invocation'"),
 ])
 def test_malformed_client_requests_are_rejected(frames, message):
     with pytest.raises(ProtocolError, match=message):

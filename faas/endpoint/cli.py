@@ -42,6 +42,7 @@ def _store(epdir: EndpointDir):
 
 
 @click.group()
+@click.version_option(package_name="faas")
 def main() -> None:
     """Manage faas endpoints (state under $FAAS_HOME, default ~/.faas)."""
 

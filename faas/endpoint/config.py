@@ -120,8 +120,11 @@ def _type_problem(value: Any, hint: Any, default: Any) -> str | None:
 
 
 class LauncherConfig(BaseModel):
+    """Other keys: the launcher class's parameters."""
+
     model_config = ConfigDict(extra="allow")
-    type: str
+    type: str = Field(description="Any class in `parsl.launchers` (e.g. SrunLauncher); its other keys are that "
+                                  "class's parameters, checked against its signature when the config is loaded.")
 
     @model_validator(mode="after")
     def _known(self):
@@ -133,9 +136,16 @@ class LauncherConfig(BaseModel):
 
 
 class ProviderConfig(BaseModel):
+    """Other keys: the provider class's parameters."""
+
     model_config = ConfigDict(extra="allow")
-    type: str = "LocalProvider"
-    launcher: LauncherConfig | None = None
+    type: str = Field("LocalProvider", description=(
+        "Any class in `parsl.providers` (SlurmProvider, CondorProvider, PBSProProvider, KubernetesProvider, ...); "
+        "its other keys (init_blocks, min_blocks, max_blocks, partition, walltime, scheduler_options, ...) are "
+        "that class's parameters, checked against its signature and types when the config is loaded."))
+    launcher: LauncherConfig | None = Field(None, description=(
+        "How a block starts its workers: `{type: SrunLauncher, ...}`, any class in `parsl.launchers` "
+        "(null: the provider's default)."))
 
     @model_validator(mode="after")
     def _known(self):
@@ -161,20 +171,32 @@ def _default_provider() -> ProviderConfig:
 
 
 class EngineConfig(_Strict):
-    type: Literal["HighThroughputEngine"] = "HighThroughputEngine"
-    max_workers_per_node: int = Field(2, ge=1)  # default: one per accelerator when those are set
-    cores_per_worker: float = Field(1.0, gt=0)
-    mem_per_worker: float | None = None
-    available_accelerators: int | list[str] = Field(default_factory=list)
-    address: str | None = "127.0.0.1"  # None: workers try every address of this machine
-    address_interface: str | None = None  # instead of address: the address of this interface
-    heartbeat_period: int = Field(30, ge=1)
-    heartbeat_threshold: int = Field(120, ge=1)
-    strategy_period: float = Field(1.0, gt=0)
-    provider_poll_interval: float | None = Field(None, gt=0)  # None: the provider's own (Slurm: 60 s)
-    max_idletime: float = Field(120.0, ge=0)
-    max_failed_blocks: int = Field(3, ge=0)  # 0: never give up
-    provider: ProviderConfig = Field(default_factory=_default_provider)
+    type: Literal["HighThroughputEngine"] = Field("HighThroughputEngine", description=(
+        "The Parsl executor the workers run under (Parsl's HighThroughputExecutor; the only one)."))
+    max_workers_per_node: int = Field(2, ge=1, description=(
+        "Worker processes per node, each with its own warm contexts; default: one per accelerator when "
+        "`available_accelerators` is set."))
+    cores_per_worker: float = Field(1.0, gt=0, description="Cores Parsl reserves for each worker process.")
+    mem_per_worker: float | None = Field(None, description=(
+        "GB of memory Parsl reserves for each worker process (null: no limit)."))
+    available_accelerators: int | list[str] = Field(default_factory=list, description=(
+        "GPU ids (`[\"3\", \"5\"]`) or a count (`4`): one worker each, pinned with CUDA_VISIBLE_DEVICES."))
+    address: str | None = Field("127.0.0.1", description=(
+        "Where workers reach the endpoint (null: workers try every address of this machine)."))
+    address_interface: str | None = Field(None, description=(
+        "Instead of `address`: the IPv4 address of this network interface (e.g. eth0, ib0)."))
+    heartbeat_period: int = Field(30, ge=1, description="Seconds between heartbeats to workers and worker loops.")
+    heartbeat_threshold: int = Field(120, ge=1, description=(
+        "Seconds without a heartbeat after which a worker (or its loop) counts as lost and its work runs again."))
+    strategy_period: float = Field(1.0, gt=0, description="Seconds between Parsl's scaling decisions.")
+    provider_poll_interval: float | None = Field(None, gt=0, description=(
+        "Seconds between queries of the scheduler (null: the provider's own; Slurm's is 60)."))
+    max_idletime: float = Field(120.0, ge=0, description=(
+        "Seconds before an idle worker loop above min_blocks retires and Parsl releases its idle block."))
+    max_failed_blocks: int = Field(3, ge=0, description=(
+        "Give up after this many blocks in a row never registered (0: never give up)."))
+    provider: ProviderConfig = Field(default_factory=_default_provider, description=(
+        "Where blocks of workers come from; default: one LocalProvider block on this machine."))
 
     @field_validator("address_interface")
     @classmethod
@@ -216,25 +238,32 @@ class EngineConfig(_Strict):
 
 
 class DispatchConfig(_Strict):
-    max_batch: int = Field(64, ge=1)
-    max_batch_seconds: float = Field(10.0, gt=0)  # of measured work: results flow, preemptions lose little
-    max_attempts: int = Field(5, ge=1)
-    invocation_timeout: float | None = Field(None, gt=0)  # seconds; a function's own timeout wins
-    timeout_grace: float = Field(10.0, gt=0)  # an interrupted invocation still running after this: worker replaced
+    max_batch: int = Field(64, ge=1, description="Most invocations in one batch; batches follow the backlog.")
+    max_batch_seconds: float = Field(10.0, gt=0, description=(
+        "Most measured work (seconds) in one batch, so results flow and a preemption loses little."))
+    max_attempts: int = Field(5, ge=1, description=(
+        "Tries of an invocation whose worker was lost; then it fails with InvocationFailed."))
+    invocation_timeout: float | None = Field(None, gt=0, description=(
+        "Seconds an invocation may run before it is interrupted (null: no limit; a function's own timeout wins)."))
+    timeout_grace: float = Field(10.0, gt=0, description=(
+        "Seconds an interrupted invocation may go on (stuck in native code) before its worker process is replaced."))
 
 
 _MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
 class WarmPoolConfig(_Strict):
-    idle_timeout: float | None = Field(3600.0, gt=0)
-    # per worker; "8GiB" etc. None: the GPU's memory on a GPU worker, else unlimited
-    memory_budget: ByteSize | None = None
-    # imported by each worker as it starts (faas.warm_pool.prewarm); None: its DEFAULT_MODULES on GPU workers
-    prewarm: list[str] | None = None
-    # function bodies kept, least recently used go first: by the daemon (reloaded from the store when
-    # needed) and by each worker (counted in its memory_budget; sent again when needed)
-    function_cache_bytes: ByteSize = Field(ByteSize(256 * 2**20), ge=2**20)
+    idle_timeout: float | None = Field(3600.0, gt=0, description=(
+        "Seconds before an unused context is released (null: never)."))
+    memory_budget: ByteSize | None = Field(None, description=(
+        "Memory per worker for its contexts (`8GiB`); the least recently used idle context is evicted before one "
+        "that would not fit loads (null: the GPU's memory on a GPU worker, else unlimited)."))
+    prewarm: list[str] | None = Field(None, description=(
+        "Modules each worker imports as it starts, before CUDA is initialised (null: torch, transformers and its "
+        "model classes on GPU workers, those installed; []: none). Timings: `status --json` (worker_prewarm)."))
+    function_cache_bytes: ByteSize = Field(ByteSize(256 * 2**20), ge=2**20, description=(
+        "Function bodies kept by the daemon and by each worker, least recently used going first (reloaded from the "
+        "store, or sent again, when needed); a worker counts them in its memory_budget."))
     node_cache: str | None = Field(None, description=(
         "Folder of each node's cache of context files (the files a context names, staged once per node and "
         "checked against their hashes; GGUF conversions too), on the node's local disk; ~ and $VARIABLES are "
@@ -263,37 +292,45 @@ class WarmPoolConfig(_Strict):
 
 
 class StoreConfig(_Strict):
-    url: str | None = None  # default: SQLite in the endpoint folder
-    retention: float = Field(7 * 86400.0, gt=0)  # seconds a final result is kept
-    # seconds a failing store write (disk full, SQLite locked by another process, PostgreSQL down) is
-    # retried before what it carried is refused to its clients with StoreUnavailable
-    retry_for: float = Field(60.0, gt=0)
+    url: str | None = Field(None, description=(
+        "Any SQLAlchemy URL, e.g. `postgresql+psycopg://user@host/db` (null: SQLite, WAL, in the endpoint folder)."))
+    retention: float = Field(7 * 86400.0, gt=0, description=(
+        "Seconds a final result is kept; older ones are purged (also `faas-endpoint purge`)."))
+    retry_for: float = Field(60.0, gt=0, description=(
+        "Seconds a failing store write (disk full, SQLite locked by another process, PostgreSQL down) is retried "
+        "before what it carried is refused to its clients with StoreUnavailable."))
 
 
 class ClientsConfig(_Strict):
     """Limits that keep one client from hurting the others or the daemon."""
 
-    # a whole message from a client (all frames); None: 4 x max_payload_bytes + 1 MiB
-    max_message_bytes: ByteSize | None = None
-    send_hwm: int = Field(1000, ge=1)  # messages ZeroMQ queues for each client
-    # beyond that, per client: over either, or not moving for stall_timeout seconds, the client's
-    # pending messages are dropped and it is told to reload (it asks again for what it misses)
-    buffer_bytes: ByteSize = Field(ByteSize(64 * 2**20), ge=0)
-    buffer_messages: int = Field(10_000, ge=0)
-    stall_timeout: float = Field(300.0, gt=0)
+    max_message_bytes: ByteSize | None = Field(None, description=(
+        "Largest whole message from a client, all frames (null: 4 x max_payload_bytes + 1 MiB); clients split "
+        "their submissions to fit, and a larger one is refused as it is read."))
+    send_hwm: int = Field(1000, ge=1, description="Replies ZeroMQ queues for each client.")
+    buffer_bytes: ByteSize = Field(ByteSize(64 * 2**20), ge=0, description=(
+        "Beyond send_hwm, bytes of replies that wait per client; over this (or buffer_messages, or stall_timeout) "
+        "they are dropped and the client is told to reload, which it does by itself."))
+    buffer_messages: int = Field(10_000, ge=0, description="Beyond send_hwm, replies that wait per client.")
+    stall_timeout: float = Field(300.0, gt=0, description=(
+        "Seconds a client's waiting replies may stand still before they are dropped and it is told to reload."))
 
 
 _TCP_ADDRESS = re.compile(r"^tcp://(\*|\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\*|[0-9]{1,5})$")
 
 
 class EndpointConfig(_Strict):
-    listen: list[str] = Field(default_factory=list)  # tcp://HOST:PORT, CURVE-encrypted (port 0: any)
-    engine: EngineConfig = Field(default_factory=EngineConfig)
-    dispatch: DispatchConfig = Field(default_factory=DispatchConfig)
-    warm_pool: WarmPoolConfig = Field(default_factory=WarmPoolConfig)
-    store: StoreConfig = Field(default_factory=StoreConfig)
-    clients: ClientsConfig = Field(default_factory=ClientsConfig)
-    max_payload_bytes: int = Field(64 * 2**20, ge=1024)
+    listen: list[str] = Field(default_factory=list, description=(
+        "CurveZMQ listeners for tcp:// clients, `[tcp://0.0.0.0:5555]` (port 0: any free port); the ipc:// "
+        "socket is always there."))
+    engine: EngineConfig = Field(default_factory=EngineConfig, description="The workers: Parsl and its provider.")
+    dispatch: DispatchConfig = Field(default_factory=DispatchConfig, description="Batches, retries and timeouts.")
+    warm_pool: WarmPoolConfig = Field(default_factory=WarmPoolConfig, description="Each worker's live contexts.")
+    store: StoreConfig = Field(default_factory=StoreConfig, description="The record of every invocation.")
+    clients: ClientsConfig = Field(default_factory=ClientsConfig, description=(
+        "Limits that keep one client from hurting the others or the daemon."))
+    max_payload_bytes: int = Field(64 * 2**20, ge=1024, description=(
+        "Largest pickled function or argument; clients learn it when they connect (PayloadTooLarge at submit)."))
 
     @field_validator("engine", "dispatch", "warm_pool", "store", "clients", mode="before")
     @classmethod

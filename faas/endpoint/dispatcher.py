@@ -69,6 +69,7 @@ class Item:
     cancel_requested: bool = False
     reclaiming: bool = False
     init_failures: int = 0  # attempts that ended with its context's loader raising
+    submitted: float = field(default_factory=time.time)  # when this endpoint got it (for result latency)
 
 
 @dataclass
@@ -171,17 +172,16 @@ class Dispatcher:
             return
         loop.host, loop.pid, loop.contexts = msg.host, msg.pid, msg.contexts
         loop.idle_since, loop.last_heard = time.monotonic(), time.monotonic()
-        loop.prewarm = msg.prewarm
+        loop.prewarm, loop.resources = msg.prewarm, msg.resources
         self.peers.update(loop, msg.files)
         self.loops.mark_ready(loop)
         log.info("worker %s ready %.1fs after its loop started (imports %s, CUDA %s)", loop.name,
                  msg.prewarm.get("ready_after", 0.0), msg.prewarm.get("imports", {}), msg.prewarm.get("cuda"))
         self.outbox.append((token, protocol.encode(protocol.Heartbeat())))
 
-    def heard(self, token: str) -> None:
-        loop = self.loops.get(token)
-        if loop is not None:
-            loop.last_heard = time.monotonic()
+    def heard(self, token: str, resources: dict | None = None) -> None:
+        if (loop := self.loops.get(token)) is not None:
+            loop.last_heard, loop.resources = time.monotonic(), resources or loop.resources
 
     def heartbeat(self, read_until: float) -> None:
         """Beat to every ready loop; a loop silent past the threshold is lost.
@@ -214,7 +214,7 @@ class Dispatcher:
         if open_ids:
             log.warning("worker loop %s lost with %d invocations: %s", loop.name, len(open_ids), cause)
         if loop.ready:
-            self.ledger.lost_worker(loop.name, time.time())
+            self.ledger.lost_worker(loop.name, time.time(), cause)
         where = f"at {time.strftime('%H:%M:%S')} on {loop.name or 'a worker'}: {cause}"
         now = time.time()
         for inv_id in open_ids:

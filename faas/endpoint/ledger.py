@@ -12,13 +12,16 @@ written with a later pass's (:mod:`faas.endpoint.storeguard` retries it).
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from faas.endpoint.storeguard import StoreDown, StoreGuard
 from faas.store import Outcome, State, Store
 
+log = logging.getLogger(__name__)
 COMMIT_INTERVAL = 0.05  # seconds: the longest a result waits for others to share its store transaction
 RESULT_WAIT = 0.1  # and at most this share of the run time of those waiting (a no-op's is written at once)
 
@@ -42,13 +45,22 @@ class Final:
 
 
 @dataclass
+class Recorded:
+    """What one commit put on record, for those watching (:mod:`faas.endpoint.fleetview`)."""
+
+    outcomes: list[tuple[Outcome, Tracked]]  # newly final
+    inits: list[dict]  # context inits: context_key, description, worker_id, started_at, seconds, error
+    lost_workers: list[tuple[str, float, str]]  # (worker, when, why)
+
+
+@dataclass
 class _Pending:
     outcomes: list[tuple[Outcome, Tracked]] = field(default_factory=list)
     requeue: dict[str, tuple[Tracked, str]] = field(default_factory=dict)
     refund: set[str] = field(default_factory=set)
     workers: dict[str, tuple[str, str, int]] = field(default_factory=dict)
     inits: list[dict] = field(default_factory=list)
-    lost_workers: list[tuple[str, float]] = field(default_factory=list)
+    lost_workers: list[tuple[str, float, str]] = field(default_factory=list)  # (worker, when, why)
     dispatched: list[str] = field(default_factory=list)
     file_bytes: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)  # (worker, context) -> counts
     since: float = field(default_factory=time.monotonic)
@@ -78,6 +90,7 @@ class Ledger:
         self.store = store
         self.guard = guard
         self._p = _Pending()
+        self.watchers: list[Callable[[Recorded], None]] = []  # told after each commit what it recorded
 
     # -- what a pass decided ----------------------------------------------------
     def outcome(self, outcome: Outcome, it: Tracked) -> None:
@@ -99,8 +112,8 @@ class Ledger:
     def inits(self, inits: list[dict]) -> None:
         self._p.inits += inits
 
-    def lost_worker(self, name: str, at: float) -> None:
-        self._p.lost_workers.append((name, at))
+    def lost_worker(self, name: str, at: float, cause: str = "") -> None:
+        self._p.lost_workers.append((name, at, cause))
 
     def dispatched(self, ids: list[str]) -> None:
         """Shipped: marked with the next commit, sharing its transaction."""
@@ -138,13 +151,21 @@ class Ledger:
             recorded = self.guard.call(
                 self.store.record_outcomes, [o for o, _ in p.outcomes], p.workers.values(), p.inits,
                 requeue={i: note for i, (_, note) in p.requeue.items()}, refund=p.refund,
-                lost_workers=p.lost_workers, dispatched=p.dispatched, file_bytes=p.file_bytes)
+                lost_workers=[(w, at) for w, at, _ in p.lost_workers], dispatched=p.dispatched,
+                file_bytes=p.file_bytes)
         except StoreDown:
             if p.failing_since is None:
                 p.failing_since = time.monotonic()
             self._p = p.then(self._p)
             raise
         finals = {o.id for o, _ in p.outcomes}
+        if self.watchers:
+            done = Recorded([(o, it) for o, it in p.outcomes if o.id in recorded], p.inits, p.lost_workers)
+            for watch in self.watchers:
+                try:
+                    watch(done)
+                except Exception:  # on record already: a watcher's fault must not undo the pass
+                    log.exception("a watcher of the ledger failed")
         return ([Final(o.id, it.group_id, o.state, o.payload, o.error) for o, it in p.outcomes if o.id in recorded],
                 [it for i, (it, _) in p.requeue.items() if i not in finals])  # not cancelled while waiting
 

@@ -32,6 +32,7 @@ from faas.endpoint.access import TcpListeners, endpoint_keys
 from faas.endpoint.clients import ClientSocket, Message
 from faas.endpoint.config import EndpointConfig
 from faas.endpoint.dispatcher import Dispatcher, Item
+from faas.endpoint.fleetview import FleetView
 from faas.endpoint.ledger import Final
 from faas.endpoint.storeguard import DeferredRequests, StoreDown, StoreGuard
 from faas.endpoint.workers import WorkerLink
@@ -82,6 +83,7 @@ class Server:
         self._workers_read_at = time.monotonic()  # when the worker socket was last read to the end
         self.deferred = DeferredRequests(self.guard)
         self.dispatcher = Dispatcher(store, engine, config, self.link, self._loop_ended, self.guard)
+        self.fleet = FleetView(self)  # what `faas dashboard` shows
 
     def _bind_ipc(self) -> None:
         self.epdir.socket.unlink(missing_ok=True)  # a stale socket from a killed daemon
@@ -274,7 +276,7 @@ class Server:
             elif isinstance(msg, protocol.Locate):
                 self.dispatcher.outbox.append((token, self.dispatcher.peers.locate(token, msg.context_key)))
             else:
-                self.dispatcher.heard(token)
+                self.dispatcher.heard(token, msg.resources)
         except ProtocolError as e:
             log.warning("bad message from worker loop %s: %s", token, e)
         except Exception:
@@ -363,6 +365,9 @@ class Server:
 
     def _on_status(self, ident: bytes, msg: protocol.StatusRequest, body: list[bytes]) -> None:
         self._send(ident, protocol.encode(protocol.StatusReply(status=self.status())))
+
+    def _on_fleet(self, ident: bytes, msg: protocol.FleetRequest, body: list[bytes]) -> None:
+        self._send(ident, protocol.encode(protocol.FleetReply(view=self.fleet.answer(msg))))
 
     def _on_submit(self, ident: bytes, msg: protocol.Submit, body: list[bytes]) -> None:
         limit = self.cfg.max_payload_bytes

@@ -54,6 +54,7 @@ class WorkerLoop:
     contexts: dict[str, dict] = field(default_factory=dict)  # its warm pool's statistics
     prewarm: dict[str, Any] = field(default_factory=dict)  # its start-up timings (faas.warm_pool.prewarm)
     files: dict[str, Any] = field(default_factory=dict)  # its node cache and file server (protocol.FilesState)
+    resources: dict[str, Any] = field(default_factory=dict)  # its memory and GPU (faas.warm_pool.resources)
     batches: dict[int, LoopBatch] = field(default_factory=dict)  # sent, not finished
     running: dict[str, float] = field(default_factory=dict)  # invocation id -> when it started (monotonic)
     sent_functions: set[str] = field(default_factory=set)

@@ -78,6 +78,7 @@ class Store:
             Path(url.removeprefix("sqlite:///")).chmod(0o600)
         self._file = self._file_identity()
         self._workers: set[str] = set()  # worker rows known to exist (only the daemon writes them)
+        self.purged = 0  # invocations this Store deleted (the dashboard's counts are recounted after a purge)
 
     def _file_identity(self) -> tuple[int, int] | None:
         """(st_dev, st_ino) of a SQLite store's file; None for a server database or an in-memory one."""
@@ -157,8 +158,10 @@ class Store:
         """Delete final invocations that finished more than ``older_than`` seconds ago."""
         cutoff = time.time() - older_than
         with self.engine.begin() as conn:
-            return conn.execute(delete(Invocation).where(Invocation.state.in_(FINAL),
-                                                         Invocation.finished_at < cutoff)).rowcount
+            n = conn.execute(delete(Invocation).where(Invocation.state.in_(FINAL),
+                                                      Invocation.finished_at < cutoff)).rowcount
+        self.purged += n
+        return n
 
     def record_outcomes(self, outcomes: Sequence[Outcome], workers: Iterable[tuple[str, str, int]] = (),
                         inits: Iterable[dict] = (), requeue: dict[str, str] | None = None,
@@ -260,6 +263,19 @@ class Store:
             for chunk in _chunks(list(ids or ()), 500):
                 out += [r._asdict() for r in conn.execute(q.where(Invocation.id.in_(chunk)))]
             return out
+
+    def invocation(self, inv_id: str) -> dict | None:
+        """One invocation's record, its payloads left out, with its function's name and
+        context's description: a lookup by primary key, whatever the store's size."""
+        q = (select(Invocation.id, Invocation.group_id, Invocation.state, Invocation.attempts, Invocation.worker_id,
+                    Invocation.submitted_at, Invocation.dispatched_at, Invocation.started_at,
+                    Invocation.finished_at, Invocation.error, Invocation.history,
+                    Function.name.label("function"), Context.description.label("context"))
+             .join(Function, Function.id == Invocation.function_id)
+             .join(Context, Context.key == Invocation.context_key).where(Invocation.id == inv_id))
+        with self.engine.connect() as conn:
+            row = conn.execute(q).first()
+        return None if row is None else dict(row._asdict(), state=row.state.value)
 
     def group_ids(self, group_id: str) -> list[str]:
         with self.engine.connect() as conn:

@@ -43,6 +43,7 @@ from faas.protocol import Kind, OutcomeInfo
 from faas.warm_pool.files import FilesSetup, NodeFiles, process_files
 from faas.warm_pool.prewarm import prewarm
 from faas.warm_pool.registry import process_pool
+from faas.warm_pool.resources import sample as resources
 from faas.warm_pool.runner import Result, Runner, WorkItem, dumps_exception
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,8 @@ def _connect(zctx, addresses, token, server_key, public_key, secret_key, timeout
         sock.connect(address)
         sock.send_multipart(protocol.encode(protocol.Ready(
             host=socket.gethostname(), pid=os.getpid(), contexts=process_pool().snapshot(), prewarm=prewarm,
-            files=process_files().attach(files, address) if files is not None else None)))
+            files=process_files().attach(files, address) if files is not None else None,
+            resources=resources())))
         if sock.poll(int(timeout * 1000)):
             return sock
         sock.close(0)
@@ -280,7 +282,7 @@ class WorkerLoop:
             log.error("ignoring a malformed message from the endpoint: %s", e)
             return
         if isinstance(msg, protocol.Heartbeat):
-            self.sock.send_multipart(protocol.encode(protocol.Heartbeat()))
+            self.sock.send_multipart(protocol.encode(protocol.Heartbeat(resources=resources())))
         elif isinstance(msg, protocol.Batch):
             self._on_batch(msg, body)
         elif isinstance(msg, protocol.Revoke):
