@@ -24,7 +24,7 @@ import enum
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError, model_validator
 
 from faas.errors import ProtocolError
 
@@ -97,6 +97,16 @@ class Submit(_Message):
 
     def frame_count(self) -> int:
         return len(self.functions) + len(self.invocations)
+
+    @model_validator(mode="after")
+    def _ids_once(self) -> Submit:
+        """An id named twice would be one row for two invocations: refused before anything is written."""
+        seen: set[str] = set()
+        for inv in self.invocations:
+            if inv.id in seen:
+                raise ValueError(f"invocation id {inv.id} appears more than once")
+            seen.add(inv.id)
+        return self
 
 
 class Watch(_Message):
@@ -300,5 +310,7 @@ def _explain(e: ValidationError, header: bytes) -> ProtocolError:
         if tag in _KNOWN:
             return ProtocolError(f"{tag!r} is not expected here")
         return ProtocolError(f"unknown message type {tag!r}" if tag is not None else "message type missing")
+    if kind == "value_error" and len(loc) == 1:  # a message's own check (Submit._ids_once)
+        return ProtocolError(f"{loc[0]}: {err['ctx']['error']}")
     where = ".".join(str(p) for p in loc[1:]) or "header"
     return ProtocolError(f"{loc[0] if loc else 'message'}: field {where!r}: {err['msg'][:200]}")

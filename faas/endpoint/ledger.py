@@ -12,13 +12,15 @@ written with a later pass's (:mod:`faas.endpoint.storeguard` retries it).
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from faas.endpoint.storeguard import StoreDown, StoreGuard
+from faas.endpoint.storeguard import Rejected, StoreDown, StoreGuard
 from faas.store import Outcome, State, Store
 
+log = logging.getLogger(__name__)
 COMMIT_INTERVAL = 0.05  # seconds: the longest a result waits for others to share its store transaction
 RESULT_WAIT = 0.1  # and at most this share of the run time of those waiting (a no-op's is written at once)
 
@@ -129,10 +131,7 @@ class Ledger:
             return [], []
         p, self._p = self._p, _Pending()
         try:
-            recorded = self.guard.call(
-                self.store.record_outcomes, [o for o, _ in p.outcomes], p.workers.values(), p.inits,
-                requeue={i: note for i, (_, note) in p.requeue.items()}, refund=p.refund,
-                lost_workers=p.lost_workers, dispatched=p.dispatched)
+            recorded = self._write(p)
         except StoreDown:
             if p.failing_since is None:
                 p.failing_since = time.monotonic()
@@ -141,6 +140,28 @@ class Ledger:
         finals = {o.id for o, _ in p.outcomes}
         return ([Final(o.id, it.group_id, o.state, o.payload, o.error) for o, it in p.outcomes if o.id in recorded],
                 [it for i, (it, _) in p.requeue.items() if i not in finals])  # not cancelled while waiting
+
+    def _write(self, p: _Pending) -> set[str]:
+        """One transaction. Refused for its content (a constraint), it is written
+        again without the rows it inserts (workers, context inits, losses: the
+        endpoint's own bookkeeping, dropped with an error), so that the clients'
+        outcomes it carries are not held up; refused again, it is kept and
+        retried as in an outage (never dropped)."""
+        outcomes = [o for o, _ in p.outcomes]
+        requeue = {i: note for i, (_, note) in p.requeue.items()}
+        try:
+            return self.guard.call(self.store.record_outcomes, outcomes, p.workers.values(), p.inits,
+                                   requeue=requeue, refund=p.refund, lost_workers=p.lost_workers,
+                                   dispatched=p.dispatched)
+        except Rejected as e:
+            log.error("%s; writing the outcomes without the records of %d workers, %d context inits and %d lost "
+                      "workers (dropped)", e, len(p.workers), len(p.inits), len(p.lost_workers))
+        p.workers, p.inits, p.lost_workers = {}, [], []
+        try:
+            return self.guard.call(self.store.record_outcomes, outcomes, requeue=requeue, refund=p.refund,
+                                   dispatched=p.dispatched)
+        except Rejected as e:
+            raise self.guard.failed(e.__cause__) from e
 
     def unrecorded(self) -> bool:
         """Whether anything decided waits to be written (the store failed)."""

@@ -24,7 +24,7 @@ from faas.endpoint.clients import ClientSocket, Message
 from faas.endpoint.config import EndpointConfig
 from faas.endpoint.dispatcher import Dispatcher, Item
 from faas.endpoint.ledger import Final
-from faas.endpoint.storeguard import DeferredRequests, StoreDown, StoreGuard
+from faas.endpoint.storeguard import DeferredRequests, Rejected, StoreDown, StoreGuard
 from faas.errors import ProtocolError
 from faas.store import State, Store
 
@@ -68,7 +68,7 @@ class Requests:
         except StoreDown:
             self.deferred.add(ident, msg, body)
         except ProtocolError as e:
-            self.clients.bad.warning("bad message from a client: %s", e)
+            self.clients.bad("bad message from a client: %s", e)
             self.send(ident, protocol.encode(protocol.Error(message=str(e), ids=_invocation_ids(frames))))
         except Exception as e:
             self._failed(ident, msg, e)
@@ -79,8 +79,7 @@ class Requests:
 
     def too_big(self, msg: Message) -> None:
         cap = self.clients.max_message
-        self.clients.bad.warning("refused a %d-byte message from a client: over max_message_bytes (%d)",
-                                 msg.too_big, cap)
+        self.clients.bad("refused a %d-byte message from a client: over max_message_bytes (%d)", msg.too_big, cap)
         self.send(msg.ident, protocol.encode(protocol.Error(
             message=f"message of {msg.too_big} bytes exceeds the endpoint's max_message_bytes ({cap})",
             ids=_invocation_ids(msg.frames), code="too_large")))
@@ -95,10 +94,14 @@ class Requests:
             self._failed(ident, msg, e)
 
     def _failed(self, ident: bytes, msg, e: Exception) -> None:
-        """A request that raised (not for the store): the client hears why, naming a submit's invocations."""
-        log.exception("request failed")
-        self.send(ident, protocol.encode(protocol.Error(message=f"endpoint error: {type(e).__name__}: {e}",
-                                                        ids=_submitted_ids(msg))))
+        """A request that failed alone (not for the store being down): the client
+        hears why, naming a submit's invocations. Logged with its traceback
+        unless the request itself was at fault."""
+        request = f"a {msg.type} request" if msg is not None else "a request"
+        self.clients.bad("%s failed: %s: %s", request, type(e).__name__, e,
+                         exc_info=not isinstance(e, (ProtocolError, Rejected)))
+        prefix = "" if isinstance(e, (ProtocolError, Rejected)) else f"endpoint error: {type(e).__name__}: "
+        self.send(ident, protocol.encode(protocol.Error(message=f"{prefix}{e}", ids=_submitted_ids(msg))))
 
     def _refuse(self, ident: bytes, msg, why: str) -> None:
         """A request the store could not take within its retry window: nothing of it
@@ -106,7 +109,7 @@ class Requests:
         ids = _submitted_ids(msg)
         if ids:
             why += f"; these {len(ids)} invocations were not recorded and will not run: submit them again"
-        log.error("refused a %s request: %s", msg.type, why)
+        self.clients.refused("refused a %s request: %s", msg.type, why)
         self.send(ident, protocol.encode(protocol.Error(message=why, ids=ids, code=storeguard.CODE)))
 
     # -- the requests ---------------------------------------------------------------
@@ -119,22 +122,24 @@ class Requests:
 
     @waits_for_store
     def _on_submit(self, ident: bytes, msg: protocol.Submit, body: list[bytes]) -> None:
+        """Checked whole before anything is written (protocol.Submit refuses an id
+        named twice); ids already recorded are a resend, acknowledged with what
+        is known of them."""
         limit = self.cfg.max_payload_bytes
         too_big = [len(b) for b in body if len(b) > limit]
         if too_big:
             raise ProtocolError(f"payload of {max(too_big)} bytes exceeds the endpoint's "
                                 f"max_payload_bytes ({limit})")
-        ctx_of = {}
-        for f, blob in zip(msg.functions, body):
-            self.guard.call(self.store.add_function, f.id, f.name, f.context_key, f.context, f.retries, blob,
-                            f.batch_size)
-            self.dispatcher.register_function(f.id, blob, f)
-            ctx_of[f.id] = f.context_key
+        ctx_of = {f.id: f.context_key for f in msg.functions}
         for fid in {inv.function for inv in msg.invocations} - set(ctx_of):  # sent in an earlier message
             known = self.dispatcher.functions.get(fid)
             if known is None:
                 raise ProtocolError(f"unknown function id {fid}")
             ctx_of[fid] = known.context_key
+        for f, blob in zip(msg.functions, body):
+            self.guard.call(self.store.add_function, f.id, f.name, f.context_key, f.context, f.retries, blob,
+                            f.batch_size)
+            self.dispatcher.register_function(f.id, blob, f)
         rows = [dict(id=inv.id, group_id=msg.group, function_id=inv.function, context_key=ctx_of[inv.function],
                      args=args) for inv, args in zip(msg.invocations, body[len(msg.functions):])]
         new = self.guard.call(self.store.add_invocations, rows)

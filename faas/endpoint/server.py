@@ -156,7 +156,6 @@ class Server:
             self._read_workers()
             self._probe_store()
             self.requests.retry_deferred()
-            self._read_clients()
             self._drain_ended()
             if time.monotonic() >= next_heartbeat:
                 next_heartbeat = time.monotonic() + self.cfg.engine.heartbeat_period
@@ -165,7 +164,8 @@ class Server:
                 next_vet = time.monotonic() + VET_PERIOD
                 for ident, key in self.tcp.revoked():  # told now, even if they only wait
                     self._refuse(ident, key)
-            self._record_and_push()  # before dispatch: requeued work is recorded as pending first
+            self._record_and_push()  # results out before the clients' intake; requeued work recorded as pending
+            self._read_clients()
             try:
                 self.dispatcher.pump()
             except StoreDown:  # nothing is dispatched until the store records it
@@ -188,13 +188,18 @@ class Server:
             self._handle_worker(frames[0], frames[1:])
 
     def _read_clients(self) -> None:
+        """This pass's intake; it ends early once a request gave a free worker new
+        work or a worker has reported, so that neither waits behind a flood."""
         for msg in self.clients.read():
+            known = len(self.dispatcher.items)
             if self.tcp is not None and (key := self.tcp.refused_key(msg.ident, msg.user)):
                 self._refuse(msg.ident, key)
             elif msg.too_big:
                 self.requests.too_big(msg)
             else:
                 self.requests.handle(msg.ident, msg.frames)
+            if len(self.dispatcher.items) > known and self.dispatcher.loops.has_room() or self.link.readable():
+                return
 
     def _probe_store(self) -> None:
         """While the store is failing with nothing waiting to be written, a write
