@@ -15,7 +15,7 @@ Hops and their messages:
 - worker loop -> endpoint: ``ready``, ``progress`` (invocations started and
   outcomes, streamed as they happen), ``hb``
 - endpoint -> worker loop: ``batch``, ``revoke`` (cancel or take back
-  invocations), ``hb``, ``retire``
+  invocations), ``hb``, ``retire``, ``load_ack`` (it knows a context is about to load)
 """
 
 from __future__ import annotations
@@ -215,6 +215,9 @@ class Progress(_Message):
     inits: list[InitInfo] = []
     contexts: dict[str, dict[str, Any]] | None = None  # the warm pool's statistics, when they changed
     dropped_functions: list[Id] = []  # bodies the loop evicted: the endpoint sends them again when needed
+    # a context the loop is about to load: its loader runs once the endpoint acknowledges (LoadAck) what it was
+    # told up to here, so that a loader that takes the process down is blamed, not what ran before it
+    loading: Id | None = None
 
     def frame_count(self) -> int:
         return len(self.outcomes)
@@ -264,6 +267,13 @@ class Retire(_Message):
     type: Literal["retire"] = "retire"
 
 
+class LoadAck(_Message):
+    """The endpoint has read the report that ``context_key`` is about to load (Progress.loading)."""
+
+    type: Literal["load_ack"] = "load_ack"
+    context_key: Id
+
+
 def _adapter(*models: type[_Message]) -> TypeAdapter:
     return TypeAdapter(Annotated[Union[models], Field(discriminator="type")])  # noqa: UP007
 
@@ -271,9 +281,9 @@ def _adapter(*models: type[_Message]) -> TypeAdapter:
 CLIENT_REQUESTS = _adapter(Ping, StatusRequest, Submit, Watch, Cancel)
 CLIENT_REPLIES = _adapter(Pong, Ack, Running, Results, Tasks, StatusReply, Error)
 WORKER_REPORTS = _adapter(Ready, Progress, Heartbeat)
-WORKER_ORDERS = _adapter(Batch, Revoke, Heartbeat, Retire)
+WORKER_ORDERS = _adapter(Batch, Revoke, Heartbeat, Retire, LoadAck)
 ANY = _adapter(Ping, StatusRequest, Submit, Watch, Cancel, Pong, Ack, Running, Results, Tasks, StatusReply,
-               Error, Ready, Progress, Heartbeat, Batch, Revoke, Retire)
+               Error, Ready, Progress, Heartbeat, Batch, Revoke, Retire, LoadAck)
 _KNOWN = {m.model_fields["type"].default for m in _Message.__subclasses__()}
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -15,12 +16,14 @@ import uuid
 from collections import Counter
 
 import psutil
+import pytest
 import sqlalchemy
 import zmq
 from conftest import ROOT, local_config, status
 
 from faas import Executor, ctx_function, protocol
 from faas.client import serialize
+from faas.errors import InvocationFailed
 from faas.function import CtxFunction
 
 
@@ -220,4 +223,49 @@ def test_a_flood_of_bad_submits_costs_the_others_little(endpoint):
     assert n > 10 and slowest < 5
     assert len(added) <= 2 * (FLOOD_SECONDS // 10 + 1), added  # refusals, and the flooder falling behind
     assert after < 1.2 * rss
+
+
+def _aborting_loader():
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core file
+    os.abort()
+
+
+def _loader():
+    return {}
+
+
+def _echo(ctx, x):
+    time.sleep(0.01)
+    return x
+
+
+def test_a_crashing_loader_costs_only_its_own_invocations(endpoint):
+    """Row "a crash-looping loader costs innocent invocations": a loader that
+    aborts its worker process, next to a healthy context on the same two
+    workers. Its invocations fail naming it; every healthy one succeeds
+    without losing an attempt, also those lost with a crashing worker."""
+    ep = endpoint("crash", local_config(workers=2, max_batch=8, heartbeat=(1, 3), extra="  max_attempts: 3\n"))
+    crash = ctx_function(model=_aborting_loader)(_echo)
+    healthy = ctx_function(model=_loader)(_echo)
+    with Executor(endpoint="crash") as ex:
+        good = [ex.submit(healthy, x) for x in range(60)]
+        bad = [ex.submit(crash, x) for x in range(4)]
+        good += [ex.submit(healthy, x) for x in range(60, 120)]
+        assert [f.result(timeout=120) for f in good] == list(range(120))
+        for f in bad:
+            with pytest.raises(InvocationFailed, match=r"gave up after 3 attempts(.|\n)*loading its context "
+                                                       r"test_isolation\._aborting_loader"):
+                f.result(timeout=120)
+    engine = sqlalchemy.create_engine(f"sqlite:///{ep.path / 'store.db'}")
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sqlalchemy.text("SELECT attempts, history FROM invocations WHERE context_key = :k"),
+                                {"k": healthy.context_key}).all()
+    finally:
+        engine.dispose()
+    returned = [h for _, h in rows if h]
+    print(f"\n{len(returned)} of {len(rows)} healthy invocations were on a worker that crashed, and went back")
+    assert len(rows) == 120 and {a for a, _ in rows} == {1}, [r for r in rows if r[0] != 1]
+    assert returned, "no healthy invocation waited on a crashing worker: the test did not test it"
+    assert all("returned" in h and "running other work" in h for h in returned), returned
 

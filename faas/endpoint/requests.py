@@ -22,7 +22,8 @@ from faas import protocol
 from faas.endpoint import storeguard
 from faas.endpoint.clients import ClientSocket, Message
 from faas.endpoint.config import EndpointConfig
-from faas.endpoint.dispatcher import Dispatcher, Item
+from faas.endpoint.dispatcher import Dispatcher
+from faas.endpoint.items import Item
 from faas.endpoint.ledger import Final
 from faas.endpoint.storeguard import DeferredRequests, Rejected, StoreDown, StoreGuard
 from faas.errors import ProtocolError

@@ -234,9 +234,11 @@ class Store:
             return dict(conn.execute(select(Function.id, Function.body).where(Function.id.in_(list(fids)))).all())
 
     def functions(self) -> dict[str, dict]:
+        """Each function's record (its body aside), with its context's description as ``context``."""
         with self.engine.connect() as conn:
             rows = conn.execute(select(Function.id, Function.name, Function.context_key, Function.retries,
-                                       Function.batch_size))
+                                       Function.batch_size, Context.description.label("context"))
+                                .join(Context, Context.key == Function.context_key))
             return {r.id: r._asdict() for r in rows}
 
     def unfinished(self) -> list[dict]:

@@ -47,6 +47,7 @@ from faas.warm_pool.runner import Result, Runner, WorkItem, dumps_exception
 log = logging.getLogger(__name__)
 INTERRUPT_SIGNAL = signal.SIGUSR1
 EXIT_STUCK = 75  # exit status of a worker process ended because an invocation would not stop
+LOAD_ACK_WAIT = 5.0  # seconds a loader waits for the endpoint to know it runs (then it runs anyway)
 
 
 def serve(addresses: list[str], token: str, server_key: bytes, public_key: bytes, secret_key: bytes,
@@ -114,6 +115,8 @@ class WorkerLoop:
         self.threshold = heartbeat_threshold
         self.runner = Runner()
         self.runner.on_init = lambda: self._report("loaded", None)
+        self.runner.on_loading = self._loading
+        self._load_acked = threading.Event()
         self.runner.on_alone = self._restart_clock
         self.settings = protocol.WorkerSettings()
         self.cond = threading.Condition()
@@ -205,6 +208,15 @@ class WorkerLoop:
                    else (info, payload) for info, payload in results]
         self._report("outcomes", results)
 
+    def _loading(self, key: str) -> None:
+        """Before a loader runs, the endpoint reads everything reported so far and
+        that ``key`` loads: a loader that takes this process down (``os.abort()``,
+        a crash in native code) is then blamed for it, not the invocations that
+        finished before it, whose reports would otherwise die with the process."""
+        self._load_acked.clear()
+        self._report("loading", key)
+        self._load_acked.wait(LOAD_ACK_WAIT)
+
     def _restart_clock(self, item: WorkItem) -> None:
         """A merged call failed and its members run again one at a time: each
         gets the whole timeout, as it would have had alone, and is interrupted alone."""
@@ -273,6 +285,8 @@ class WorkerLoop:
             self._on_revoke(msg.ids, msg.reason)
         elif isinstance(msg, protocol.Retire):
             self._end("retired", interrupt=False)
+        elif isinstance(msg, protocol.LoadAck):
+            self._load_acked.set()
 
     def _on_batch(self, msg: protocol.Batch, body: list[bytes]) -> None:
         self.settings = msg.settings
@@ -356,7 +370,7 @@ class WorkerLoop:
         endpoint then knows a long first invocation is not a load)."""
         started: list[str] = []
         outcomes: list[Result] = list(extra)
-        loaded = False
+        loaded, loading = False, None
         while True:
             try:
                 kind, value = self._reports.get_nowait()
@@ -364,17 +378,19 @@ class WorkerLoop:
                 break
             if kind == "loaded":
                 loaded = True
+            elif kind == "loading":
+                loading = value
             else:
                 (started if kind == "started" else outcomes).extend(value)
         with self.cond:
             dropped = self.runner.take_dropped()
-        if not started and not outcomes and not dropped and not loaded:
+        if not started and not outcomes and not dropped and not loaded and loading is None:
             return
         pool_changed = bool(outcomes) or loaded
         msg = protocol.Progress(started=started, outcomes=[info for info, _ in outcomes],
                                 inits=self.runner.inits() if pool_changed else [],
                                 contexts=self.runner.pool.snapshot() if pool_changed else None,
-                                dropped_functions=dropped)
+                                dropped_functions=dropped, loading=loading)
         try:
             self.sock.send_multipart(protocol.encode(msg, [payload for _, payload in outcomes]), zmq.NOBLOCK)
         except zmq.ZMQError as e:
