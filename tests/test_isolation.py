@@ -19,7 +19,7 @@ import psutil
 import pytest
 import sqlalchemy
 import zmq
-from conftest import ROOT, local_config, status
+from conftest import ROOT, local_config, status, write_config
 
 from faas import Executor, ctx_function, protocol
 from faas.client import serialize
@@ -269,3 +269,33 @@ def test_a_crashing_loader_costs_only_its_own_invocations(endpoint):
     assert returned, "no healthy invocation waited on a crashing worker: the test did not test it"
     assert all("returned" in h and "running other work" in h for h in returned), returned
 
+
+RACES = 50
+
+
+def test_two_daemons_started_at_one_instant_never_both_run(faas_home, tmp_path):
+    """Row "two daemons on one endpoint": two processes start the daemon's
+    start-up at the same instants, RACES times; in every round one runs (up to
+    where Parsl would start) and the other is refused, and no two ever hold
+    the endpoint at once."""
+    write_config(faas_home, "race", local_config(workers=1))
+    period, t0 = 0.3, time.time() + 3  # both are ready by then
+    outs = [tmp_path / f"racer{i}.log" for i in range(2)]
+    racers = [subprocess.Popen([sys.executable, str(ROOT / "tests" / "clients" / "start_race.py"), "race",
+                                str(RACES), str(period), str(t0), str(out)], stderr=subprocess.PIPE, text=True)
+              for out in outs]
+    for proc in racers:
+        _, err = proc.communicate(timeout=RACES * period + 60)
+        assert proc.returncode == 0, err[-3000:]
+    rows = [line.split() for out in outs for line in out.read_text().splitlines()]
+    by_round = {k: sorted(r[1] for r in rows if int(r[0]) == k) for k in range(RACES)}
+    held = sorted((float(r[3]), float(r[4])) for r in rows if r[1] == "won")  # a daemon past its start-up, until
+    # it released the endpoint
+    overlaps = sum(b_start < a_end for (_, a_end), (b_start, _) in zip(held, held[1:]))
+    starts = {k: [float(r[2]) for r in rows if int(r[0]) == k] for k in range(RACES)}
+    together = sum(len(s) == 2 and abs(s[0] - s[1]) < 0.01 for s in starts.values())
+    print(f"\n{RACES} rounds: {sum(v == ['refused', 'won'] for v in by_round.values())} with one daemon and one "
+          f"refused; {together} started within 10 ms of each other; {overlaps} overlaps")
+    assert overlaps == 0
+    assert all(v == ["refused", "won"] for v in by_round.values()), by_round
+    assert together >= RACES // 2, "the start-ups were not lined up: the test did not test it"
