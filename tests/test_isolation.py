@@ -23,6 +23,7 @@ from conftest import ROOT, local_config, status, write_config
 
 from faas import Executor, ctx_function, protocol
 from faas.client import serialize
+from faas.endpoint.storeguard import REQUEST_BYTES, DeferredRequests, StoreGuard
 from faas.errors import InvocationFailed
 from faas.function import CtxFunction
 
@@ -299,3 +300,16 @@ def test_two_daemons_started_at_one_instant_never_both_run(faas_home, tmp_path):
     assert overlaps == 0
     assert all(v == ["refused", "won"] for v in by_round.values()), by_round
     assert together >= RACES // 2, "the start-ups were not lined up: the test did not test it"
+
+
+def test_requests_waiting_for_a_failing_store_are_bounded():
+    """store.max_waiting_bytes: a request that would take the waiting ones past
+    it is not kept (the endpoint refuses it at once); what drains is given back."""
+    queue = DeferredRequests(StoreGuard(retry_for=60), max_bytes=4 * REQUEST_BYTES + 3000)
+    submit = protocol.Submit(group="g", functions=[], invocations=[])
+    assert all(queue.add(b"c", submit, [b"x" * 1000]) for _ in range(3))
+    assert not queue.add(b"c", submit, [b"x" * 1000]) and len(queue) == 3
+    assert queue.add(b"c", submit, []) and len(queue) == 4  # a smaller one still fits
+    handled = []
+    queue.retry(lambda ident, msg, body: handled.append(len(body)), lambda *refused: pytest.fail("refused"))
+    assert handled == [1, 1, 1, 0] and len(queue) == 0 and queue.bytes == 0

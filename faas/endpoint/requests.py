@@ -54,7 +54,7 @@ class Requests:
         self.send = send
         self.status = status
         self.watchers: dict[str, set[bytes]] = {}  # task group -> client identities
-        self.deferred = DeferredRequests(guard)
+        self.deferred = DeferredRequests(guard, int(config.store.max_waiting_bytes))
 
     # -- intake -------------------------------------------------------------------
     def handle(self, ident: bytes, frames: list[bytes]) -> None:
@@ -63,16 +63,23 @@ class Requests:
             msg, body = protocol.decode(frames, protocol.CLIENT_REQUESTS)
             handler = getattr(self, f"_on_{msg.type}")
             if self.deferred and getattr(handler, "waits_for_store", False):
-                self.deferred.add(ident, msg, body)  # behind earlier ones waiting for the store
+                self._defer(ident, msg, body)  # behind earlier ones waiting for the store
                 return
             handler(ident, msg, body)
         except StoreDown:
-            self.deferred.add(ident, msg, body)
+            self._defer(ident, msg, body)
         except ProtocolError as e:
             self.clients.bad("bad message from a client: %s", e)
             self.send(ident, protocol.encode(protocol.Error(message=str(e), ids=_invocation_ids(frames))))
         except Exception as e:
             self._failed(ident, msg, e)
+
+    def _defer(self, ident: bytes, msg, body: list[bytes]) -> None:
+        if not self.deferred.add(ident, msg, body):
+            d = self.deferred
+            self._refuse(ident, msg, f"the store is failing ({self.guard.cause}) and {len(d)} requests "
+                                     f"({d.bytes} bytes) already wait for it, the most the endpoint keeps "
+                                     f"(store.max_waiting_bytes {d.max_bytes})")
 
     def retry_deferred(self) -> None:
         """Requests that wait for the store, tried again in order."""

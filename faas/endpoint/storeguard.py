@@ -35,6 +35,8 @@ T = TypeVar("T")
 FIRST_DELAY = 0.1  # seconds before the first retry; doubles up to LONGEST_DELAY
 LONGEST_DELAY = 2.0
 LOCK_WAIT = 0.2  # seconds the daemon's store call waits for SQLite's write lock before it fails (and is retried)
+DRAIN_SECONDS = 0.05  # of waiting requests handled per pass of the loop, at most
+REQUEST_BYTES = 2048  # what a waiting request takes besides its frames (a small submit: 2.4 KB, measured)
 CODE = "store_unavailable"  # protocol.Error.code of a refusal; the client raises StoreUnavailable
 
 
@@ -140,15 +142,18 @@ class _Request:
     ident: bytes
     msg: Any
     body: list[bytes]
+    size: int
 
 
 class DeferredRequests:
     """Client requests that need the store, waiting for it in arrival order:
     once one waits, later ones queue behind it (a cancel never overtakes its
-    submit)."""
+    submit). They hold at most ``max_bytes`` of memory."""
 
-    def __init__(self, guard: StoreGuard):
+    def __init__(self, guard: StoreGuard, max_bytes: int):
         self.guard = guard
+        self.max_bytes = max_bytes
+        self.bytes = 0
         self._queue: deque[_Request] = deque()
 
     def __bool__(self) -> bool:
@@ -157,14 +162,22 @@ class DeferredRequests:
     def __len__(self) -> int:
         return len(self._queue)
 
-    def add(self, ident: bytes, msg: Any, body: list[bytes]) -> None:
-        self._queue.append(_Request(time.monotonic(), ident, msg, body))
+    def add(self, ident: bytes, msg: Any, body: list[bytes]) -> bool:
+        """Whether it was taken (False: the queue is full)."""
+        size = REQUEST_BYTES + sum(len(b) for b in body)
+        if self.bytes + size > self.max_bytes:
+            return False
+        self._queue.append(_Request(time.monotonic(), ident, msg, body, size))
+        self.bytes += size
+        return True
 
     def retry(self, handle: Callable[[bytes, Any, list[bytes]], None],
               refuse: Callable[[bytes, Any, str], None]) -> None:
-        """Handle waiting requests in order until one fails again; those waiting
-        longer than ``retry_for`` are refused."""
-        while self._queue:
+        """Handle waiting requests in order until one fails again, for at most
+        ``DRAIN_SECONDS`` (the store back, thousands may wait: the loop goes on
+        between); those waiting longer than ``retry_for`` are refused."""
+        until = time.monotonic() + DRAIN_SECONDS
+        while self._queue and time.monotonic() < until:
             req = self._queue[0]
             try:
                 handle(req.ident, req.msg, req.body)
@@ -173,6 +186,7 @@ class DeferredRequests:
                     return
                 refuse(req.ident, req.msg, self.guard.refusal(f"this {req.msg.type} request"))
             self._queue.popleft()
+            self.bytes -= req.size
 
 
 def describe(e: BaseException) -> str:
