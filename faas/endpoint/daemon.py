@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from faas.endpoint.engine import Engine
 
 log = logging.getLogger(__name__)
+PREFIX = "faas-endpoint: "  # of the one line a daemon that refuses to start prints (exit status 2)
 
 
 def _hold_pidfile(epdir: EndpointDir) -> tuple[int, str]:
@@ -193,6 +194,7 @@ def start_background(epdir: EndpointDir, timeout: float = 120.0) -> int:
         raise EndpointError(f"endpoint {epdir.name} is already running (pid {pid})")
     env = dict(os.environ, FAAS_HOME=str(epdir.path.parent.parent))
     with open(os.open(epdir.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as logf:
+        since = logf.tell()  # its own lines: another daemon (refused, or refusing it) may write here too
         proc = subprocess.Popen([sys.executable, "-m", "faas.endpoint.daemon", epdir.name],
                                 stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
                                 env=env, start_new_session=True, cwd=epdir.path)
@@ -200,15 +202,15 @@ def start_background(epdir: EndpointDir, timeout: float = 120.0) -> int:
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             if proc.returncode == 2:  # it said why (see __main__)
-                raise EndpointError(_last_line(epdir.log).removeprefix("faas-endpoint: "))
+                raise EndpointError(_last_line(epdir.log, since, PREFIX).removeprefix(PREFIX))
             raise EndpointError(f"endpoint {epdir.name} exited during start-up (code {proc.returncode}): "
-                                f"{_last_line(epdir.log)} (its log: {epdir.log})")
+                                f"{_last_line(epdir.log, since)} (its log: {epdir.log})")
         if epdir.socket.exists() and ping(epdir.address, timeout=1.0):
             return proc.pid
         time.sleep(0.1)
     proc.terminate()
-    raise EndpointError(f"endpoint {epdir.name} did not answer within {timeout:.0f}s: {_last_line(epdir.log)} "
-                        f"(its log: {epdir.log})")
+    raise EndpointError(f"endpoint {epdir.name} did not answer within {timeout:.0f}s: "
+                        f"{_last_line(epdir.log, since)} (its log: {epdir.log})")
 
 
 def stop(epdir: EndpointDir, timeout: float = 60.0) -> bool:
@@ -253,9 +255,12 @@ def ping(address: str, timeout: float = 1.0) -> bool:
         return False
 
 
-def _last_line(path: Path) -> str:
+def _last_line(path: Path, since: int, prefix: str = "") -> str:
+    """The last line written to ``path`` after offset ``since`` that starts with ``prefix``."""
     try:
-        lines = path.read_text(errors="replace").strip().splitlines()
+        with open(path, "rb") as f:
+            f.seek(since)
+            lines = [ln for ln in f.read().decode(errors="replace").splitlines() if ln.startswith(prefix)]
     except OSError:
         return "(no log)"
     return lines[-1] if lines else "(nothing in its log)"
@@ -265,5 +270,5 @@ if __name__ == "__main__":
     try:
         run(EndpointDir.of(sys.argv[1]))
     except (ConfigError, EndpointError, StoreUnavailable) as e:
-        print(f"faas-endpoint: {e}", file=sys.stderr)
+        print(f"{PREFIX}{e}", file=sys.stderr)
         sys.exit(2)
