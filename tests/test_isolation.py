@@ -285,7 +285,7 @@ def test_two_daemons_started_at_one_instant_never_both_run(faas_home, tmp_path):
     where Parsl would start) and the other is refused, and no two ever hold
     the endpoint at once."""
     write_config(faas_home, "race", local_config(workers=1))
-    period, t0 = 0.3, time.time() + 3  # both are ready by then
+    period, t0 = 0.25, time.time() + 2.5  # both are ready by then
     outs = [tmp_path / f"racer{i}.log" for i in range(2)]
     racers = [subprocess.Popen([sys.executable, str(ROOT / "tests" / "clients" / "start_race.py"), "race",
                                 str(RACES), str(period), str(t0), str(out)], stderr=subprocess.PIPE, text=True)
