@@ -274,7 +274,7 @@ class Sampler:
                 return "socket"
             if "faas/endpoint/dispatcher" in f or "faas/endpoint/policy" in f or "faas/endpoint/workers" in f:
                 return "dispatcher"
-            if "faas/endpoint/server" in f:
+            if "faas/endpoint/server" in f or "faas/endpoint/requests" in f:
                 return "server"
             frame = frame.f_back
         return "other"

@@ -17,7 +17,8 @@ Hops and their messages:
   outcomes, streamed as they happen), ``hb``, ``locate`` (who holds a
   context's files)
 - endpoint -> worker loop: ``batch``, ``revoke`` (cancel or take back
-  invocations), ``hb``, ``retire``, ``peers`` (the answer to ``locate``)
+  invocations), ``hb``, ``retire``, ``peers`` (the answer to ``locate``),
+  ``load_ack`` (it knows a context is about to load)
 
 Worker loops also talk to each other: each serves its node's cache of context
 files to the others' fetchers (:mod:`faas.warm_pool.fileserver`, its own
@@ -30,7 +31,7 @@ import enum
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError, model_validator
 
 from faas.errors import ProtocolError
 
@@ -103,6 +104,16 @@ class Submit(_Message):
 
     def frame_count(self) -> int:
         return len(self.functions) + len(self.invocations)
+
+    @model_validator(mode="after")
+    def _ids_once(self) -> Submit:
+        """An id named twice would be one row for two invocations: refused before anything is written."""
+        seen: set[str] = set()
+        for inv in self.invocations:
+            if inv.id in seen:
+                raise ValueError(f"invocation id {inv.id} appears more than once")
+            seen.add(inv.id)
+        return self
 
 
 class Watch(_Message):
@@ -245,6 +256,9 @@ class Progress(_Message):
     contexts: dict[str, dict[str, Any]] | None = None  # the warm pool's statistics, when they changed
     dropped_functions: list[Id] = []  # bodies the loop evicted: the endpoint sends them again when needed
     files: FilesState | None = None  # its node cache, when it changed
+    # a context the loop is about to load: its loader runs once the endpoint acknowledges (LoadAck) what it was
+    # told up to here, so that a loader that takes the process down is blamed, not what ran before it
+    loading: Id | None = None
 
     def frame_count(self) -> int:
         return len(self.outcomes)
@@ -316,6 +330,13 @@ class Peers(_Message):
     addresses: list[Address]
 
 
+class LoadAck(_Message):
+    """The endpoint has read the report that ``context_key`` is about to load (Progress.loading)."""
+
+    type: Literal["load_ack"] = "load_ack"
+    context_key: Id
+
+
 def _adapter(*models: type[_Message]) -> TypeAdapter:
     return TypeAdapter(Annotated[Union[models], Field(discriminator="type")])  # noqa: UP007
 
@@ -323,9 +344,10 @@ def _adapter(*models: type[_Message]) -> TypeAdapter:
 CLIENT_REQUESTS = _adapter(Ping, StatusRequest, Submit, Watch, Cancel, FleetRequest)
 CLIENT_REPLIES = _adapter(Pong, Ack, Running, Results, Tasks, StatusReply, FleetReply, Error)
 WORKER_REPORTS = _adapter(Ready, Progress, Heartbeat, Locate)
-WORKER_ORDERS = _adapter(Batch, Revoke, Heartbeat, Retire, Peers)
+WORKER_ORDERS = _adapter(Batch, Revoke, Heartbeat, Retire, Peers, LoadAck)
 ANY = _adapter(Ping, StatusRequest, Submit, Watch, Cancel, FleetRequest, Pong, Ack, Running, Results, Tasks,
-               StatusReply, FleetReply, Error, Ready, Progress, Heartbeat, Locate, Batch, Revoke, Retire, Peers)
+               StatusReply, FleetReply, Error, Ready, Progress, Heartbeat, Locate, Batch, Revoke, Retire, Peers,
+               LoadAck)
 _KNOWN = {m.model_fields["type"].default for m in _Message.__subclasses__()}
 
 
@@ -362,5 +384,7 @@ def _explain(e: ValidationError, header: bytes) -> ProtocolError:
         if tag in _KNOWN:
             return ProtocolError(f"{tag!r} is not expected here")
         return ProtocolError(f"unknown message type {tag!r}" if tag is not None else "message type missing")
+    if kind == "value_error" and len(loc) == 1:  # a message's own check (Submit._ids_once)
+        return ProtocolError(f"{loc[0]}: {err['ctx']['error']}")
     where = ".".join(str(p) for p in loc[1:]) or "header"
     return ProtocolError(f"{loc[0] if loc else 'message'}: field {where!r}: {err['msg'][:200]}")

@@ -136,3 +136,18 @@ def test_both_commands_print_their_version():
     for main in (client_cli.main, endpoint_cli.main):
         result = CliRunner().invoke(main, ["--version"])
         assert result.exit_code == 0 and version("faas") in result.output
+
+
+def test_every_command_on_a_corrupt_store_says_what_is_wrong_in_one_line(faas_home):
+    """Row "a corrupt store gives a raw traceback": each command that opens the
+    store (start too: its daemon stops at once) exits non-zero with one line
+    that names the store and what to do."""
+    write_config(faas_home, "corrupt", local_config(workers=1))
+    (faas_home / "endpoints" / "corrupt" / "store.db").write_bytes(b"this is not a database\0" * 400)
+    for args in (["status", "corrupt"], ["status", "corrupt", "--json"], ["report", "corrupt"],
+                 ["purge", "corrupt"], ["upgrade", "corrupt"], ["start", "corrupt"]):
+        proc = cli(*args, check=False)
+        out = (proc.stdout + proc.stderr).strip()
+        assert proc.returncode != 0 and "Traceback" not in out and len(out.splitlines()) == 1, (args, out)
+        assert "store.db" in out and "damaged" in out, (args, out)
+    assert read_pid(EndpointDir.of("corrupt")) is None  # no daemon was left running

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from faas import protocol
 from faas.endpoint.config import EndpointConfig
-from faas.endpoint.dispatcher import Dispatcher, Item
+from faas.endpoint.dispatcher import Dispatcher
+from faas.endpoint.items import Item
 from faas.endpoint.policy import RECLAIM_MIN_SECONDS
 from faas.endpoint.storeguard import StoreGuard
 from faas.endpoint.workers import LoopBatch, WorkerLoop

@@ -10,6 +10,7 @@ from faas.endpoint.policy import (
     after_attempt,
     after_loss,
     batch_size,
+    blamed_contexts,
     should_reclaim,
 )
 from faas.protocol import Kind
@@ -57,6 +58,21 @@ def test_what_becomes_of_an_attempt():
 def test_lost_workers_are_retried_up_to_max_attempts():
     assert after_loss(4, 5) is Step.RETRY
     assert after_loss(5, 5) is Step.FAILED
+
+
+def test_a_loss_counts_against_the_context_the_worker_was_running():
+    assert blamed_contexts({"crash"}, ["crash", "healthy"]) == {"crash"}
+    assert blamed_contexts({"crash"}, ["healthy", "crash"]) == {"crash"}  # a report of its start arrived
+    assert blamed_contexts(set(), ["crash", "healthy"]) == {"crash"}  # it died before its start was reported
+    assert blamed_contexts(set(), []) == set()  # it held nothing
+
+
+def test_invocations_that_only_waited_on_a_lost_worker_keep_their_attempts_within_a_bound():
+    assert after_loss(5, 5, blamed=False, returned=0) is Step.RETURN  # even with its attempts used up
+    assert after_loss(1, 5, blamed=False, returned=4) is Step.RETURN
+    assert after_loss(1, 5, blamed=False, returned=5) is Step.RETRY  # workers keep dying while it waits
+    assert after_loss(5, 5, blamed=False, returned=5) is Step.FAILED
+    assert after_loss(1, 5, blamed=True, returned=0) is Step.RETRY
 
 
 def test_queued_work_is_taken_back_from_a_worker_held_up():

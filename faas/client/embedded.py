@@ -46,5 +46,7 @@ class EmbeddedEndpoint:
         proc = subprocess.run([sys.executable, "-m", "faas.endpoint.cli", command, self.epdir.name, *args],
                               stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env)
         if proc.returncode != 0:
-            raise EndpointError(f"embedded endpoint: faas-endpoint {command} failed:\n"
-                                f"{proc.stderr.strip() or proc.stdout.strip()}")
+            log = self.epdir.log.read_text(errors="replace").splitlines()[-30:] if self.epdir.log.exists() else []
+            raise EndpointError("\n".join([f"embedded endpoint: faas-endpoint {command} failed:",
+                                           proc.stderr.strip() or proc.stdout.strip(),  # one line; the log goes
+                                           *(["its log:", *log] if command == "start" else [])]))  # with its home

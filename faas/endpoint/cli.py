@@ -7,6 +7,7 @@ import json
 import sys
 
 import click
+from sqlalchemy.exc import SQLAlchemyError
 
 from faas import keys
 from faas.endpoint import daemon
@@ -29,7 +30,8 @@ def _endpoint(name: str, must_exist: bool = True) -> EndpointDir:
 
 @contextlib.contextmanager
 def _store(epdir: EndpointDir):
-    """The endpoint's store (its config names it), whether the daemon runs or not."""
+    """The endpoint's store (its config names it), whether the daemon runs or not.
+    What goes wrong with it is said in one line (a corrupt, missing, locked or newer store)."""
     try:
         config = load_config(epdir.config)
         store = daemon.open_store(epdir, config)
@@ -37,6 +39,8 @@ def _store(epdir: EndpointDir):
         raise click.ClickException(str(e)) from None
     try:
         yield store, config
+    except SQLAlchemyError as e:
+        raise click.ClickException(str(daemon.store_error(epdir, config, e))) from None
     finally:
         store.close()
 
@@ -83,7 +87,7 @@ def start(name: str, foreground: bool) -> None:
             daemon.run(epdir)
             return
         pid = daemon.start_background(epdir)
-    except (ConfigError, EndpointError) as e:
+    except (ConfigError, EndpointError, StoreUnavailable) as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"endpoint {name} started (pid {pid}) at {epdir.address}")
 
@@ -143,6 +147,8 @@ def endpoint_status(epdir: EndpointDir) -> dict:
             "contexts": store.context_summary(),
             "workers": store.workers(),
         }
+    except SQLAlchemyError as e:
+        raise daemon.store_error(epdir, config, e) from None
     finally:
         store.close()
     if pid is not None:

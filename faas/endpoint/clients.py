@@ -1,9 +1,10 @@
 """The endpoint's client socket: what one client may cost the others.
 
-- Intake is bounded per pass of the server's loop, by count and by time, so
-  dispatch runs between reads however fast clients send. The ROUTER socket
-  fair-queues its peers, so a flooding client gets its share of a pass, not
-  the pass.
+- Intake is bounded per pass of the server's loop, by count and by the time
+  spent reading and handling, so dispatch and results go out between reads
+  however fast clients send, and however costly their messages are to refuse.
+  The ROUTER socket fair-queues its peers, so a flooding client gets its share
+  of a pass, not the pass.
 - A whole message is capped (``clients.max_message_bytes``), not only each
   frame: frames are taken one at a time and, once the sum passes the cap, the
   rest of that message is dropped as it is read rather than held.
@@ -11,7 +12,9 @@
   what ZeroMQ cannot take now waits in a bounded per-client buffer; past its
   bounds (or stuck for ``stall_timeout``) the buffer is dropped and the client
   is told to reload (``Error(code="reload")``), which it does by itself.
-- Bad messages are logged at most once per ``LOG_PERIOD``, with a count.
+- What a client's bad or refused requests cost the log is bounded: each kind
+  of line is written at most once per ``LOG_PERIOD``, with a count of those
+  held back (:class:`Throttled`), whichever pass handles the request.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import zmq
@@ -29,7 +32,7 @@ from faas.endpoint.config import EndpointConfig
 
 log = logging.getLogger(__name__)
 PER_PASS = 256  # client messages handled per pass of the loop, at most
-PASS_SECONDS = 0.05  # and for at most this long
+PASS_SECONDS = 0.02  # and for at most this long, handling included
 LOG_PERIOD = 10.0
 _SENT, _FULL, _GONE = object(), object(), object()
 
@@ -50,20 +53,20 @@ class _Backlog:
 
 
 class Throttled:
-    """A warning at most once per period; the ones held back are counted in the next."""
+    """A log line at most once per period; the ones held back are counted in the next."""
 
-    def __init__(self, logger: logging.Logger, period: float = LOG_PERIOD):
-        self.log, self.period = logger, period
+    def __init__(self, logger: logging.Logger, level: int = logging.WARNING, period: float = LOG_PERIOD):
+        self.log, self.level, self.period = logger, level, period
         self._next, self._held = 0.0, 0
 
-    def warning(self, fmt: str, *args) -> None:
+    def __call__(self, fmt: str, *args, exc_info: bool = False) -> None:
         now = time.monotonic()
         if now < self._next:
             self._held += 1
             return
         if self._held:
             fmt += f" ({self._held} more like it in the last {self.period:.0f}s)"
-        self.log.warning(fmt, *args)
+        self.log.log(self.level, fmt, *args, exc_info=exc_info)
         self._next, self._held = now + self.period, 0
 
 
@@ -79,7 +82,9 @@ class ClientSocket:
         self.cfg = config.clients
         self.max_message = config.max_message_bytes()
         self.on_lost = on_lost
-        self.bad = Throttled(log)
+        self.bad = Throttled(log)  # a client's request refused for what it is
+        self.refused = Throttled(log, logging.ERROR)  # a request refused because the store failed
+        self._behind = Throttled(log)
         self._backlogs: dict[bytes, _Backlog] = {}
         self._reload: set[bytes] = set()  # told to reload, once the socket takes the message
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -87,17 +92,17 @@ class ClientSocket:
         sock.setsockopt(zmq.MAXMSGSIZE, max(2 * config.max_payload_bytes + 2**20, 1))  # per frame
 
     # -- intake -----------------------------------------------------------------
-    def read(self) -> list[Message]:
-        """This pass's share of client messages."""
-        out: list[Message] = []
+    def read(self) -> Iterator[Message]:
+        """This pass's share of client messages, each handled by the caller before the next is read."""
         until = time.monotonic() + PASS_SECONDS
-        while len(out) < PER_PASS and time.monotonic() < until:
+        for _ in range(PER_PASS):
+            if time.monotonic() >= until:
+                return
             try:
                 ident = self.sock.recv(zmq.NOBLOCK)
             except zmq.Again:
-                break
-            out.append(self._rest(ident))
-        return out
+                return
+            yield self._rest(ident)
 
     def _rest(self, ident: bytes) -> Message:
         """The frames after the identity (there at once: ZeroMQ delivers whole
@@ -182,8 +187,8 @@ class ClientSocket:
             return _GONE
 
     def _overflow(self, ident: bytes, why: str) -> None:
-        log.warning("client %s fell behind (%s): its pending messages are dropped; it will be told to reload",
-                    ident.hex(), why)
+        self._behind("client %s fell behind (%s): its pending messages are dropped; it will be told to reload",
+                     ident.hex(), why)
         self._backlogs.pop(ident, None)
         self._reload.add(ident)
         self.on_lost(ident)

@@ -299,6 +299,10 @@ class StoreConfig(_Strict):
     retry_for: float = Field(60.0, gt=0, description=(
         "Seconds a failing store write (disk full, SQLite locked by another process, PostgreSQL down) is retried "
         "before what it carried is refused to its clients with StoreUnavailable."))
+    max_waiting_bytes: ByteSize = Field(ByteSize(256 * 2**20), ge=2**20, description=(
+        "Client requests kept in memory while they wait for a failing store, at most (their messages, and "
+        "about 2 KiB each besides); past it, a request that needs the store is refused at once with "
+        "StoreUnavailable instead of waiting"))
 
 
 class ClientsConfig(_Strict):

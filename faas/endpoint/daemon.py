@@ -1,11 +1,18 @@
 """Lifecycle of the endpoint daemon: run in the foreground, start in the
-background (returning once it accepts work), stop by its recorded pid."""
+background (returning once it accepts work), stop by its recorded pid.
+
+One daemon per endpoint: the daemon holds an exclusive lock on its pid file
+(``flock``) from before it starts anything until it exits, and writes its pid
+under it, so two daemons started at the same instant cannot both run; the
+kernel releases the lock when the process dies, however it dies."""
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -15,32 +22,59 @@ from typing import TYPE_CHECKING
 
 import psutil
 import zmq
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 from faas import protocol
 from faas.endpoint.config import ConfigError, EndpointConfig, load_config
-from faas.endpoint.storeguard import LOCK_WAIT
+from faas.endpoint.storeguard import LOCK_WAIT, describe
 from faas.errors import EndpointError, StoreUnavailable
-from faas.home import EXIT_WITH_ENV, EndpointDir, read_pid, write_private
+from faas.home import EXIT_WITH_ENV, EndpointDir, read_pid
 from faas.store import Store, sqlite_url
 
 if TYPE_CHECKING:
     from faas.endpoint.engine import Engine
 
 log = logging.getLogger(__name__)
+PREFIX = "faas-endpoint: "  # of the one line a daemon that refuses to start prints (exit status 2)
 
 
-def _end_leftovers(epdir: EndpointDir) -> None:
-    """After a crash: end the worker pools the dead daemon started on this node.
+def _hold_pidfile(epdir: EndpointDir) -> tuple[int, str]:
+    """Lock the pid file for this process's life and write its pid there; returns
+    the open file (closing it releases the lock) and what the file said before
+    (a crashed daemon's pid). Raises EndpointError when another daemon holds it."""
+    while True:
+        fd = os.open(epdir.pidfile, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            same = os.fstat(fd).st_ino == os.stat(epdir.pidfile).st_ino
+        except (BlockingIOError, FileNotFoundError) as e:
+            os.close(fd)
+            if isinstance(e, FileNotFoundError):
+                continue  # its daemon removed it as it stopped: take a new one
+            raise EndpointError(f"endpoint {epdir.name} is already running (pid {read_pid(epdir) or '?'}): "
+                                f"stop it first (faas-endpoint stop {epdir.name})") from None
+        if same:
+            break
+        os.close(fd)  # locked as its daemon removed it: a new one is at the path
+    previous = os.pread(fd, 64, 0).decode(errors="replace")
+    os.fchmod(fd, 0o600)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd, previous
+
+
+def _end_leftovers(epdir: EndpointDir, previous: str) -> None:
+    """After a crash: end the worker pools the dead daemon (pid file content
+    ``previous``) started on this node.
 
     Its interchange dies with it, but a Parsl worker pool that never reached the
     interchange (started just before the crash) waits for it indefinitely. They
     share the dead daemon's session (it started them) and name this endpoint's
     run folder on their command line."""
     try:
-        old = int(epdir.pidfile.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return
-    if read_pid(epdir) is not None:
+        old = int(previous.split()[0])
+    except (ValueError, IndexError):
         return
     marker = str(epdir.runinfo)
     for proc in psutil.process_iter():
@@ -63,7 +97,30 @@ def open_store(epdir: EndpointDir, config: EndpointConfig, create: bool = False,
             raise StoreUnavailable(f"endpoint {epdir.name} has no store at {db}: it has never started, "
                                    f"or its store.db was deleted or moved")
         _owner_only_sqlite(db)
-    return Store(config.store.url or sqlite_url(epdir.path), lock_wait=lock_wait)
+    try:
+        return Store(config.store.url or sqlite_url(epdir.path), lock_wait=lock_wait)
+    except SQLAlchemyError as e:
+        raise store_error(epdir, config, e) from None
+
+
+def store_error(epdir: EndpointDir, config: EndpointConfig, e: SQLAlchemyError) -> StoreUnavailable:
+    """What is wrong with the endpoint's store, and what to do, in one line."""
+    where = (make_url(config.store.url).render_as_string(hide_password=True) if config.store.url
+             else str(epdir.path / "store.db"))
+    cause, text = describe(e), str(getattr(e, "orig", e)).lower()
+    if "locked" in text or "lock timeout" in text or "could not obtain lock" in text:
+        todo = "another process holds it (a purge or an upgrade?): try again once it is done"
+    elif "full" in text:
+        todo = "the disk under it is full: free space and try again"
+    elif config.store.url is None and isinstance(getattr(e, "orig", None), sqlite3.DatabaseError) and not \
+            isinstance(e.orig, sqlite3.OperationalError):  # "file is not a database", "disk image is malformed"
+        todo = ("the file is damaged: restore it from a backup, or move it away and the endpoint starts with an "
+                "empty store (its records lost)")
+    elif config.store.url is not None and any(w in text for w in ("connect", "refused", "timeout")):
+        todo = "its database server does not answer: check that it runs and the config's store.url"
+    else:
+        todo = "check the store, then try again"
+    return StoreUnavailable(f"the store of endpoint {epdir.name} ({where}) failed: {cause}; {todo}")
 
 
 def _parsl_engine(config: EndpointConfig, run_dir: Path) -> Engine:
@@ -85,22 +142,30 @@ def run(epdir: EndpointDir, engine_factory: Callable[[EndpointConfig, Path], Eng
     """Run the daemon in this process until SIGTERM/SIGINT. ``engine_factory``
     (config, run folder) -> the engine: Parsl unless a benchmark's simulated
     fleet stands in for it (not configurable)."""
+    config = load_config(epdir.config)
+    os.umask(0o077)  # what the daemon and Parsl write (runinfo logs, CurveZMQ certificates) is owner-only
+    epdir.make_private()  # it holds the socket, the store and the secret key
+    held, previous = _hold_pidfile(epdir)
+    try:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.getLogger("parsl").propagate = False  # Parsl logs in detail to runinfo/
+        epdir.config.chmod(0o600)  # written by hand, or by an older faas
+        epdir.runinfo.mkdir(mode=0o700, exist_ok=True)
+        epdir.runinfo.chmod(0o700)  # made by an older faas with the umask's mode
+        _end_leftovers(epdir, previous)
+        store = open_store(epdir, config, create=True, lock_wait=LOCK_WAIT)
+        try:
+            _serve(epdir, config, store, (engine_factory or _parsl_engine)(config, epdir.runinfo))
+        finally:
+            store.close()
+    finally:
+        epdir.pidfile.unlink(missing_ok=True)  # while locked: a daemon starting now takes a new file
+        os.close(held)
+
+
+def _serve(epdir: EndpointDir, config: EndpointConfig, store: Store, engine: Engine) -> None:
     from faas.endpoint.server import Server
 
-    config = load_config(epdir.config)
-    if read_pid(epdir) not in (None, os.getpid()):
-        raise EndpointError(f"endpoint {epdir.name} is already running (pid {read_pid(epdir)})")
-    os.umask(0o077)  # what the daemon and Parsl write (runinfo logs, CurveZMQ certificates) is owner-only
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("parsl").propagate = False  # Parsl logs in detail to runinfo/
-    epdir.make_private()  # it holds the socket, the store and the secret key
-    epdir.config.chmod(0o600)  # written by hand, or by an older faas
-    epdir.runinfo.mkdir(mode=0o700, exist_ok=True)
-    epdir.runinfo.chmod(0o700)  # made by an older faas with the umask's mode
-    _end_leftovers(epdir)
-    write_private(epdir.pidfile, f"{os.getpid()}\n")
-    store = open_store(epdir, config, create=True, lock_wait=LOCK_WAIT)
-    engine = (engine_factory or _parsl_engine)(config, epdir.runinfo)
     exit_with = os.environ.pop(EXIT_WITH_ENV, None)
     server = None
     try:
@@ -115,8 +180,6 @@ def run(epdir: EndpointDir, engine_factory: Callable[[EndpointConfig, Path], Eng
         engine.shutdown()  # its callbacks may still wake the server: the pipe closes after it
         if server is not None:
             server.close_wake()
-        store.close()
-        epdir.pidfile.unlink(missing_ok=True)
         log.info("endpoint %s stopped", epdir.name)
 
 
@@ -131,19 +194,23 @@ def start_background(epdir: EndpointDir, timeout: float = 120.0) -> int:
         raise EndpointError(f"endpoint {epdir.name} is already running (pid {pid})")
     env = dict(os.environ, FAAS_HOME=str(epdir.path.parent.parent))
     with open(os.open(epdir.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as logf:
+        since = logf.tell()  # its own lines: another daemon (refused, or refusing it) may write here too
         proc = subprocess.Popen([sys.executable, "-m", "faas.endpoint.daemon", epdir.name],
                                 stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
                                 env=env, start_new_session=True, cwd=epdir.path)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise EndpointError(f"endpoint {epdir.name} exited during start-up "
-                                f"(code {proc.returncode}):\n{_tail(epdir.log)}")
+            if proc.returncode == 2:  # it said why (see __main__)
+                raise EndpointError(_last_line(epdir.log, since, PREFIX).removeprefix(PREFIX))
+            raise EndpointError(f"endpoint {epdir.name} exited during start-up (code {proc.returncode}): "
+                                f"{_last_line(epdir.log, since)} (its log: {epdir.log})")
         if epdir.socket.exists() and ping(epdir.address, timeout=1.0):
             return proc.pid
         time.sleep(0.1)
     proc.terminate()
-    raise EndpointError(f"endpoint {epdir.name} did not answer within {timeout:.0f}s:\n{_tail(epdir.log)}")
+    raise EndpointError(f"endpoint {epdir.name} did not answer within {timeout:.0f}s: "
+                        f"{_last_line(epdir.log, since)} (its log: {epdir.log})")
 
 
 def stop(epdir: EndpointDir, timeout: float = 60.0) -> bool:
@@ -188,16 +255,20 @@ def ping(address: str, timeout: float = 1.0) -> bool:
         return False
 
 
-def _tail(path: Path, lines: int = 30) -> str:
+def _last_line(path: Path, since: int, prefix: str = "") -> str:
+    """The last line written to ``path`` after offset ``since`` that starts with ``prefix``."""
     try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        with open(path, "rb") as f:
+            f.seek(since)
+            lines = [ln for ln in f.read().decode(errors="replace").splitlines() if ln.startswith(prefix)]
     except OSError:
         return "(no log)"
+    return lines[-1] if lines else "(nothing in its log)"
 
 
 if __name__ == "__main__":
     try:
         run(EndpointDir.of(sys.argv[1]))
     except (ConfigError, EndpointError, StoreUnavailable) as e:
-        print(f"faas-endpoint: {e}", file=sys.stderr)
+        print(f"{PREFIX}{e}", file=sys.stderr)
         sys.exit(2)

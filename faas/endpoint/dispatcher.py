@@ -11,7 +11,8 @@ Who has room and who holds which context is kept by :mod:`faas.endpoint.roster`.
 Batches are the unit of dispatch only. Loops report each invocation as it
 starts and as it ends (``progress``); each outcome is recorded, with the
 others of the server's passes, in one transaction (:mod:`faas.endpoint.ledger`)
-before any client is told. A lost worker costs only its unfinished invocations.
+before any client is told. A lost worker costs only its unfinished invocations,
+and an attempt only those of the context it was running (policy.blamed_contexts).
 Cancellations reach queued invocations here and running ones through the
 loop (``revoke``); a loop whose current invocation runs far longer than usual
 has its unstarted work taken back for others.
@@ -29,12 +30,12 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from faas import protocol
 from faas.endpoint import policy
 from faas.endpoint.config import EndpointConfig
+from faas.endpoint.items import FunctionMeta, Item, gave_up, loss_note
 from faas.endpoint.ledger import Final, Ledger
 from faas.endpoint.peers import PeerIndex
 from faas.endpoint.policy import Step
@@ -42,6 +43,7 @@ from faas.endpoint.roster import PREFETCH, Roster
 from faas.endpoint.storeguard import StoreGuard
 from faas.endpoint.workers import LoopBatch, WorkerLoop
 from faas.errors import last_line
+from faas.function import NO_CONTEXT
 from faas.lru import ByteLRU
 from faas.protocol import Kind
 from faas.store import Outcome, State, Store
@@ -51,32 +53,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 ROW_SLACK = 2**16  # bytes of a stored invocation's row besides its arguments and result
+IDLE_LOSSES = 3  # workers lost in a row with nothing to run: reported (once) as a failure of the workers
 UPKEEP_PERIOD = 0.1  # seconds between looks for held-up loops and idle ones to retire (scans of all loops)
 _STATE = {Step.SUCCEEDED: State.SUCCEEDED, Step.FAILED: State.FAILED, Step.CANCELLED: State.CANCELLED}
-
-
-@dataclass
-class Item:
-    id: str
-    group_id: str
-    function_id: str
-    context_key: str
-    args: bytes
-    attempts: int = 0
-    history: list[str] = field(default_factory=list)  # why earlier attempts ended
-    loop: str | None = None  # the loop it was sent to, while there
-    batch: int | None = None
-    cancel_requested: bool = False
-    reclaiming: bool = False
-    init_failures: int = 0  # attempts that ended with its context's loader raising
-    submitted: float = field(default_factory=time.time)  # when this endpoint got it (for result latency)
-
-
-@dataclass
-class FunctionMeta:
-    retries: int = 0
-    batch_size: int = 1
-    context_key: str | None = None
 
 
 class Dispatcher:
@@ -98,6 +77,7 @@ class Dispatcher:
         self.ledger = Ledger(store, guard)  # what the passes decided, written in one transaction
         self.peers = PeerIndex(self.loops, self.ledger, config.warm_pool.peer_copy)  # who holds which files
         self._last_upkeep = 0.0  # monotonic
+        self._idle_losses = 0  # ready loops lost in a row holding nothing
         self._batch_ids = itertools.count(1)
         self._bodies = ByteLRU(int(config.warm_pool.function_cache_bytes))  # the store has them all
         budget = config.warm_pool.memory_budget
@@ -112,7 +92,7 @@ class Dispatcher:
     # -- intake -------------------------------------------------------------
     def register_function(self, fid: str, body: bytes, info: protocol.FunctionInfo) -> None:
         self._bodies.put(fid, body)
-        self.functions[fid] = FunctionMeta(info.retries, info.batch_size, info.context_key)
+        self.functions[fid] = FunctionMeta(info.retries, info.batch_size, info.context_key, info.context)
 
     def submit(self, items: Iterable[Item]) -> None:
         """New work from a client (a context whose loader failed gets a fresh chance: its files may be fixed)."""
@@ -207,27 +187,42 @@ class Dispatcher:
         self.lose(token, cause)
 
     def lose(self, token: str, cause: str) -> None:
+        """A loop lost with its worker: only invocations of the context it was
+        running (or loading) lose an attempt; the others go back as they were."""
         loop = self.loops.remove(token)
         if loop is None:
             return
         open_ids = [i for b in loop.batches.values() for i in b.open]
-        if open_ids:
-            log.warning("worker loop %s lost with %d invocations: %s", loop.name, len(open_ids), cause)
         if loop.ready:
             self.ledger.lost_worker(loop.name, time.time(), cause)
-        where = f"at {time.strftime('%H:%M:%S')} on {loop.name or 'a worker'}: {cause}"
+            self._idle_losses = 0 if open_ids else self._idle_losses + 1
+            if self._idle_losses == IDLE_LOSSES:  # once, until work is done again
+                log.error("%d workers in a row were lost with nothing to run (the workers themselves fail; see their "
+                          "logs under the endpoint's runinfo/), the latest %s: %s", IDLE_LOSSES, loop.name, cause)
+        if not open_ids:
+            return
+        log.warning("worker loop %s lost with %d invocations: %s", loop.name, len(open_ids), cause)
+        blamed = policy.blamed_contexts({self.items[i].context_key for i in loop.running},
+                                        [b.context_key for b in loop.batches.values()])
         now = time.time()
         for inv_id in open_ids:
             it = self.items[inv_id]
             if it.cancel_requested:
                 self._final(it, Step.CANCELLED, None, None, "", now, now)
                 continue
-            note = f"attempt {it.attempts} {where}"
-            step = policy.after_loss(it.attempts, self.cfg.dispatch.max_attempts)
-            if step is Step.RETRY:
+            step = policy.after_loss(it.attempts, self.cfg.dispatch.max_attempts, it.context_key in blamed,
+                                     it.returned)
+            loading = it.context_key != NO_CONTEXT and not loop.contexts.get(it.context_key, {}).get("loaded")
+            note = loss_note(it, loop.name, cause, step is not Step.RETURN,
+                             self.functions.get(it.function_id, FunctionMeta()).context or it.context_key, loading)
+            if step is Step.RETURN:
+                it.attempts -= 1
+                it.returned += 1
+                self._requeue(it, note, refund=True)
+            elif step is Step.RETRY:
                 self._requeue(it, note)
             else:
-                self._final(it, Step.FAILED, None, _gave_up(it, note), "", now, now)
+                self._final(it, Step.FAILED, None, gave_up(it, note), "", now, now)
 
     # -- progress from a loop -------------------------------------------------
     def on_progress(self, token: str, msg: protocol.Progress, payloads: list[bytes]) -> None:
@@ -243,6 +238,8 @@ class Dispatcher:
         self.peers.update(loop, msg.files)
         worker = loop.name
         loop.sent_functions.difference_update(msg.dropped_functions)  # before outcomes: returned ones need them
+        if msg.loading is not None:  # it waits for this before it runs the loader (see policy.blamed_contexts)
+            self.outbox.append((token, protocol.encode(protocol.LoadAck(context_key=msg.loading))))
         for inv_id in msg.started:
             it = self.items.get(inv_id)
             if it is not None and it.loop == token:
@@ -258,6 +255,8 @@ class Dispatcher:
                     batch.loading += e.seconds
             self.ledger.worker(worker, loop.host, loop.pid)
             self.ledger.inits([dict(e.model_dump(), worker_id=worker) for e in msg.inits])
+        if msg.outcomes:
+            self._idle_losses = 0
         for info, payload in zip(msg.outcomes, payloads):
             it = self.items.get(info.id)
             if it is None or it.loop != token:
@@ -479,12 +478,9 @@ class Dispatcher:
         self.guard.wait(self.store.requeue, {r["id"]: f"attempt {r['attempts']}: interrupted by an endpoint restart"
                                              for r in rows if r["state"] is State.DISPATCHED})
         for fid, meta in self.guard.wait(self.store.functions).items():
-            self.functions[fid] = FunctionMeta(meta["retries"], meta["batch_size"], meta["context_key"])
+            self.functions[fid] = FunctionMeta(meta["retries"], meta["batch_size"], meta["context_key"],
+                                               meta["context"])
         self._enqueue(Item(r["id"], r["group_id"], r["function_id"], r["context_key"], r["args"], r["attempts"],
                            (r["history"] or "").splitlines()) for r in rows)
         return len(rows)
 
-
-def _gave_up(it: Item, last: str) -> str:
-    lines = "\n".join(f"  {h}" for h in [*it.history, last])
-    return f"invocation {it.id} gave up after {it.attempts} attempts:\n{lines}\n"

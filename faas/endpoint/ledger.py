@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from faas.endpoint.storeguard import StoreDown, StoreGuard
+from faas.endpoint.storeguard import Rejected, StoreDown, StoreGuard
 from faas.store import Outcome, State, Store
 
 log = logging.getLogger(__name__)
@@ -148,11 +148,7 @@ class Ledger:
             return [], []
         p, self._p = self._p, _Pending()
         try:
-            recorded = self.guard.call(
-                self.store.record_outcomes, [o for o, _ in p.outcomes], p.workers.values(), p.inits,
-                requeue={i: note for i, (_, note) in p.requeue.items()}, refund=p.refund,
-                lost_workers=[(w, at) for w, at, _ in p.lost_workers], dispatched=p.dispatched,
-                file_bytes=p.file_bytes)
+            recorded = self._write(p)
         except StoreDown:
             if p.failing_since is None:
                 p.failing_since = time.monotonic()
@@ -168,6 +164,30 @@ class Ledger:
                     log.exception("a watcher of the ledger failed")
         return ([Final(o.id, it.group_id, o.state, o.payload, o.error) for o, it in p.outcomes if o.id in recorded],
                 [it for i, (it, _) in p.requeue.items() if i not in finals])  # not cancelled while waiting
+
+    def _write(self, p: _Pending) -> set[str]:
+        """One transaction. Refused for its content (a constraint), it is written
+        again without the rows it inserts (workers, context inits, losses: the
+        endpoint's own bookkeeping, dropped with an error), so that the clients'
+        outcomes it carries are not held up; refused again, it is kept and
+        retried as in an outage (never dropped)."""
+        outcomes = [o for o, _ in p.outcomes]
+        requeue = {i: note for i, (_, note) in p.requeue.items()}
+        try:
+            return self.guard.call(self.store.record_outcomes, outcomes, p.workers.values(), p.inits,
+                                   requeue=requeue, refund=p.refund,
+                                   lost_workers=[(w, at) for w, at, _ in p.lost_workers],
+                                   dispatched=p.dispatched, file_bytes=p.file_bytes)
+        except Rejected as e:
+            log.error("%s; writing the outcomes without the records of %d workers, %d context inits, %d lost "
+                      "workers and %d file counters (dropped)", e, len(p.workers), len(p.inits), len(p.lost_workers),
+                      len(p.file_bytes))
+        p.workers, p.inits, p.lost_workers, p.file_bytes = {}, [], [], {}
+        try:
+            return self.guard.call(self.store.record_outcomes, outcomes, requeue=requeue, refund=p.refund,
+                                   dispatched=p.dispatched)
+        except Rejected as e:
+            raise self.guard.failed(e.__cause__) from e
 
     def unrecorded(self) -> bool:
         """Whether anything decided waits to be written (the store failed)."""

@@ -117,8 +117,27 @@ def after_attempt(kind: Kind, attempts: int, retries: int, cancel_requested: boo
     return Step.RETRY if retryable(kind, attempts, retries) else Step.FAILED
 
 
-def after_loss(attempts: int, max_attempts: int) -> Step:
-    """An invocation whose worker was lost runs again, up to ``max_attempts``."""
+def blamed_contexts(running: set[str], batches: list[str]) -> set[str]:
+    """The contexts a lost worker's loss counts against, from ``running`` (the
+    contexts of the invocations it reported started: a context loads within its
+    first invocation) and ``batches`` (its batches' contexts, oldest first).
+    A worker's reports reach the endpoint before a loader runs (LoadAck), so a
+    loader that takes its process down is found running. Reported running none,
+    it was at work on its oldest batch: a worker runs its batches in order, and
+    the report that one started may die with it (a function that aborts the
+    process at once)."""
+    if running:
+        return running
+    return {batches[0]} if batches else set()
+
+
+def after_loss(attempts: int, max_attempts: int, blamed: bool = True, returned: int = 0) -> Step:
+    """An invocation whose worker was lost: one of a ``blamed`` context runs
+    again, up to ``max_attempts``; one that only waited there goes back without
+    losing an attempt, at most ``max_attempts`` times (``returned``: so far), so
+    that workers that keep dying while it waits still end it."""
+    if not blamed and returned < max_attempts:
+        return Step.RETURN
     return Step.FAILED if attempts >= max_attempts else Step.RETRY
 
 

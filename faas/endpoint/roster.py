@@ -95,6 +95,9 @@ class Roster:
         """Ready loops holding exactly ``batches`` batches (< PREFETCH), in the order they got room."""
         return list(self._room[batches].values())
 
+    def has_room(self) -> bool:
+        return any(self._room)
+
     def idle(self) -> Iterator[WorkerLoop]:
         """Ready loops without a batch (a snapshot: they may be retired meanwhile)."""
         return iter(list(self._room[0].values()))

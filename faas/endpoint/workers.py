@@ -108,6 +108,10 @@ class WorkerLink:
             log.warning("cannot reach worker loop %s: %s", token, e)
             return False
 
+    def readable(self) -> bool:
+        """Whether a loop's message waits to be read."""
+        return bool(self.sock.get(zmq.EVENTS) & zmq.POLLIN)
+
     def close(self) -> None:
         self.sock.close(0)
 

@@ -31,7 +31,10 @@ def sqlite_url(folder: Path) -> str:
 
 def _make_engine(url: str, lock_wait: float) -> Engine:
     if not url.startswith("sqlite"):  # a server that is down is found out in seconds, not minutes
-        return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": max(1, round(lock_wait))})
+        args = {"connect_timeout": max(1, round(lock_wait))}
+        if url.startswith("postgresql"):  # a lock held elsewhere fails a write after lock_wait, as SQLite's does
+            args["options"] = f"-c lock_timeout={max(1, round(lock_wait * 1000))}"
+        return create_engine(url, pool_pre_ping=True, connect_args=args)
     engine = create_engine(url, connect_args={"timeout": lock_wait})
 
     @event.listens_for(engine, "connect")
@@ -68,8 +71,9 @@ class Outcome:
 
 class Store:
     def __init__(self, url: str, lock_wait: float = 30.0):
-        """``lock_wait``: seconds a write waits for SQLite's lock (held by another
-        process) before it fails; the daemon waits briefly and retries later."""
+        """``lock_wait``: seconds a write waits for a lock another process holds
+        (SQLite's write lock, a PostgreSQL row or table lock) before it fails; the
+        daemon waits briefly and retries later."""
         self.url = url
         self.engine = _make_engine(url, lock_wait)
         self.revisions = migrations.upgrade(self.engine)  # (revision it had, revision it has now)
@@ -238,9 +242,11 @@ class Store:
             return dict(conn.execute(select(Function.id, Function.body).where(Function.id.in_(list(fids)))).all())
 
     def functions(self) -> dict[str, dict]:
+        """Each function's record (its body aside), with its context's description as ``context``."""
         with self.engine.connect() as conn:
             rows = conn.execute(select(Function.id, Function.name, Function.context_key, Function.retries,
-                                       Function.batch_size))
+                                       Function.batch_size, Context.description.label("context"))
+                                .join(Context, Context.key == Function.context_key))
             return {r.id: r._asdict() for r in rows}
 
     def unfinished(self) -> list[dict]:

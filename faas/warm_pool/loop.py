@@ -49,6 +49,7 @@ from faas.warm_pool.runner import Result, Runner, WorkItem, dumps_exception
 log = logging.getLogger(__name__)
 INTERRUPT_SIGNAL = signal.SIGUSR1
 EXIT_STUCK = 75  # exit status of a worker process ended because an invocation would not stop
+LOAD_ACK_WAIT = 5.0  # seconds a loader waits for the endpoint to know it runs (then it runs anyway)
 
 
 def serve(addresses: list[str], token: str, server_key: bytes, public_key: bytes, secret_key: bytes,
@@ -124,6 +125,8 @@ class WorkerLoop:
         self.files = files  # the node cache of context files, when the endpoint handed one
         self.runner = Runner()
         self.runner.on_init = lambda: self._report("loaded", None)
+        self.runner.on_loading = self._loading
+        self._load_acked = threading.Event()
         self.runner.on_alone = self._restart_clock
         self.settings = protocol.WorkerSettings()
         self.cond = threading.Condition()
@@ -217,6 +220,15 @@ class WorkerLoop:
                    else (info, payload) for info, payload in results]
         self._report("outcomes", results)
 
+    def _loading(self, key: str) -> None:
+        """Before a loader runs, the endpoint reads everything reported so far and
+        that ``key`` loads: a loader that takes this process down (``os.abort()``,
+        a crash in native code) is then blamed for it, not the invocations that
+        finished before it, whose reports would otherwise die with the process."""
+        self._load_acked.clear()
+        self._report("loading", key)
+        self._load_acked.wait(LOAD_ACK_WAIT)
+
     def _restart_clock(self, item: WorkItem) -> None:
         """A merged call failed and its members run again one at a time: each
         gets the whole timeout, as it would have had alone, and is interrupted alone."""
@@ -291,6 +303,8 @@ class WorkerLoop:
             self._end("retired", interrupt=False)
         elif isinstance(msg, protocol.Peers) and self.files is not None:
             self.files.answer(msg.context_key, msg.addresses)
+        elif isinstance(msg, protocol.LoadAck):
+            self._load_acked.set()
 
     def _on_batch(self, msg: protocol.Batch, body: list[bytes]) -> None:
         self.settings = msg.settings
@@ -376,7 +390,7 @@ class WorkerLoop:
         endpoint then knows a long first invocation is not a load)."""
         started: list[str] = []
         outcomes: list[Result] = list(extra)
-        loaded = False
+        loaded, loading = False, None
         while True:
             try:
                 kind, value = self._reports.get_nowait()
@@ -386,18 +400,20 @@ class WorkerLoop:
                 loaded = True
             elif kind == "locate":
                 self._send(protocol.Locate(context_key=value))
+            elif kind == "loading":
+                loading = value
             else:
                 (started if kind == "started" else outcomes).extend(value)
         with self.cond:
             dropped = self.runner.take_dropped()
         files = self.files.changed() if self.files is not None else None
-        if not started and not outcomes and not dropped and not loaded and files is None:
+        if not started and not outcomes and not dropped and not loaded and files is None and loading is None:
             return
         pool_changed = bool(outcomes) or loaded
         msg = protocol.Progress(started=started, outcomes=[info for info, _ in outcomes],
                                 inits=self.runner.inits() if pool_changed else [],
                                 contexts=self.runner.pool.snapshot() if pool_changed else None,
-                                dropped_functions=dropped, files=files)
+                                dropped_functions=dropped, files=files, loading=loading)
         self._send(msg, [payload for _, payload in outcomes])
 
     def _send(self, msg: protocol._Message, frames: list[bytes] = ()) -> None:

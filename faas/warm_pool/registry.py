@@ -165,6 +165,10 @@ class WarmPool:
                 log.info("evicting context %s to make room", self.stats[victim].description)
                 self._teardown(victim)
 
+    def loaded(self, key: str) -> bool:
+        with self._lock:
+            return key in self._entries and self._entries[key].loaded
+
     def snapshot(self) -> dict[str, dict[str, Any]]:
         """Per-context statistics, and whether each context is loaded now."""
         with self._lock:

@@ -65,6 +65,7 @@ class Runner:
         self._functions: dict[str, Any] = {}
         self._dropped: list[str] = []
         self._failed_inits: dict[str, tuple[float, str]] = {}  # context key -> (when, loader's traceback)
+        self.on_loading: Callable[[str], None] | None = None  # told before a context's loader runs (its key)
         self.on_init: Callable[[], None] | None = None  # told when a context was just initialised
         self.on_alone: Callable[[WorkItem], None] | None = None  # told as a merged call's member runs alone
 
@@ -152,6 +153,8 @@ class Runner:
         failed = self._failed_inits.get(key)
         if failed is not None and max(it.arrived for it in items) <= failed[0]:
             raise _init_error(fn, failed[1])  # it failed since this work arrived: not again for it
+        if self.on_loading is not None and not self.pool.loaded(key):
+            self.on_loading(key)
         try:
             ctx = self.pool.acquire(fn.spec)
         except Exception:
