@@ -235,6 +235,18 @@ class WarmPoolConfig(_Strict):
     # function bodies kept, least recently used go first: by the daemon (reloaded from the store when
     # needed) and by each worker (counted in its memory_budget; sent again when needed)
     function_cache_bytes: ByteSize = Field(ByteSize(256 * 2**20), ge=2**20)
+    output_log_level: int = Field(logging.WARNING, ge=0, description=(
+        "Log records an invocation emits at or above this level (a name, e.g. WARNING or INFO, or a number) "
+        "are part of its output, with what it writes to stdout and stderr: recorded in the store and "
+        "printed by the client."))
+
+    @field_validator("output_log_level", mode="before")
+    @classmethod
+    def _level(cls, level: Any) -> Any:
+        """A level's name, as logging spells it, is its number."""
+        if isinstance(level, str) and isinstance(number := logging.getLevelName(level.upper()), int):
+            return number
+        return level
 
     @field_validator("prewarm")
     @classmethod

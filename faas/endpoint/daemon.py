@@ -108,6 +108,10 @@ def run(epdir: EndpointDir, engine_factory: Callable[[EndpointConfig, Path], Eng
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: server.stop())
         server.serve_forever()
+    except Exception as e:
+        if server is not None and server.fatal is None:  # its clients are told as it closes
+            server.fatal = f"{type(e).__name__}: {e}"
+        raise
     finally:
         log.info("endpoint %s stopping", epdir.name)
         if server is not None:

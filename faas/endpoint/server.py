@@ -27,17 +27,17 @@ import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
 from faas import protocol
-from faas.endpoint import storeguard
+from faas.endpoint import lost, storeguard
 from faas.endpoint.access import TcpListeners, endpoint_keys
 from faas.endpoint.clients import ClientSocket, Message
 from faas.endpoint.config import EndpointConfig
 from faas.endpoint.dispatcher import Dispatcher, Item
-from faas.endpoint.ledger import Final
+from faas.endpoint.ledger import Final, results_message
 from faas.endpoint.storeguard import DeferredRequests, StoreDown, StoreGuard
 from faas.endpoint.workers import WorkerLink
 from faas.errors import ProtocolError, StoreUnavailable
 from faas.home import EndpointDir
-from faas.store import State, Store
+from faas.store import Store
 
 if TYPE_CHECKING:
     from faas.endpoint.engine import Engine
@@ -76,6 +76,7 @@ class Server:
         self._wake_lock = threading.Lock()  # Parsl's callbacks may wake the loop while it closes
         self._wake_open = True
         self._stop = threading.Event()
+        self.fatal: str | None = None  # why it stops for good: its clients are told (faas.endpoint.lost)
         self.managers: list[dict[str, Any]] = []
         self.link = WorkerLink(self.zctx, self.auth, config.engine.worker_address())
         self.guard = StoreGuard(config.store.retry_for)
@@ -119,6 +120,7 @@ class Server:
                 self.store.check_identity()
             except StoreUnavailable as e:
                 log.error("%s; stopping", e)
+                self.fatal = str(e)
                 self.stop()
                 return
             if time.monotonic() >= next_purge:
@@ -246,7 +248,8 @@ class Server:
         for loop in self.dispatcher.loops:
             self.link.send(loop.token, protocol.encode(protocol.Retire()))
         self.link.close()
-        self.sock.close(0)
+        lost.say_farewell(self)  # when it stops for good
+        self.sock.close()
         self.auth.stop()
         self.zctx.term()
         self.epdir.socket.unlink(missing_ok=True)
@@ -398,8 +401,11 @@ class Server:
         self.watchers.setdefault(msg.group, set()).add(ident)
         ids, finals = self.guard.call(self.store.group_ids, msg.group), self.guard.call(
             self.store.final_results, group_id=msg.group)
+        gone = lost.unknown(self.store, self.guard, self.epdir.name, msg.ids)  # before any reply: StoreDown retries
         self._send(ident, protocol.encode(protocol.Tasks(group=msg.group, ids=ids)))
         self._push_to(ident, finals)
+        if gone is not None:
+            self._send(ident, gone)
 
     def _on_cancel(self, ident: bytes, msg: protocol.Cancel, body: list[bytes]) -> None:
         self.dispatcher.cancel(msg.ids)
@@ -410,7 +416,7 @@ class Server:
         for f in finals:
             by_group.setdefault(f.group_id, []).append(f)
         for group, items in by_group.items():
-            self._send_group(group, _results_message([(f.id, f.state, f.payload, f.error) for f in items]))
+            self._send_group(group, results_message(items))
 
     def _send_group(self, group: str, msg: list[bytes]) -> None:
         for ident in list(self.watchers.get(group, ())):
@@ -418,7 +424,7 @@ class Server:
 
     def _push_to(self, ident: bytes, rows: list[dict]) -> None:
         if rows:
-            self._send(ident, _results_message([(r["id"], r["state"], r["result"], r["error"]) for r in rows]))
+            self._send(ident, results_message([Final.of_row(r) for r in rows]))
 
     def addresses(self) -> list[str]:
         return [self.epdir.address, *(self.tcp.addresses if self.tcp is not None else ())]
@@ -462,9 +468,3 @@ def _invocation_ids(frames: list[bytes]) -> list[str]:
 
 def _submitted_ids(msg) -> list[str]:
     return [inv.id for inv in msg.invocations] if isinstance(msg, protocol.Submit) else []
-
-
-def _results_message(rows: list[tuple[str, State, bytes | None, str | None]]) -> list[bytes]:
-    items = [protocol.ResultItem(id=i, state=state.value, error=err if state is not State.SUCCEEDED else None)
-             for i, state, _, err in rows]
-    return protocol.encode(protocol.Results(items=items), [p or b"" for _, _, p, _ in rows])

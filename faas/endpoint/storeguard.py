@@ -123,6 +123,10 @@ class DeferredRequests:
     def add(self, ident: bytes, msg: Any, body: list[bytes]) -> None:
         self._queue.append(_Request(time.monotonic(), ident, msg, body))
 
+    def idents(self) -> set[bytes]:
+        """The clients whose requests wait."""
+        return {req.ident for req in self._queue}
+
     def retry(self, handle: Callable[[bytes, Any, list[bytes]], None],
               refuse: Callable[[bytes, Any, str], None]) -> None:
         """Handle waiting requests in order until one fails again; those waiting

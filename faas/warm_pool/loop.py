@@ -279,6 +279,7 @@ class WorkerLoop:
         pool = self.runner.pool
         pool.idle_timeout, pool.memory_budget = msg.settings.idle_timeout, msg.settings.memory_budget
         self.runner.max_result_bytes = msg.settings.max_result_bytes
+        self.runner.output_log_level = msg.settings.output_log_level
         if msg.settings.function_cache_bytes is not None:
             self.runner.bodies.max_bytes = msg.settings.function_cache_bytes
         items = [WorkItem(inv_id, fid, args)
