@@ -7,19 +7,17 @@ they found it."""
 from __future__ import annotations
 
 import concurrent.futures as cf
-import contextlib
 import functools
 import logging
 import operator
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, cli, local_config, started_endpoints
+from conftest import ROOT, cli, local_config, sqlite_locked, started_endpoints
 
 from faas import Executor, ctx_function, protocol
 from faas.client.base import FaasExecutor
@@ -274,24 +272,12 @@ def test_a_script_ending_without_shutdown_prints_its_functions_output(shared):
 
 
 # -- 6. a bounded exit -------------------------------------------------------------
-@contextlib.contextmanager
-def store_locked(folder: Path):
-    """SQLite's write lock on the endpoint's store, held by another process's connection (as a long purge)."""
-    conn = sqlite3.connect(folder / "store.db", isolation_level=None, timeout=30)
-    conn.execute("BEGIN EXCLUSIVE")
-    try:
-        yield
-    finally:
-        conn.execute("ROLLBACK")
-        conn.close()
-
-
 def test_the_wait_at_exit_is_bounded_and_ctrl_c_ends_it(shared, tmp_path):
     """Two scripts submit to the endpoint while its store is locked (nothing is
     acknowledged), then raise: one exits within its exit_timeout (3 s) of no
     progress, the other at once when it gets SIGINT during the wait."""
     script = str(ROOT / "tests" / "clients" / "exit_stalled.py")
-    with store_locked(shared.path):
+    with sqlite_locked(shared.path / "store.db"):
         t0 = time.monotonic()
         bounded = subprocess.Popen([sys.executable, script, SHARED, "3", str(tmp_path / "bounded")],
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

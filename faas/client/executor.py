@@ -82,7 +82,6 @@ class Executor(FaasExecutor):
         self._sent_fids: set[str] = set()  # bodies acknowledged by the endpoint (since the last connection)
         self._unacked: dict[str, tuple[list, list[str]]] = {}  # first id -> (a submit's entries, fids it carried)
         self._heard = 0  # messages from the endpoint: while invocations run, its answers are progress at exit
-        self._next_ping = 0.0
         self._reload: Future | None = None
         self._closer: threading.Thread | None = None
         self._conn = Connection(transport.address, self._on_message, self._flush, self._on_connect,
