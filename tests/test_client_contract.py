@@ -13,6 +13,7 @@ import operator
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from faas.client.connection import Connection
 from faas.errors import ClientError, EndpointError, InvocationLost
 from faas.function import callable_name, unbind
 from faas.store import Store, sqlite_url
+from faas.warm_pool.output import captured
 
 SHARED = "contract"
 
@@ -259,6 +261,31 @@ def test_output_is_shown_per_invocation_bounded_prefixed_and_kept(shared, capsys
     report = cli("report", SHARED, "--output", "50").stdout
     assert f"--- {plain.task_id} chatty on {plain.worker}, succeeded" in report
     assert "stdout| hello 7" in report and "stderr| WARNING:root:careful 7" in report
+
+
+def test_capture_levels_threads_and_restore():
+    """The capture itself: a configured level below WARNING reaches it (the root
+    logger is lowered for the call, then restored), faas' own threads' records
+    do not, and a capture stream left in place (an interrupted restore) is
+    looked through: the real stream comes back."""
+    root, real_stdout = logging.getLogger(), sys.stdout
+    root_level = root.level
+    with captured(logging.INFO) as output:
+        logging.getLogger("user").info("step %d", 1)
+        platform = threading.Thread(target=logging.warning, args=("from the platform",), name="faas-loop-io")
+        platform.start()
+        platform.join()
+        assert root.level <= logging.INFO
+        leftover = sys.stdout
+    assert output.chunks() == [("stderr", "INFO:user:step 1\n")]
+    assert root.level == root_level and sys.stdout is real_stdout
+    try:
+        sys.stdout = leftover
+        with captured() as output:
+            print("seen")
+        assert sys.stdout is real_stdout and output.chunks() == [("stdout", "seen\n")]
+    finally:
+        sys.stdout = real_stdout
 
 
 def test_a_script_ending_without_shutdown_prints_its_functions_output(shared):
