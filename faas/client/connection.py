@@ -5,6 +5,7 @@ decoding, a callback) ends it through ``on_fatal``, never silently."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -125,9 +126,10 @@ class Connection:
             poller.register(monitor, zmq.POLLIN)
             while not self._closed.is_set():
                 self._pass(sock, monitor, poller)
-        finally:
+        finally:  # whatever raised above: the sockets close, or closing the context would hang
             if monitor is not None:
-                sock.disable_monitor()
+                with contextlib.suppress(zmq.ZMQError):
+                    sock.disable_monitor()
                 monitor.close(0)
             sock.close(0)
 

@@ -5,8 +5,10 @@ output in the caller).
 During a call, ``sys.stdout`` and ``sys.stderr`` write into the invocation's
 capture, and the root logger hands it the records at or above a level (as
 ``LEVEL:name:message`` lines on stderr). Invocations run one at a time on the
-worker's main thread, so one capture is live at a time; threads the code starts
-write into it too while it runs. Records from faas' own threads (named
+worker's main thread, so one capture is live at a time: the capturing streams
+and handler are made once per process and pointed at each invocation's
+output (a few microseconds per invocation); threads the code starts write into
+it too while it runs. Records from faas' own threads (named
 ``faas-...``) are not the invocation's. Output written below Python (a C
 library writing to file descriptor 1) is not captured.
 
@@ -15,6 +17,7 @@ Bounded: the last ``OUTPUT_BYTES`` are kept, after a note of how much was cut.
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import sys
@@ -68,33 +71,38 @@ class Output:
 
 
 class _Sink(io.RawIOBase):
-    """The bytes under a capturing ``sys.stdout``/``sys.stderr`` (so ``.buffer`` writes are captured too)."""
+    """The bytes under a capturing ``sys.stdout``/``sys.stderr`` (so ``.buffer`` writes are captured too);
+    with no capture live, they go on to the real stream."""
 
-    def __init__(self, output: Output, stream: str):
-        self.output, self.stream = output, stream
+    def __init__(self, stream: str):
+        self.stream = stream
+        self.output: Output | None = None
+        self.real = None  # the stream it stands in for
 
     def writable(self) -> bool:
         return True
 
     def write(self, data) -> int:
-        self.output.add(self.stream, bytes(data))
+        if self.output is not None:
+            self.output.add(self.stream, bytes(data))
+        elif self.real is not None:  # a reference kept past its invocation (a handler made during it)
+            self.real.write(bytes(data).decode(errors="replace"))
         return len(data)
 
 
 class _Stream(io.TextIOWrapper):
-    def __init__(self, output: Output, stream: str, replaces):
-        super().__init__(_Sink(output, stream), encoding="utf-8", errors="backslashreplace", write_through=True)
-        self.replaces = replaces  # the stream it stands in for
+    def __init__(self, stream: str):
+        super().__init__(_Sink(stream), encoding="utf-8", errors="backslashreplace", write_through=True)
 
 
 class _Records(logging.Handler):
-    def __init__(self, output: Output, level: int):
-        super().__init__(level)
-        self.output = output
+    def __init__(self):
+        super().__init__()
+        self.output: Output | None = None
         self.setFormatter(_FORMAT)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.threadName.startswith("faas-") and super().filter(record)
+        return self.output is not None and not record.threadName.startswith("faas-") and super().filter(record)
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -103,15 +111,25 @@ class _Records(logging.Handler):
             self.handleError(record)
 
 
+@functools.cache
+def _capturing() -> tuple[_Stream, _Stream, _Records]:
+    """Made once per process: a capture only points them at its Output (invocations run one at a time)."""
+    return _Stream("stdout"), _Stream("stderr"), _Records()
+
+
 @contextmanager
 def captured(level: int = logging.WARNING, limit: int = OUTPUT_BYTES) -> Iterator[Output]:
-    """Capture what the code in the block writes and logs at or above ``level``."""
+    """Capture what the code in the block writes and logs at or above ``level``
+    (one capture at a time: invocations run one at a time)."""
     output = Output(limit)
+    out, err, records = _capturing()
     root = logging.getLogger()
     stdout, stderr, root_level = _underneath(sys.stdout), _underneath(sys.stderr), root.level
-    handler = _Records(output, level)
-    sys.stdout, sys.stderr = _Stream(output, "stdout", stdout), _Stream(output, "stderr", stderr)
-    root.addHandler(handler)
+    out.buffer.real, err.buffer.real = stdout, stderr
+    out.buffer.output = err.buffer.output = records.output = output
+    records.setLevel(level)
+    sys.stdout, sys.stderr = out, err
+    root.addHandler(records)
     lowered = root.level > level  # else records below the root's level would never reach the handler
     if lowered:
         root.setLevel(level)
@@ -119,13 +137,12 @@ def captured(level: int = logging.WARNING, limit: int = OUTPUT_BYTES) -> Iterato
         yield output
     finally:
         sys.stdout, sys.stderr = stdout, stderr
-        root.removeHandler(handler)
+        out.buffer.output = err.buffer.output = records.output = None
+        root.removeHandler(records)
         if lowered:
             root.setLevel(root_level)
 
 
 def _underneath(stream):
     """The real stream: a capture left in place (an interrupt between the restores) is looked through."""
-    while isinstance(stream, _Stream):
-        stream = stream.replaces
-    return stream
+    return stream.buffer.real if isinstance(stream, _Stream) else stream
