@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import traceback
+
 
 def last_line(tb: str | None) -> str:
     """The last line of a traceback (the exception and its message), for one-line notes."""
@@ -54,6 +56,28 @@ class EndpointError(FaasError):
 
 class InvocationFailed(FaasError):
     """The platform gave up on an invocation (e.g. its workers kept being lost)."""
+
+
+class ClientError(FaasError):
+    """The client itself failed: one of its threads raised (its I/O thread, say).
+    Its open futures fail with this error, and its executor refuses new work with
+    it. ``__cause__`` is what raised; ``traceback`` is its text."""
+
+    def __init__(self, message: str, traceback: str = ""):
+        super().__init__(message)
+        self.traceback = traceback
+
+    @classmethod
+    def of(cls, where: str, cause: BaseException) -> ClientError:
+        error = cls(f"{where} failed: {type(cause).__name__}: {cause}; this executor cannot go on (its open "
+                    f"futures failed, new submissions are refused)", "".join(traceback.format_exception(cause)))
+        error.__cause__ = cause
+        return error
+
+
+class InvocationLost(InvocationFailed):
+    """The endpoint has no record of the invocation (its store was replaced or
+    emptied since, or the result was purged): it will not run, nor report."""
 
 
 class NotAuthorised(EndpointError):

@@ -2,14 +2,19 @@
 
 The decorated object is what clients ship (by value, with cloudpickle) to
 workers. Called directly it runs in this process with a local warm context.
-A plain callable submitted to an Executor is wrapped as a function without a
-context (:meth:`CtxFunction.plain`): an ordinary FaaS call.
+A plain callable submitted to an Executor (any that ``concurrent.futures``
+takes: builtins, partials, bound methods, callable objects, ``operator``'s
+getters) is wrapped as a function without a context
+(:meth:`CtxFunction.plain`): an ordinary FaaS call. A partial of a
+ctx_function is not plain: :func:`unbind` finds its context.
 """
 
 from __future__ import annotations
 
 import functools
+import linecache
 import os
+import types
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -33,6 +38,8 @@ class CtxFunction:
             raise TypeError(f"ctx_function needs a callable, got {fn!r}")
         _check_options(retries, timeout, batch_size, batch_wait)
         functools.update_wrapper(self, fn)
+        if not isinstance(getattr(self, "__qualname__", None), str):  # a partial, a callable object, ...
+            self.__qualname__ = self.__name__ = callable_name(fn)
         self.fn = fn
         self.spec = spec
         self.retries = retries
@@ -60,6 +67,70 @@ class CtxFunction:
 
     def __repr__(self) -> str:
         return f"<ctx_function {self.__qualname__} context={self.context_description}>"
+
+    def keep_source(self) -> None:
+        """Before it is shipped: the lines of the user's file, so that remote tracebacks show them."""
+        target = _python_function(self.fn)
+        if target is not None and self.source is None:
+            filename = target.__code__.co_filename
+            self.source = (filename, linecache.getlines(filename))
+
+    def restore_source(self) -> None:
+        """On a worker: cloudpickle names by-value code ``<dynamic-code>``; give the
+        user's function back its file name and lines (see :meth:`keep_source`)."""
+        target = _python_function(self.fn)
+        if not self.source or target is None or target.__code__.co_filename != "<dynamic-code>":
+            return
+        filename, lines = self.source
+        target.__code__ = target.__code__.replace(co_filename=filename)
+        linecache.cache[filename] = (sum(map(len, lines)), None, lines, filename)
+
+
+def callable_name(fn: Any) -> str:
+    """A name for records and reports: a function's qualified name (a bound
+    method's is its function's), a partial's function's, else its type's (a
+    callable object, ``operator.itemgetter(1)``)."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    name = getattr(fn, "__qualname__", None)
+    return name if isinstance(name, str) else type(fn).__qualname__
+
+
+def unbind(fn: Any) -> tuple[Any, tuple, dict]:
+    """(what to ship, its bound arguments, its bound keywords): a partial (nested
+    too) of a ctx_function is that ctx_function, so that it keeps its context,
+    with the partial's arguments; anything else is itself, with none."""
+    args, keywords, inner = (), {}, fn
+    while isinstance(inner, functools.partial):
+        args, keywords, inner = (*inner.args, *args), {**inner.keywords, **keywords}, inner.func
+    return (inner, args, keywords) if isinstance(inner, CtxFunction) else (fn, (), {})
+
+
+class Chunk:
+    """``fn`` over a chunk of ``map``'s items, called as ``(*context, chunk)``;
+    ``args`` and ``keywords`` (a partial's) go after the context, before each item."""
+
+    def __init__(self, fn: Callable[..., Any], args: tuple = (), keywords: dict | None = None):
+        self.fn, self.args, self.keywords = fn, args, keywords or {}
+
+    def __call__(self, *args: Any) -> list[Any]:
+        *ctx, chunk = args
+        return [self.fn(*ctx, *self.args, *item, **self.keywords) for item in chunk]
+
+
+def _python_function(fn: Any) -> types.FunctionType | None:
+    """The Python function whose code ``fn`` runs (through partials, bound methods
+    and wrappers), or None (a builtin, a callable object)."""
+    while not isinstance(fn, types.FunctionType):
+        if isinstance(fn, functools.partial):
+            fn = fn.func
+        elif isinstance(fn, types.MethodType):
+            fn = fn.__func__
+        elif isinstance(fn, CtxFunction | Chunk):
+            fn = fn.fn
+        else:
+            return None
+    return fn
 
 
 def _check_options(retries: int, timeout: float | None, batch_size: int, batch_wait: float) -> None:

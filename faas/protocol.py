@@ -41,6 +41,9 @@ MAX_RETRIES = 100
 
 Id = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LEN)]
 Text = Annotated[str, StringConstraints(max_length=1 << 20)]
+# what an invocation wrote, in order: (stream, text); logged records go to stderr. The worker keeps
+# the last OUTPUT_BYTES of it (faas.warm_pool.output)
+Output = list[tuple[Literal["stdout", "stderr"], Text]]
 
 
 class Kind(str, enum.Enum):
@@ -117,8 +120,12 @@ class Submit(_Message):
 
 
 class Watch(_Message):
+    """``ids``: acknowledged invocations the client still waits for (after a
+    reconnect); those the store has no record of are answered ``lost``."""
+
     type: Literal["watch"] = "watch"
     group: Id
+    ids: list[Id] = []
 
 
 class Cancel(_Message):
@@ -158,6 +165,8 @@ class ResultItem(BaseModel):
     id: Id
     state: Literal["succeeded", "failed", "cancelled"]
     error: str | None = None  # remote traceback text, or why the platform gave up
+    output: Output = []
+    worker: Annotated[str, StringConstraints(max_length=256)] | None = None  # host:pid that ran it
 
 
 class Results(_Message):
@@ -192,7 +201,8 @@ class Error(_Message):
     ids: list[Id] = []  # the invocations it concerns; none: the whole request
     # "not_authorised": the client's key was revoked; "store_unavailable": the store could not record it;
     # "reload": messages for this client were dropped (it fell behind), so it asks again (watch its
-    # groups, resend what was not acknowledged); "too_large": the message was over max_message_bytes
+    # groups, resend what was not acknowledged); "too_large": the message was over max_message_bytes;
+    # "lost": its store has no record of these invocations; "stopped": the endpoint stops for good
     code: str | None = None
 
 
@@ -232,6 +242,7 @@ class OutcomeInfo(BaseModel):
     error: str | None = None  # traceback text
     started: float = 0.0
     finished: float = 0.0
+    output: Output = []
 
 
 class InitInfo(BaseModel):
@@ -289,6 +300,7 @@ class WorkerSettings(BaseModel):
     timeout_grace: float = 10.0  # after an interrupt is ignored this long, the worker process is replaced
     max_result_bytes: int | None = None  # a larger result fails its invocation (PayloadTooLarge)
     function_cache_bytes: int | None = None  # function bodies kept by the loop (least recently used go)
+    output_log_level: int = 30  # log records at or above it are part of an invocation's output (30: WARNING)
 
 
 class Batch(_Message):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -173,6 +174,18 @@ def started_endpoints(faas_home: Path, cls: type[RunningEndpoint] = RunningEndpo
 def endpoint(faas_home):
     """Factory: endpoint(name, config_text) -> a started RunningEndpoint, stopped after the test."""
     yield from started_endpoints(faas_home, default_config=local_config)
+
+
+@contextlib.contextmanager
+def sqlite_locked(db: Path):
+    """Hold SQLite's write lock on ``db`` from outside the daemon, as a long ``purge`` would."""
+    conn = sqlite3.connect(db, isolation_level=None, timeout=30)
+    conn.execute("BEGIN EXCLUSIVE")
+    try:
+        yield
+    finally:
+        conn.execute("ROLLBACK")
+        conn.close()
 
 
 def run_client(script: str, *args: str, timeout: float = 180, env: dict | None = None) -> str:

@@ -114,9 +114,12 @@ def test_batches_respect_the_byte_limit(endpoint):
     assert all(s < limit * 1.4 for s in sizes), sizes  # base64 adds a third on the wire
 
 
-def test_plain_callables_run_without_a_context(endpoint):
+def test_plain_callables_run_without_a_context(endpoint, capsys):
     with GlobusExecutor(executor=endpoint, batch_window=0.1) as ex:
         assert ex.submit(len, "abc").result(timeout=60) == 3
+        said = ex.submit(print, "said on a worker")  # its output is printed here, as faas.Executor does
+        assert said.result(timeout=60) is None and said.output == [("stdout", "said on a worker\n")]
+        assert f"(worker {said.worker}) said on a worker\n" in capsys.readouterr().out
         with pytest.raises(TypeError, match="is not callable"):
             ex.submit("len", "abc")
 

@@ -108,6 +108,7 @@ def test_a_store_made_before_migrations_is_stamped_then_upgraded_with_its_rows(s
         assert store.counts_by_state() == {"pending": 1, "dispatched": 0, "succeeded": 1, "failed": 0, "cancelled": 0}
         (done,) = store.final_results(group_id="g")
         assert (done["id"], done["state"], done["result"]) == ("a", State.SUCCEEDED, b"result")
+        assert done["output"] == []  # 0005: invocations recorded before it have no output
         (open_,) = store.unfinished()
         assert (open_["id"], open_["args"], open_["history"]) == ("b", b"args", "lost with its worker\n")
         assert store.function_bodies(["f"]) == {"f": b"body"}

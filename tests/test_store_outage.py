@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import RunningEndpoint, local_config, status, write_config
+from conftest import RunningEndpoint, local_config, sqlite_locked, status, write_config
 
 from faas import Executor
 from faas.endpoint import cli as endpoint_cli
@@ -81,18 +81,6 @@ def client(name: str):
         raise
     finally:
         ex.shutdown()
-
-
-@contextlib.contextmanager
-def sqlite_locked(db: Path):
-    """Hold SQLite's write lock on ``db`` from outside the daemon, as a long ``purge`` would."""
-    conn = sqlite3.connect(db, isolation_level=None, timeout=30)
-    conn.execute("BEGIN EXCLUSIVE")
-    try:
-        yield
-    finally:
-        conn.execute("ROLLBACK")
-        conn.close()
 
 
 class Probe(threading.Thread):

@@ -9,12 +9,18 @@
 - ``cancel()`` of a future that has not started reaches the endpoint.
 - after ``shutdown`` and at interpreter exit ``submit`` raises RuntimeError;
   at interpreter exit, work submitted to an executor that was never shut down
-  still finishes, as with CPython's executors.
+  (or shut down without waiting) still finishes, as with CPython's executors,
+  unless its endpoint makes no progress for ``exit_timeout`` seconds or the
+  user presses Ctrl-C (:mod:`faas.client.exit_wait`).
+- a client that cannot go on (one of its threads failed, the endpoint stopped
+  for good, its key was refused) fails every open future and refuses new work
+  with the same error (:meth:`FaasExecutor._break`).
 """
 
 from __future__ import annotations
 
-import functools
+import contextlib
+import copy
 import itertools
 import os
 import threading
@@ -22,26 +28,33 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import CancelledError, Future
+from concurrent.futures import CancelledError, Future, InvalidStateError
 from concurrent.futures import Executor as _StdExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
-from faas.client import serialize
+from faas.client import exit_wait, serialize
 from faas.client.progress import track
-from faas.function import CtxFunction
+from faas.function import Chunk, CtxFunction, callable_name, unbind
 
 _live: weakref.WeakSet[FaasExecutor] = weakref.WeakSet()
 _exiting = False
+_abandoned = threading.Event()  # set when the wait at interpreter exit gave up: waits still running end
 
 
 class ComputeFuture(Future):
     """A future with the invocation's id (``task_id``, as in Globus Compute).
-    Cancelling it before it runs cancels the invocation on the endpoint too."""
+    Cancelling it before it runs cancels the invocation on the endpoint too.
+    Once it is done, ``output`` holds what the invocation wrote to stdout and
+    stderr and logged, as ``(stream, text)`` in order, and ``worker`` the
+    worker (``host:pid``) that ran it."""
 
     def __init__(self, task_id: str, on_cancel: Callable[[str], None] | None = None):
         super().__init__()
         self.task_id = task_id
         self._on_cancel = on_cancel
+        self.output: list[tuple[str, str]] = []
+        self.worker: str | None = None
 
     def cancel(self) -> bool:
         if not super().cancel():
@@ -63,8 +76,15 @@ class ComputeFuture(Future):
 
 
 class FaasExecutor(_StdExecutor):
-    def __init__(self) -> None:
+    """``exit_timeout``: seconds without progress after which the wait at
+    interpreter exit gives up (see :mod:`faas.client.exit_wait`)."""
+
+    def __init__(self, exit_timeout: float = exit_wait.EXIT_TIMEOUT) -> None:
+        if not isinstance(exit_timeout, int | float) or not exit_timeout > 0:
+            raise ValueError(f"exit_timeout must be a number of seconds > 0, not {exit_timeout!r}")
+        self.exit_timeout = exit_timeout
         self._shutdown = False
+        self._broken: BaseException | None = None  # why this client cannot go on
         self._id_prefix, self._id_counter = os.urandom(8).hex(), itertools.count()
         self._lock = threading.Lock()
         self._futures: dict[str, ComputeFuture] = {}  # by task id, not resolved yet
@@ -84,6 +104,8 @@ class FaasExecutor(_StdExecutor):
             return [f for f in self._futures.values() if not f.done()]
 
     def _check_open(self) -> None:
+        if self._broken is not None:
+            raise self._broken
         if _exiting:
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
         if self._shutdown:
@@ -113,6 +135,40 @@ class FaasExecutor(_StdExecutor):
             except CancelledError:
                 pass
 
+    def _wait_unless_abandoned(self, futures: Iterable[Future]) -> None:
+        """As :meth:`_wait`, until the wait at interpreter exit gives up (a thread's wait)."""
+        for fut in futures:
+            while not _abandoned.is_set():
+                try:
+                    fut.exception(timeout=0.5)
+                    break
+                except CancelledError:
+                    break
+                except FutureTimeout:
+                    pass
+
+    def _break(self, error: BaseException) -> None:
+        """This client cannot go on: every open future fails with ``error``, and
+        new submissions are refused with it."""
+        with self._lock:
+            if self._broken is None:
+                self._broken = error
+            futures, self._futures = list(self._futures.values()), {}
+        fail(futures, error)
+
+    # -- the wait at interpreter exit (faas.client.exit_wait) ----------------------------
+    def _progress(self) -> Any:
+        """Changes whenever the work makes progress."""
+        pending = self._pending()
+        return len(pending), sum(f.running() for f in pending)
+
+    def _keepalive(self) -> None:
+        """Called about once a second while waiting at exit."""
+
+    def _exit_report(self, pending: list[Future], why: str) -> str:
+        """What is left when the wait at exit gives up, and what to do about it."""
+        return f"faas: stopped waiting at exit for {len(pending)} invocations: {why}; they may still run"
+
     # -- the contract -----------------------------------------------------------
     def map(self, fn: Callable, *iterables: Iterable, timeout: float | None = None, chunksize: int = 1,
             buffersize: int | None = None, progress: bool | None = None) -> Iterator[Any]:
@@ -123,8 +179,10 @@ class FaasExecutor(_StdExecutor):
         only when stderr is a terminal; not with ``buffersize``)."""
         if not isinstance(chunksize, int) or chunksize < 1:
             raise ValueError("chunksize must be a positive int")
-        if buffersize is not None and (not isinstance(buffersize, int) or buffersize < 1):
-            raise ValueError("buffersize must be None or a positive int")
+        if buffersize is not None and not isinstance(buffersize, int):  # as Python 3.14's
+            raise TypeError("buffersize must be an integer or None")
+        if buffersize is not None and buffersize < 1:
+            raise ValueError("buffersize must be None or > 0")
         deadline = None if timeout is None else time.monotonic() + timeout
         calls: Iterator[tuple] = zip(*iterables)
         if chunksize > 1:
@@ -133,7 +191,7 @@ class FaasExecutor(_StdExecutor):
         futures: deque[Future] = deque(self.submit(fn, *args) for args in
                                        (itertools.islice(calls, buffersize) if buffersize else calls))
         if buffersize is None:
-            track(list(futures), progress, desc=getattr(fn, "__qualname__", None))
+            track(list(futures), progress, desc=callable_name(fn))
         return _results(weakref.ref(self), fn, futures, calls if buffersize else iter(()), deadline, chunksize > 1)
 
 
@@ -164,28 +222,34 @@ def _result_or_cancel(fut: Future, timeout: float | None) -> Any:
         raise
 
 
-def _apply_chunk(fn: Callable, *args: Any) -> list[Any]:
-    """Run over one chunk of ``map``'s items (``args`` ends with the chunk);
-    for a ctx_function the first of ``args`` is its context."""
-    *ctx, chunk = args
-    return [fn(*ctx, *item) for item in chunk]
-
-
-_chunk_functions: weakref.WeakKeyDictionary[CtxFunction, CtxFunction] = weakref.WeakKeyDictionary()
+_chunk_functions: weakref.WeakKeyDictionary[Any, CtxFunction] = weakref.WeakKeyDictionary()
 
 
 def _chunked(fn: Callable) -> CtxFunction:
-    """``fn`` over a chunk of items, in the same context (one per ctx_function, kept while it lives)."""
-    if not isinstance(fn, CtxFunction):
-        return CtxFunction.plain(functools.partial(_apply_chunk, _checked_callable(fn)))
-    if fn.batch_size > 1:
-        raise ValueError(f"{fn.__qualname__} is batched already: map it with chunksize=1")
+    """``fn`` over a chunk of items, in the same context: one per ctx_function (or partial of
+    one), kept while it lives; a plain callable's is made per ``map`` (kept, it would keep it alive)."""
+    base, args, keywords = unbind(fn)
+    if not isinstance(base, CtxFunction):
+        return _chunk_named(CtxFunction.plain(Chunk(_checked_callable(fn))), fn)
+    if base.batch_size > 1:
+        raise ValueError(f"{base.__qualname__} is batched already: map it with chunksize=1")
     wrapped = _chunk_functions.get(fn)
     if wrapped is None:
-        wrapped = CtxFunction(functools.partial(_apply_chunk, fn.fn), fn.spec, fn.retries, fn.timeout)
-        wrapped.__qualname__ = wrapped.__name__ = f"{fn.__qualname__}[chunk]"
-        _chunk_functions[fn] = wrapped
+        wrapped = _chunk_functions[fn] = _chunk_named(
+            CtxFunction(Chunk(base.fn, args, keywords), base.spec, base.retries, base.timeout), fn)
     return wrapped
+
+
+def _chunk_named(wrapped: CtxFunction, fn: Callable) -> CtxFunction:
+    wrapped.__qualname__ = wrapped.__name__ = f"{callable_name(fn)}[chunk]"
+    return wrapped
+
+
+def resolve_call(fn: Callable, args: tuple, kwargs: dict) -> tuple[Callable, tuple, dict]:
+    """What ``submit(fn, *args, **kwargs)`` ships: a partial of a ctx_function is
+    that ctx_function (in its context), its bound arguments before ``args``."""
+    base, bound, keywords = unbind(fn)
+    return base, (*bound, *args), {**keywords, **kwargs}
 
 
 def _checked_callable(fn: Any) -> Callable:
@@ -194,14 +258,33 @@ def _checked_callable(fn: Any) -> Callable:
     return fn
 
 
+def fail(futures: Iterable[Future], exc: BaseException) -> None:
+    """Fail those of ``futures`` not done yet (one resolved meanwhile by another thread is left as it is),
+    each with its own copy of ``exc``: a shared one would grow a traceback each time one is raised."""
+    for fut in futures:
+        if not fut.done():
+            with contextlib.suppress(InvalidStateError):
+                fut.set_exception(_own_copy(exc))
+
+
+def _own_copy(exc: BaseException) -> BaseException:
+    try:
+        new = copy.copy(exc)
+    except Exception:  # an exception class that cannot be rebuilt from its args: share it
+        return exc
+    new.__cause__, new.__traceback__ = exc.__cause__, None
+    return new
+
+
 def _at_exit() -> None:
     """Before the interpreter joins its threads: no new work, and work already
-    submitted to executors that were never shut down finishes."""
+    submitted finishes, within the bounds of :func:`faas.client.exit_wait.wait_at_exit`."""
     global _exiting
     _exiting = True
-    for executor in list(_live):
-        if not executor._shutdown:
-            executor._wait(executor._pending())
+    try:
+        exit_wait.wait_at_exit(list(_live))
+    finally:
+        _abandoned.set()  # what still waits (a shutdown(wait=False)'s closer) stops waiting
 
 
 threading._register_atexit(_at_exit)

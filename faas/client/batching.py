@@ -4,13 +4,14 @@ charge per request (e.g. Globus Compute's rate and payload limits)."""
 from __future__ import annotations
 
 import collections
-import logging
 import threading
 import time
 from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
-log = logging.getLogger(__name__)
+from faas.client.threads import guarded
+from faas.errors import ClientError
+
 T = TypeVar("T")
 
 
@@ -19,11 +20,13 @@ class Batcher(Generic[T]):
     ``max_items`` items and ``max_bytes`` bytes (an item larger than that goes
     alone). A batch goes as soon as it is full, or ``window`` seconds after its
     first item arrived, so a burst of submissions becomes few batches and a
-    lone one waits no longer than the window.
+    lone one waits no longer than the window. Whatever raises on the thread
+    (``send`` included: it owns its items' fate) ends it, and ``on_fatal``
+    hears of it (:func:`faas.client.threads.guarded`).
     """
 
     def __init__(self, send: Callable[[list[T]], None], *, window: float, max_items: int, max_bytes: int,
-                 name: str = "faas-batcher"):
+                 name: str = "faas-batcher", on_fatal: Callable[[ClientError], None] = lambda error: None):
         if window < 0 or max_items < 1 or max_bytes < 1:
             raise ValueError("window must be >= 0, max_items and max_bytes >= 1")
         self.window, self.max_items, self.max_bytes = window, max_items, max_bytes
@@ -35,7 +38,8 @@ class Batcher(Generic[T]):
         self._open_shared: set[Hashable] = set()
         self._opened_at = 0.0
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread = threading.Thread(target=guarded(f"the {name} thread", self._run, on_fatal), name=name,
+                                        daemon=True)
         self._thread.start()
 
     def add(self, item: T, nbytes: int, shared: tuple[Hashable, int] | None = None) -> None:
@@ -95,7 +99,4 @@ class Batcher(Generic[T]):
 
     def _run(self) -> None:
         while (batch := self._next()) is not None:
-            try:
-                self._send(batch)
-            except Exception:  # send owns its items' fate; keep serving the others
-                log.exception("sending a batch of %d items failed", len(batch))
+            self._send(batch)

@@ -13,11 +13,11 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from faas import protocol
-from faas.client import serialize
-from faas.client.base import ComputeFuture, FaasExecutor
+from faas.client import exit_wait, output, serialize
+from faas.client.base import ComputeFuture, FaasExecutor, fail, resolve_call
 from faas.client.connection import Connection
 from faas.client.transport import Transport, open_transport
-from faas.errors import EndpointError, NotAuthorised, PayloadTooLarge, StoreUnavailable
+from faas.errors import EndpointError, InvocationLost, PayloadTooLarge, StoreUnavailable
 from faas.function import CtxFunction
 from faas.home import EndpointDir
 
@@ -41,17 +41,24 @@ class Executor(FaasExecutor):
     ``task_group_id`` (a new one by default). Arguments over
     ``max_payload_bytes`` (or the endpoint's smaller limit) raise
     PayloadTooLarge at submit. Futures go RUNNING when their invocation starts
-    on a worker; ``cancel()`` before that cancels it on the endpoint.
+    on a worker; ``cancel()`` before that cancels it on the endpoint. What an
+    invocation writes to stdout and stderr (and logs) is printed here as its
+    result arrives, each line prefixed with its worker, unless
+    ``forward_output`` is False (it is kept on the future and in the store
+    either way). At interpreter exit the wait for pending work gives up after
+    ``exit_timeout`` seconds without progress (see :mod:`faas.client.exit_wait`).
     """
 
     def __init__(self, endpoint: str | None = None, task_group_id: str | None = None,
                  batch_size: int = 256, max_payload_bytes: int | None = 64 * 2**20,
-                 embedded_workers: int | None = None, connect_timeout: float = 30.0, **transport_options: Any):
+                 embedded_workers: int | None = None, connect_timeout: float = 30.0, forward_output: bool = True,
+                 exit_timeout: float = exit_wait.EXIT_TIMEOUT, **transport_options: Any):
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, not {batch_size!r}")
         if embedded_workers is not None and (not isinstance(embedded_workers, int) or embedded_workers < 1):
             raise ValueError(f"embedded_workers must be a positive int or None, not {embedded_workers!r}")
-        super().__init__()
+        super().__init__(exit_timeout)
+        self.forward_output = forward_output
         self.task_group_id = task_group_id or uuid.uuid4().hex
         self.batch_size = batch_size
         self.max_payload_bytes = max_payload_bytes
@@ -69,16 +76,17 @@ class Executor(FaasExecutor):
         self._transport = transport
         self._endpoint_limit: int | None = None  # the endpoint's max_payload_bytes, from its pong
         self._message_limit: int | None = None  # its max_message_bytes: submissions are split to fit
-        self._refused: NotAuthorised | None = None
         self._answered: Future = Future()  # the first pong
         self._buffer: list[tuple[CtxFunction, str, bytes, ComputeFuture, bytes]] = []  # fn, id, body, future, args
         self._cancels: list[str] = []
-        self._sent_fids: set[str] = set()  # acknowledged by the endpoint
-        self._unacked: dict[str, tuple[list[bytes], list[str]]] = {}  # first id -> (submit message, its fids)
+        self._sent_fids: set[str] = set()  # bodies acknowledged by the endpoint (since the last connection)
+        self._unacked: dict[str, tuple[list, list[str]]] = {}  # first id -> (a submit's entries, fids it carried)
+        self._heard = 0  # messages from the endpoint: while invocations run, its answers are progress at exit
         self._reload: Future | None = None
         self._closer: threading.Thread | None = None
         self._conn = Connection(transport.address, self._on_message, self._flush, self._on_connect,
-                                self._on_refused, transport.socket_options)
+                                self._on_refused, transport.socket_options, on_fatal=self._break)
+        transport.on_fatal = self._break
         self._finalizer = weakref.finalize(self, _close, self._conn, self._embedded, transport)
         self._await_endpoint(connect_timeout)
 
@@ -97,8 +105,7 @@ class Executor(FaasExecutor):
     # -- submitting -----------------------------------------------------------
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> ComputeFuture:
         self._check_open()
-        if self._refused is not None:
-            raise self._refused
+        fn, args, kwargs = resolve_call(fn, args, kwargs)
         limit = self._payload_limit()
         ctx_fn, fid, fn_blob = self._function(fn)
         if limit is not None and len(fn_blob) > limit:
@@ -107,6 +114,8 @@ class Executor(FaasExecutor):
         blob = serialize.args_blob(args, kwargs, limit)
         fut = ComputeFuture(self._new_id(), _weak_call(self._cancel))
         with self._lock:
+            if self._broken is not None:  # broke since _check_open: this future would never end
+                raise self._broken
             self._futures[fut.task_id] = fut
             self._buffer.append((ctx_fn, fid, fn_blob, fut, blob))
             first = len(self._buffer) == 1
@@ -154,7 +163,8 @@ class Executor(FaasExecutor):
             message = protocol.encode(protocol.Submit(group=self.task_group_id, functions=functions,
                                                       invocations=invocations),
                                       [*blobs, *(a for *_, a in chunk)])
-            self._unacked[invocations[0].id] = (message, sorted(fresh))
+            with self._lock:  # the wait at exit reads it from another thread
+                self._unacked[invocations[0].id] = (chunk, sorted(fresh))
             messages.append(message)
         if cancels:
             messages.append(protocol.encode(protocol.Cancel(ids=cancels)))
@@ -183,26 +193,45 @@ class Executor(FaasExecutor):
 
     def _on_connect(self) -> list[list[bytes]]:
         """After a (re)connection: learn the endpoint's limits (ping), watch our
-        group again (results recorded meanwhile come back) and resend what was
-        not acknowledged."""
-        watch = protocol.encode(protocol.Watch(group=self.task_group_id))
-        return [protocol.encode(protocol.Ping()), watch, *(m for m, _ in self._unacked.values())]
+        group again, naming the acknowledged invocations we wait for (results
+        recorded meanwhile come back; the endpoint says which it has no record
+        of), and submit again what was not acknowledged, with the bodies of its
+        functions: an endpoint restarted on a new store knows none of them."""
+        with self._lock:
+            self._buffer[:0] = [entry for entries, _ in self._unacked.values() for entry in entries]
+            self._unacked.clear()
+            self._sent_fids.clear()
+            unacked = self._unacked_ids()
+            waiting = [i for i in self._futures if i not in unacked]
+        watch = protocol.encode(protocol.Watch(group=self.task_group_id, ids=waiting))
+        return [protocol.encode(protocol.Ping()), watch]  # the resubmissions follow (_flush)
+
+    def _unacked_ids(self) -> set[str]:
+        """Invocations not acknowledged yet: buffered, or sent and unanswered (the caller holds the lock)."""
+        return {e[3].task_id for entries, _ in self._unacked.values() for e in entries} | \
+            {b[3].task_id for b in self._buffer}
 
     def _on_refused(self, detail: str) -> None:
-        self._refuse(self._transport.refused(detail))
+        self._break(self._transport.refused(detail))
 
-    def _refuse(self, exc: NotAuthorised) -> None:
-        """The endpoint will not take this client's key: fail everything, now and later."""
-        self._refused = exc
-        if not self._answered.done():
-            self._answered.set_exception(exc)
-        self._fail_all(exc)
+    def _break(self, error: BaseException) -> None:
+        """This client cannot go on (its key refused, a thread failed, the endpoint
+        stopped for good): fail everything, now and later; a constructor or a
+        reload_tasks waiting for an answer gets the error too."""
+        with self._lock:
+            self._buffer, self._cancels = [], []
+            self._unacked.clear()  # their futures fail: resending them would run work nobody waits for
+            waiters = [self._answered, self._reload]
+        super()._break(error)
+        fail([w for w in waiters if w is not None], error)
 
     def reload_tasks(self, timeout: float | None = 60) -> list[ComputeFuture]:
         """Futures for every invocation of this task group, done or not (e.g.
         after the client that submitted them went away)."""
         waiter: Future = Future()
         with self._lock:
+            if self._broken is not None:
+                raise self._broken
             if self._reload is not None:
                 raise RuntimeError("reload_tasks is already running")
             self._reload = waiter
@@ -215,6 +244,7 @@ class Executor(FaasExecutor):
 
     # -- from the endpoint (on the IO thread) ------------------------------------
     def _on_message(self, msg: Any, frames: list[bytes]) -> None:
+        self._heard += 1
         if isinstance(msg, protocol.Results):
             self._on_results(msg.items, frames)
         elif isinstance(msg, protocol.Running):
@@ -224,9 +254,11 @@ class Executor(FaasExecutor):
                 if fut is not None and not fut.running() and not fut.done():
                     fut.set_running_or_notify_cancel()
         elif isinstance(msg, protocol.Ack):
-            if msg.ids:
-                _, fids = self._unacked.pop(msg.ids[0], (None, []))
-                self._sent_fids.update(fids)  # only now: a refused submit sends its bodies again
+            with self._lock:  # an ack of a message sent before a reconnect may name another set
+                entries, fids = self._unacked.get(msg.ids[0], ([], [])) if msg.ids else ([], [])
+                if entries and len(entries) == len(msg.ids):
+                    del self._unacked[msg.ids[0]]
+                    self._sent_fids.update(fids)  # only now: a refused submit sends its bodies again
         elif isinstance(msg, protocol.Pong):
             self._endpoint_limit = msg.max_payload_bytes
             self._message_limit = msg.max_message_bytes
@@ -245,6 +277,9 @@ class Executor(FaasExecutor):
                 fut = self._futures.pop(item.id, None)
             if fut is None or fut.done():
                 continue
+            fut.output, fut.worker = [tuple(chunk) for chunk in item.output], item.worker
+            if self.forward_output and item.output:
+                output.forward(item.worker, item.output)
             if item.state == "cancelled":
                 if not fut.cancel():  # running: it was cancelled by someone else
                     fut.set_exception(CancelledError(f"invocation {item.id} was cancelled on the endpoint"))
@@ -270,7 +305,10 @@ class Executor(FaasExecutor):
     def _on_error(self, msg: protocol.Error) -> None:
         """A refused request: fail the invocations it names, or all of them."""
         if msg.code == "not_authorised":
-            self._refuse(self._transport.refused("the key is no longer authorised"))
+            self._break(self._transport.refused("the key is no longer authorised"))
+            return
+        if msg.code == "stopped":  # the endpoint stopped for good: nothing more will come
+            self._break(EndpointError(msg.message))
             return
         if msg.code == "reload":  # it dropped replies while this client was not reading: ask again
             log.warning("the endpoint dropped replies to this client; reloading")
@@ -278,25 +316,51 @@ class Executor(FaasExecutor):
                 self._conn.send(message)
             return
         exc = {"store_unavailable": StoreUnavailable,  # the store could not record the request or the outcome
-               "too_large": PayloadTooLarge}.get(msg.code, EndpointError)(msg.message)
+               "too_large": PayloadTooLarge,
+               "lost": InvocationLost}.get(msg.code, EndpointError)(msg.message)  # its store has no record of them
         if not msg.ids:
-            if not self._answered.done():
-                self._answered.set_exception(exc)
-            self._fail_all(exc)
-            return
-        for inv_id in msg.ids:
+            fail([self._answered], exc)
             with self._lock:
-                fut = self._futures.pop(inv_id, None)
-            if fut is not None and not fut.done():
-                fut.set_exception(exc)
-        self._unacked.pop(msg.ids[0], None)  # refused for good: resending cannot help
-
-    def _fail_all(self, exc: Exception) -> None:
+                futures, self._futures = list(self._futures.values()), {}
+            fail(futures, exc)
+            return
         with self._lock:
-            futures, self._futures = self._futures, {}
-        for fut in futures.values():
-            if not fut.done():
-                fut.set_exception(exc)
+            futures = [f for f in (self._futures.pop(i, None) for i in msg.ids) if f is not None]
+        fail(futures, exc)
+        with self._lock:
+            self._unacked.pop(msg.ids[0], None)  # refused for good: resending cannot help
+
+    # -- the wait at interpreter exit (faas.client.exit_wait) ----------------------------
+    def _progress(self) -> Any:
+        """Acknowledgements and results change it; while an invocation runs, so does any answer
+        from the endpoint (:meth:`_keepalive` asks for one), so a long run is not taken for a stall."""
+        with self._lock:
+            unacked = len(self._buffer) + sum(len(entries) for entries, _ in self._unacked.values())
+            futures = list(self._futures.values())
+        running = sum(f.running() for f in futures)
+        return unacked, len(futures), running, self._heard if running else None
+
+    def _keepalive(self) -> None:
+        self._conn.send(protocol.encode(protocol.Ping()))
+
+    def _exit_report(self, pending: list, why: str) -> str:
+        with self._lock:
+            unacked = self._unacked_ids()
+        recorded = sum(f.task_id not in unacked for f in pending)
+        where = repr(self._endpoint) if self._endpoint is not None else "(embedded)"
+        lines = [f"faas: stopped waiting at exit for {len(pending)} invocations of task group {self.task_group_id} "
+                 f"at endpoint {where}: {why}."]
+        if self._embedded is not None:
+            lines.append("  This Executor's embedded endpoint stops with this process: that work is abandoned.")
+        else:
+            if recorded:
+                lines.append(f"  {recorded} were recorded and go on at the endpoint; to collect their results later:")
+            if len(pending) > recorded:
+                lines.append(f"  {len(pending) - recorded} were not acknowledged: the endpoint may not have recorded "
+                             f"them; those it did are found the same way:")
+            lines.append(f"    Executor(endpoint={self._endpoint!r}, task_group_id={self.task_group_id!r})"
+                         f".reload_tasks()")
+        return "\n".join(lines)
 
     # -- lifecycle --------------------------------------------------------------
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -317,7 +381,7 @@ class Executor(FaasExecutor):
         self._closer.start()  # not a daemon: the interpreter waits for it at exit
 
     def _close_when_done(self) -> None:
-        self._wait(self._pending())
+        self._wait_unless_abandoned(self._pending())
         self._finalizer()
 
 

@@ -21,10 +21,10 @@ from concurrent.futures import Executor as _BaseExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from faas.client import serialize
-from faas.client.base import ComputeFuture, FaasExecutor
+from faas.client import output, serialize
+from faas.client.base import ComputeFuture, FaasExecutor, fail, resolve_call
 from faas.client.batching import Batcher
-from faas.errors import PayloadTooLarge
+from faas.errors import ClientError, PayloadTooLarge
 from faas.function import CtxFunction
 from faas.protocol import Kind, retryable
 from faas.warm_pool.runner import run_batch
@@ -54,13 +54,16 @@ class GlobusExecutor(FaasExecutor):
     bytes of pickled functions and arguments (base64 adds a third on the
     wire); a partial batch goes ``batch_window`` seconds after its first
     invocation. Contexts unused for ``idle_timeout`` seconds are released
-    (None: kept until the worker exits).
+    (None: kept until the worker exits). What an invocation writes is printed
+    here as its result arrives, as :class:`faas.Executor` does, unless
+    ``forward_output`` is False.
     """
 
     def __init__(self, endpoint_id: str | None = None, *, executor: _BaseExecutor | None = None,
                  batch_window: float = 0.1, max_batch: int = 128, max_batch_bytes: int = 4 * 2**20,
-                 idle_timeout: float | None = 3600.0, **executor_kwargs: Any):
+                 idle_timeout: float | None = 3600.0, forward_output: bool = True, **executor_kwargs: Any):
         super().__init__()
+        self.forward_output = forward_output
         if executor is None:
             try:
                 import globus_compute_sdk
@@ -76,16 +79,20 @@ class GlobusExecutor(FaasExecutor):
         self.max_batch_bytes = max_batch_bytes
         self.idle_timeout = idle_timeout
         self._batcher: Batcher[_Invocation] = Batcher(self._send, window=batch_window, max_items=max_batch,
-                                                      max_bytes=max_batch_bytes, name="faas-globus-batcher")
+                                                      max_bytes=max_batch_bytes, name="faas-globus-batcher",
+                                                      on_fatal=self._break)
 
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> ComputeFuture:
         self._check_open()
+        fn, args, kwargs = resolve_call(fn, args, kwargs)
         ctx_fn, fid, fn_blob = self._function(fn)
         if len(fn_blob) >= self.max_batch_bytes:
             raise PayloadTooLarge(f"{ctx_fn.__qualname__} pickles to {len(fn_blob)} bytes, over max_batch_bytes")
         args_blob = serialize.args_blob(args, kwargs, self.max_batch_bytes - len(fn_blob))
         inv = _Invocation(ComputeFuture(self._new_id()), ctx_fn, fid, fn_blob, args_blob)
         with self._lock:
+            if self._broken is not None:  # broke since _check_open: this future would never end
+                raise self._broken
             self._futures[inv.future.task_id] = inv.future
         inv.future.add_done_callback(self._forget)
         self._batcher.add(inv, len(args_blob), shared=(fid, len(fn_blob)))
@@ -112,17 +119,29 @@ class GlobusExecutor(FaasExecutor):
         task.add_done_callback(functools.partial(self._on_task_done, batch))
 
     def _on_task_done(self, batch: list[_Invocation], task: Future) -> None:
+        """On the SDK's thread, which swallows what a callback raises: that breaks this executor instead."""
+        try:
+            self._task_outcomes(batch, task)
+        except BaseException as e:  # noqa: BLE001
+            self._break(ClientError.of("handling a Globus Compute task's outcome", e))
+
+    def _task_outcomes(self, batch: list[_Invocation], task: Future) -> None:
         try:
             report = task.result()
         except (Exception, CancelledError) as e:  # the whole task failed, e.g. its worker was lost
             _fail(batch, e)
             return
         by_id = {inv.future.task_id: inv for inv in batch}
+        worker = f"{report['host']}:{report['pid']}"
         for info, payload in report["outcomes"]:
             inv = by_id[info.id]
             if retryable(info.kind, inv.attempts, inv.fn.retries):
                 self._retry(inv)
-            elif info.kind is Kind.OK:
+                continue
+            inv.future.output, inv.future.worker = info.output, worker
+            if self.forward_output and info.output:
+                output.forward(worker, info.output)
+            if info.kind is Kind.OK:
                 try:
                     value = serialize.load_result(payload)
                 except Exception as e:  # e.g. the result's class cannot be imported here
@@ -156,5 +175,4 @@ class GlobusExecutor(FaasExecutor):
 
 
 def _fail(invocations: Iterable[_Invocation], exc: BaseException) -> None:
-    for inv in invocations:
-        inv.future.set_exception(exc)
+    fail([inv.future for inv in invocations], exc)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import linecache
 import sys
 import sysconfig
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any
 import cloudpickle
 
 from faas.errors import InvocationFailed, PayloadTooLarge, RemoteTraceback, SerializationError
-from faas.function import CtxFunction
+from faas.function import Chunk, CtxFunction
 
 _INSTALLED = {Path(p).resolve() for p in (sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"],
                                           sysconfig.get_paths()["stdlib"])}
@@ -26,9 +25,7 @@ def function_blob(fn: CtxFunction) -> tuple[str, bytes]:
     _by_value_if_local(fn.fn)
     if fn.spec is not None:
         _by_value_if_local(fn.spec.loader)
-    code = getattr(fn.fn, "__code__", None)
-    if code is not None and fn.source is None:  # lets remote tracebacks show the user's lines
-        fn.source = (code.co_filename, linecache.getlines(code.co_filename))
+    fn.keep_source()
     try:
         blob = cloudpickle.dumps(fn)
     except Exception as e:
@@ -39,8 +36,9 @@ def function_blob(fn: CtxFunction) -> tuple[str, bytes]:
 def _by_value_if_local(obj: Any) -> None:
     """Ship the module of a user's function by value unless it is installed
     (workers can import installed packages, not the user's scripts)."""
-    if isinstance(obj, functools.partial):
-        for part in (obj.func, *obj.args, *obj.keywords.values()):
+    if isinstance(obj, functools.partial | Chunk):
+        inner = obj.func if isinstance(obj, functools.partial) else obj.fn
+        for part in (inner, *obj.args, *obj.keywords.values()):
             if callable(part):
                 _by_value_if_local(part)
         return

@@ -25,12 +25,13 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from faas.client.threads import guarded
 from faas.client.transport_base import Transport
-from faas.errors import EndpointError
+from faas.errors import ClientError, EndpointError
 from faas.home import EndpointDir
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,8 @@ class SSHTransport(Transport):
         super().__init__(f"ipc://{local}")
         command = [*self._ssh, *TUNNEL_OPTIONS, "-tt", "-L", f"{local}:{remote}", destination, "cat"]
         try:
-            self.tunnel = Tunnel(command, local, self.folder / "ssh.log", start_timeout)
+            self.tunnel = Tunnel(command, local, self.folder / "ssh.log", start_timeout,
+                                 on_fatal=lambda error: self.on_fatal(error))
         except BaseException:
             shutil.rmtree(self.folder, ignore_errors=True)
             raise
@@ -131,14 +133,16 @@ class Tunnel:
     FIRST_DELAY, MAX_DELAY = 0.5, 30.0
     HEALTHY_AFTER = 60.0  # a tunnel that lived this long restarts without delay growth
 
-    def __init__(self, command: list[str], local: Path, log_file: Path, start_timeout: float):
+    def __init__(self, command: list[str], local: Path, log_file: Path, start_timeout: float,
+                 on_fatal: Callable[[ClientError], None] = lambda error: None):
         self.command, self.local, self.log_file = command, local, log_file
         self.restarts = 0
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._proc = self._start()
         self._wait_up(start_timeout)
-        self._watcher = threading.Thread(target=self._watch, name="faas-ssh-tunnel", daemon=True)
+        self._watcher = threading.Thread(target=guarded("the ssh tunnel's watcher", self._watch, on_fatal),
+                                         name="faas-ssh-tunnel", daemon=True)
         self._watcher.start()
 
     @property

@@ -185,10 +185,12 @@ def upgrade(name: str) -> None:
 @click.option("--since", metavar="T", help="Only work since T: a duration back (90s, 30m, 1h, 2d) or an ISO time.")
 @click.option("--plot", type=click.Path(dir_okay=False, writable=True), metavar="FILE.png",
               help="Also draw the timeline (workers, completed invocations, context inits) into FILE.")
-def report(name: str, since: str | None, plot: str | None) -> None:
+@click.option("--output", "outputs", type=click.IntRange(min=1), metavar="N",
+              help="Also print what the last N invocations that wrote anything wrote (stdout, stderr, log records).")
+def report(name: str, since: str | None, plot: str | None, outputs: int | None) -> None:
     """Per-worker and per-context figures from NAME's store (running or stopped)."""
     from faas.endpoint.timeline import MissingPlotExtra, plot_timeline
-    from faas.store.report import build_report, build_timeline, parse_since, render_text
+    from faas.store.report import build_report, build_timeline, parse_since, recent_output, render_output, render_text
 
     epdir = _endpoint(name)
     try:
@@ -197,6 +199,8 @@ def report(name: str, since: str | None, plot: str | None) -> None:
         raise click.BadParameter(str(e), param_hint="--since") from None
     with _store(epdir) as (store, _):
         click.echo(f"endpoint {name}: " + render_text(build_report(store, start)), nl=False)
+        if outputs:
+            click.echo("\n" + render_output(recent_output(store, start, outputs)), nl=False)
         if plot:
             try:
                 path = plot_timeline(build_timeline(store, start), plot, title=f"endpoint {name}")

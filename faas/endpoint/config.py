@@ -280,6 +280,18 @@ class WarmPoolConfig(_Strict):
     node_cache_per_worker: bool = Field(False, description=(
         "Tests and benchmarks only: each worker process keeps its own node cache (a folder inside node_cache), "
         "so that the workers of one machine act as separate nodes."))
+    output_log_level: int = Field(logging.WARNING, ge=0, description=(
+        "Log records an invocation emits at or above this level (a name, e.g. WARNING or INFO, or a number) "
+        "are part of its output, with what it writes to stdout and stderr: recorded in the store and "
+        "printed by the client."))
+
+    @field_validator("output_log_level", mode="before")
+    @classmethod
+    def _level(cls, level: Any) -> Any:
+        """A level's name, as logging spells it, is its number."""
+        if isinstance(level, str) and isinstance(number := logging.getLevelName(level.upper()), int):
+            return number
+        return level
 
     @field_validator("prewarm")
     @classmethod

@@ -173,6 +173,10 @@ def _serve(epdir: EndpointDir, config: EndpointConfig, store: Store, engine: Eng
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: server.stop())
         server.serve_forever()
+    except Exception as e:
+        if server is not None and server.fatal is None:  # its clients are told as it closes
+            server.fatal = f"{type(e).__name__}: {e}"
+        raise
     finally:
         log.info("endpoint %s stopping", epdir.name)
         if server is not None:

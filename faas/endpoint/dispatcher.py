@@ -80,14 +80,14 @@ class Dispatcher:
         self._idle_losses = 0  # ready loops lost in a row holding nothing
         self._batch_ids = itertools.count(1)
         self._bodies = ByteLRU(int(config.warm_pool.function_cache_bytes))  # the store has them all
-        budget = config.warm_pool.memory_budget
+        pool = config.warm_pool
         self._settings = protocol.WorkerSettings(
-            idle_timeout=config.warm_pool.idle_timeout,
-            memory_budget=int(budget) if budget is not None else None,
+            idle_timeout=pool.idle_timeout, output_log_level=pool.output_log_level,
+            memory_budget=int(pool.memory_budget) if pool.memory_budget is not None else None,
             timeout=config.dispatch.invocation_timeout, timeout_grace=config.dispatch.timeout_grace,
             # a larger result fails its own invocation on the worker, not its batch's record here
             max_result_bytes=min(config.max_payload_bytes, store.max_value_bytes - ROW_SLACK),
-            function_cache_bytes=int(config.warm_pool.function_cache_bytes))
+            function_cache_bytes=int(pool.function_cache_bytes))
 
     # -- intake -------------------------------------------------------------
     def register_function(self, fid: str, body: bytes, info: protocol.FunctionInfo) -> None:
@@ -292,7 +292,7 @@ class Dispatcher:
                 self._requeue(it, f"attempt {it.attempts} {where}: {last_line(info.error)}")
         else:
             self._final(it, step, payload if step is not Step.CANCELLED else None, info.error, worker,
-                        info.started, info.finished)
+                        info.started, info.finished, info.output)
             if info.kind is Kind.INIT_ERROR:  # failed twice: fail the waiting ones too, not try forever
                 waiting = self.queues.pop(key, deque())
                 log.warning("context %s failed to initialise again; failing %d waiting invocations", key,
@@ -327,7 +327,7 @@ class Dispatcher:
         self.ledger.requeue(it, note, refund)
 
     def _final(self, it: Item, step: Step, payload: bytes | None, error: str | None, worker: str,
-               started: float, finished: float) -> None:
+               started: float, finished: float, output: list | None = None) -> None:
         self._detach(it)
         self.items.pop(it.id, None)
         it.loop = None
@@ -337,7 +337,7 @@ class Dispatcher:
                                         f"are more than the store takes in one row ({self.store.max_value_bytes} "
                                         f"bytes): the result was not recorded")
             payload = None
-        self.ledger.outcome(Outcome(it.id, _STATE[step], payload, error, worker, started, finished), it)
+        self.ledger.outcome(Outcome(it.id, _STATE[step], payload, error, worker, started, finished, output), it)
 
     def take_started(self) -> list[Item]:
         started, self.started = self.started, []

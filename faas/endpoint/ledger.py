@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from faas import protocol
 from faas.endpoint.storeguard import Rejected, StoreDown, StoreGuard
 from faas.store import Outcome, State, Store
 
@@ -35,13 +36,27 @@ class Tracked(Protocol):
 
 @dataclass
 class Final:
-    """A newly recorded final outcome, to be pushed to clients."""
+    """A final outcome on record, to be pushed to clients (:func:`results_message`)."""
 
     id: str
     group_id: str
     state: State
     payload: bytes | None
     error: str | None
+    output: list | None = None  # what it wrote (faas.protocol.Output)
+    worker: str | None = None
+
+    @classmethod
+    def of_row(cls, row: dict) -> Final:
+        """From :meth:`faas.store.Store.final_results`."""
+        return cls(row["id"], row["group_id"], row["state"], row["result"], row["error"], row["output"],
+                   row["worker_id"])
+
+
+def results_message(finals: list[Final]) -> list[bytes]:
+    items = [protocol.ResultItem(id=f.id, state=f.state.value, error=f.error if f.state is not State.SUCCEEDED
+                                 else None, output=f.output or [], worker=f.worker or None) for f in finals]
+    return protocol.encode(protocol.Results(items=items), [f.payload or b"" for f in finals])
 
 
 @dataclass
@@ -162,7 +177,8 @@ class Ledger:
                     watch(done)
                 except Exception:  # on record already: a watcher's fault must not undo the pass
                     log.exception("a watcher of the ledger failed")
-        return ([Final(o.id, it.group_id, o.state, o.payload, o.error) for o, it in p.outcomes if o.id in recorded],
+        return ([Final(o.id, it.group_id, o.state, o.payload, o.error, o.output, o.worker_id)
+                 for o, it in p.outcomes if o.id in recorded],
                 [it for i, (it, _) in p.requeue.items() if i not in finals])  # not cancelled while waiting
 
     def _write(self, p: _Pending) -> set[str]:

@@ -19,15 +19,15 @@ from collections.abc import Callable
 from typing import Any
 
 from faas import protocol
-from faas.endpoint import storeguard
+from faas.endpoint import lost, storeguard
 from faas.endpoint.clients import ClientSocket, Message
 from faas.endpoint.config import EndpointConfig
 from faas.endpoint.dispatcher import Dispatcher
 from faas.endpoint.items import Item
-from faas.endpoint.ledger import Final
+from faas.endpoint.ledger import Final, results_message
 from faas.endpoint.storeguard import DeferredRequests, Rejected, StoreDown, StoreGuard
 from faas.errors import ProtocolError
-from faas.store import State, Store
+from faas.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +44,10 @@ class Requests:
     ``status()``: the endpoint's live status, for a status request; ``fleet(request)``:
     the dashboard's view (:class:`~faas.endpoint.fleetview.FleetView`)."""
 
-    def __init__(self, config: EndpointConfig, store: Store, guard: StoreGuard, dispatcher: Dispatcher,
+    def __init__(self, name: str, config: EndpointConfig, store: Store, guard: StoreGuard, dispatcher: Dispatcher,
                  clients: ClientSocket, send: Callable[[bytes, list[bytes]], None],
                  status: Callable[[], dict[str, Any]], fleet: Callable[[protocol.FleetRequest], dict[str, Any]]):
+        self.name = name  # the endpoint's, for the errors that name it
         self.cfg = config
         self.store = store
         self.guard = guard
@@ -169,8 +170,11 @@ class Requests:
         self.watchers.setdefault(msg.group, set()).add(ident)
         ids, finals = self.guard.call(self.store.group_ids, msg.group), self.guard.call(
             self.store.final_results, group_id=msg.group)
+        gone = lost.unknown(self.store, self.guard, self.name, msg.ids)  # before any reply: StoreDown retries
         self.send(ident, protocol.encode(protocol.Tasks(group=msg.group, ids=ids)))
         self._push_to(ident, finals)
+        if gone is not None:
+            self.send(ident, gone)
 
     @waits_for_store
     def _on_cancel(self, ident: bytes, msg: protocol.Cancel, body: list[bytes]) -> None:
@@ -187,7 +191,7 @@ class Requests:
         for f in finals:
             by_group.setdefault(f.group_id, []).append(f)
         for group, items in by_group.items():
-            self.send_group(group, _results_message([(f.id, f.state, f.payload, f.error) for f in items]))
+            self.send_group(group, results_message(items))
 
     def started(self, items: list[Item]) -> None:
         """Invocations that started on a worker: their futures go RUNNING."""
@@ -216,7 +220,7 @@ class Requests:
 
     def _push_to(self, ident: bytes, rows: list[dict]) -> None:
         if rows:
-            self.send(ident, _results_message([(r["id"], r["state"], r["result"], r["error"]) for r in rows]))
+            self.send(ident, results_message([Final.of_row(r) for r in rows]))
 
 
 def _invocation_ids(frames: list[bytes]) -> list[str]:
@@ -235,8 +239,3 @@ def _invocation_ids(frames: list[bytes]) -> list[str]:
 def _submitted_ids(msg) -> list[str]:
     return [inv.id for inv in msg.invocations] if isinstance(msg, protocol.Submit) else []
 
-
-def _results_message(rows: list[tuple[str, State, bytes | None, str | None]]) -> list[bytes]:
-    items = [protocol.ResultItem(id=i, state=state.value, error=err if state is not State.SUCCEEDED else None)
-             for i, state, _, err in rows]
-    return protocol.encode(protocol.Results(items=items), [p or b"" for _, _, p, _ in rows])

@@ -24,6 +24,7 @@ import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
 from faas import protocol
+from faas.endpoint import lost
 from faas.endpoint.access import TcpListeners, endpoint_keys
 from faas.endpoint.clients import ClientSocket
 from faas.endpoint.config import EndpointConfig
@@ -71,14 +72,15 @@ class Server:
         self._wake_lock = threading.Lock()  # Parsl's callbacks may wake the loop while it closes
         self._wake_open = True
         self._stop = threading.Event()
+        self.fatal: str | None = None  # why it stops for good: its clients are told (faas.endpoint.lost)
         self.managers: list[dict[str, Any]] = []
         self.link = WorkerLink(self.zctx, self.auth, config.engine.worker_address(), config.warm_pool)
         self.guard = StoreGuard(config.store.retry_for)
         self._workers_read_at = time.monotonic()  # when the worker socket was last read to the end
         self.dispatcher = Dispatcher(store, engine, config, self.link, self._loop_ended, self.guard)
         self.fleet = FleetView(self)  # what `faas dashboard` shows
-        self.requests = Requests(config, store, self.guard, self.dispatcher, self.clients, self._send, self.status,
-                                 self.fleet.answer)
+        self.requests = Requests(epdir.name, config, store, self.guard, self.dispatcher, self.clients, self._send,
+                                 self.status, self.fleet.answer)
 
     def _bind_ipc(self) -> None:
         self.epdir.socket.unlink(missing_ok=True)  # a stale socket from a killed daemon
@@ -116,6 +118,7 @@ class Server:
                 self.store.check_identity()
             except StoreUnavailable as e:
                 log.error("%s; stopping", e)
+                self.fatal = str(e)
                 self.stop()
                 return
             if time.monotonic() >= next_purge:
@@ -237,7 +240,8 @@ class Server:
         for loop in self.dispatcher.loops:
             self.link.send(loop.token, protocol.encode(protocol.Retire()))
         self.link.close()
-        self.sock.close(0)
+        lost.say_farewell(self)  # when it stops for good
+        self.sock.close()
         self.auth.stop()
         self.zctx.term()
         self.epdir.socket.unlink(missing_ok=True)

@@ -171,6 +171,10 @@ class DeferredRequests:
         self.bytes += size
         return True
 
+    def idents(self) -> set[bytes]:
+        """The clients whose requests wait."""
+        return {req.ident for req in self._queue}
+
     def retry(self, handle: Callable[[bytes, Any, list[bytes]], None],
               refuse: Callable[[bytes, Any, str], None]) -> None:
         """Handle waiting requests in order until one fails again, for at most

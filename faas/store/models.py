@@ -87,6 +87,8 @@ class Invocation(Base):
     result: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)  # remote traceback text
     history: Mapped[str | None] = mapped_column(Text, nullable=True)  # one line per failed attempt
+    # what it wrote to stdout/stderr and logged: JSON [[stream, text], ...] (faas.protocol.Output)
+    output: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     # (group_id, state): a reattaching client's final results by group; its first column serves lookups by group
     __table_args__ = (Index("ix_invocations_state", "state"), Index("ix_invocations_finished", "finished_at"),

@@ -18,9 +18,9 @@ from datetime import datetime
 
 from sqlalchemy import and_, case, exists, func, select
 
-from faas.store.models import Context, ContextFiles, ContextInit, Invocation, Worker
+from faas.store.models import Context, ContextFiles, ContextInit, Function, Invocation, Worker
 from faas.store.states import FINAL, State
-from faas.store.store import Store
+from faas.store.store import Store, output_of
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -196,6 +196,30 @@ def render_text(report: Report) -> str:
         "source/peer MB: context files copied into node caches from their source and from other nodes",
     ]
     return "\n".join(lines) + "\n"
+
+
+def recent_output(store: Store, since: float | None = None, limit: int = 20) -> list[dict]:
+    """The last ``limit`` invocations (finished at or after ``since``) that wrote
+    anything, oldest first: id, function, worker, state, finished_at, output."""
+    inv = Invocation
+    q = (select(inv.id, Function.name.label("function"), inv.worker_id, inv.state, inv.finished_at, inv.output)
+         .join(Function, Function.id == inv.function_id).where(inv.output.is_not(None))
+         .order_by(inv.finished_at.desc()).limit(limit))
+    if since is not None:
+        q = q.where(inv.finished_at >= since)
+    with store.engine.connect() as conn:
+        rows = [dict(r._asdict(), output=output_of(r.output)) for r in conn.execute(q)]
+    return rows[::-1]
+
+
+def render_output(rows: list[dict]) -> str:
+    """Each invocation's output under a line naming it; each line marked with its stream."""
+    lines = []
+    for r in rows:
+        finished = datetime.fromtimestamp(r["finished_at"]).strftime("%Y-%m-%d %H:%M:%S")
+        lines.append(f"--- {r['id']} {r['function']} on {r['worker_id'] or '-'}, {r['state'].value} {finished}")
+        lines += [f"{stream}| {line}" for stream, text in r["output"] for line in text.splitlines()]
+    return "\n".join(lines) + "\n" if lines else "no invocation wrote any output\n"
 
 
 @dataclass

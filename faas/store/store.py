@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import json
 import os
 import sqlite3
 import time
@@ -67,6 +68,7 @@ class Outcome:
     worker_id: str
     started_at: float
     finished_at: float
+    output: list | None = None  # what it wrote: [(stream, text), ...]
 
 
 class Store:
@@ -229,7 +231,8 @@ class Store:
                     if o.id in open_ids:
                         params[o.id in folded].append(dict(b_id=o.id, result=o.payload, error=o.error, at=now,
                                                            worker_id=o.worker_id, started_at=o.started_at,
-                                                           finished_at=o.finished_at))
+                                                           finished_at=o.finished_at,
+                                                           output=json.dumps(o.output) if o.output else None))
                 for shipped, batch in params.items():
                     if batch:
                         conn.execute(_finish(target, shipped), batch)
@@ -259,16 +262,22 @@ class Store:
             return [r._asdict() for r in rows]
 
     def final_results(self, ids: Sequence[str] | None = None, group_id: str | None = None) -> list[dict]:
-        """Final invocations (by id or group) with their payloads, to send to clients."""
+        """Final invocations (by id or group) with their payloads, output and worker, to send to clients."""
         q = select(Invocation.id, Invocation.group_id, Invocation.state, Invocation.result,
-                   Invocation.error).where(Invocation.state.in_(FINAL))
+                   Invocation.error, Invocation.output, Invocation.worker_id).where(Invocation.state.in_(FINAL))
         with self.engine.connect() as conn:
             if group_id is not None:
-                return [r._asdict() for r in conn.execute(q.where(Invocation.group_id == group_id))]
-            out = []
-            for chunk in _chunks(list(ids or ()), 500):
-                out += [r._asdict() for r in conn.execute(q.where(Invocation.id.in_(chunk)))]
-            return out
+                rows = list(conn.execute(q.where(Invocation.group_id == group_id)))
+            else:
+                rows = [r for chunk in _chunks(list(ids or ()), 500)
+                        for r in conn.execute(q.where(Invocation.id.in_(chunk)))]
+        return [dict(r._asdict(), output=output_of(r.output)) for r in rows]
+
+    def known(self, ids: Sequence[str]) -> set[str]:
+        """Those of ``ids`` the store has a record of."""
+        with self.engine.connect() as conn:
+            return {i for chunk in _chunks(list(ids), 500)
+                    for i in conn.scalars(select(Invocation.id).where(Invocation.id.in_(chunk)))}
 
     def invocation(self, inv_id: str) -> dict | None:
         """One invocation's record, its payloads left out, with its function's name and
@@ -316,6 +325,11 @@ class Store:
             return [r._asdict() for r in conn.execute(select(Worker.__table__).order_by(Worker.first_seen))]
 
 
+def output_of(text: str | None) -> list[tuple[str, str]]:
+    """An invocation's recorded output (its ``output`` column) as [(stream, text), ...]."""
+    return [tuple(chunk) for chunk in json.loads(text)] if text else []
+
+
 def _value_limit(engine: Engine) -> int:
     """The largest value the database takes: SQLite's length limit (10**9 bytes
     unless compiled otherwise; it bounds a whole row too), PostgreSQL's 1 GB per field."""
@@ -346,7 +360,7 @@ def _finish(target: State, shipped: bool = False):
     return (update(Invocation).where(Invocation.id == bindparam("b_id"))
             .values(state=target, result=bindparam("result"), error=bindparam("error"),
                     worker_id=bindparam("worker_id"), started_at=bindparam("started_at"),
-                    finished_at=bindparam("finished_at"), **marks)
+                    finished_at=bindparam("finished_at"), output=bindparam("output"), **marks)
             .execution_options(synchronize_session=False))
 
 

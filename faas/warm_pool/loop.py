@@ -313,6 +313,7 @@ class WorkerLoop:
         self.runner.max_result_bytes = msg.settings.max_result_bytes
         if msg.peers and self.files is not None:
             self.files.hint(msg.peers)
+        self.runner.output_log_level = msg.settings.output_log_level
         if msg.settings.function_cache_bytes is not None:
             self.runner.bodies.max_bytes = msg.settings.function_cache_bytes
         items = [WorkItem(inv_id, fid, args)

@@ -6,13 +6,15 @@ cloudpickled bytes that only workers and clients open. Each invocation gets its
 own outcome: an exception, even a BaseException such as SystemExit, is that
 invocation's error and never fails the others. A batched function's merged
 call that raises or overruns its timeout is run again one invocation at a
-time, each with its own timeout, so that only the culprit fails.
+time, each with its own timeout, so that only the culprit fails. What a call
+writes and logs is captured (:mod:`faas.warm_pool.output`) and goes with the
+outcome of each of its invocations.
 """
 
 from __future__ import annotations
 
 import functools
-import linecache
+import logging
 import os
 import socket
 import time
@@ -35,6 +37,7 @@ from faas.errors import (
 )
 from faas.lru import ByteLRU
 from faas.protocol import InitInfo, Kind, OutcomeInfo
+from faas.warm_pool.output import captured
 from faas.warm_pool.registry import WarmPool, process_pool
 
 FUNCTION_CACHE_BYTES = 256 * 2**20  # function bodies kept (least recently used go), unless the endpoint says
@@ -61,6 +64,7 @@ class Runner:
                  function_cache_bytes: int = FUNCTION_CACHE_BYTES):
         self.pool = pool or process_pool()
         self.max_result_bytes = max_result_bytes
+        self.output_log_level = logging.WARNING  # log records at or above it are part of an invocation's output
         self.bodies = ByteLRU(function_cache_bytes)  # as received; unpickled on first use
         self._functions: dict[str, Any] = {}
         self._dropped: list[str] = []
@@ -90,7 +94,7 @@ class Runner:
             if body is None:
                 raise KeyError(fid)
             fn = cloudpickle.loads(body)
-            _restore_source(fn)
+            fn.restore_source()
             self._functions[fid] = fn
         return fn
 
@@ -103,17 +107,19 @@ class Runner:
 
     def _run_one(self, fn: Any, it: WorkItem) -> Result:
         started = time.time()
-        try:
-            args, kwargs = cloudpickle.loads(it.args)
-            with self._context(fn, [it]) as ctx:
-                if fn.batch_size > 1:
-                    value = _batch_results(fn, _call(fn, ctx, [[a] for a in args],
-                                                     {k: [v] for k, v in kwargs.items()}), 1)[0]
-                else:
-                    value = _call(fn, ctx, args, kwargs)
-            return self._ok(it, value, started)
-        except BaseException as e:  # noqa: BLE001 - any exception of the user's code is this invocation's
-            return self.failed(it, e, started)
+        with captured(self.output_log_level) as output:
+            try:
+                args, kwargs = cloudpickle.loads(it.args)
+                with self._context(fn, [it]) as ctx:
+                    if fn.batch_size > 1:
+                        value = _batch_results(fn, _call(fn, ctx, [[a] for a in args],
+                                                         {k: [v] for k, v in kwargs.items()}), 1)[0]
+                    else:
+                        value = _call(fn, ctx, args, kwargs)
+                result = self._ok(it, value, started)
+            except BaseException as e:  # noqa: BLE001 - any exception of the user's code is this invocation's
+                result = self.failed(it, e, started)
+        return _with_output(result, output.chunks())
 
     def _run_merged(self, fn: Any, items: list[WorkItem]) -> list[Result]:
         started = time.time()
@@ -124,22 +130,26 @@ class Runner:
             except BaseException as e:  # noqa: BLE001
                 out[it.id] = self.failed(it, e, started)
         for group in _by_shape(calls):
-            members = [it for it, _, _ in group]
-            try:
-                with self._context(fn, members) as ctx:
-                    columns = [list(col) for col in zip(*(args for _, args, _ in group))]
-                    kwcolumns = {k: [kw[k] for _, _, kw in group] for k in group[0][2]}
-                    values = _batch_results(fn, _call(fn, ctx, columns, kwcolumns), len(group))
-            except BaseException as e:  # noqa: BLE001 - find the culprit: each member alone
-                if len(members) == 1 or isinstance(e, ContextInitError) or _cancelled(e):
-                    out.update({it.id: self.failed(it, e, started) for it in members})
-                    continue
+            members, error = [it for it, _, _ in group], None
+            with captured(self.output_log_level) as output:  # the merged call's output goes to each member
+                try:
+                    with self._context(fn, members) as ctx:
+                        columns = [list(col) for col in zip(*(args for _, args, _ in group))]
+                        kwcolumns = {k: [kw[k] for _, _, kw in group] for k in group[0][2]}
+                        values = _batch_results(fn, _call(fn, ctx, columns, kwcolumns), len(group))
+                except BaseException as e:  # noqa: BLE001 - find the culprit: each member alone
+                    error = e
+            if error is None:
+                out.update({it.id: _with_output(self._ok(it, v, started), output.chunks())
+                            for it, v in zip(members, values)})
+            elif len(members) == 1 or isinstance(error, ContextInitError) or _cancelled(error):
+                out.update({it.id: _with_output(self.failed(it, error, started), output.chunks())
+                            for it in members})
+            else:
                 for it in members:
                     if self.on_alone is not None:
                         self.on_alone(it)
                     out[it.id] = self._run_one(fn, it)
-            else:
-                out.update({it.id: self._ok(it, v, started) for it, v in zip(members, values)})
         return [out[it.id] for it in items]
 
     @contextmanager
@@ -196,6 +206,12 @@ class Runner:
         return [InitInfo(**vars(e)) for e in self.pool.drain_events()]
 
 
+def _with_output(result: Result, output: list[tuple[str, str]]) -> Result:
+    if output:
+        result[0].output = output
+    return result
+
+
 def _init_error(fn: Any, tb: str) -> ContextInitError:
     error = ContextInitError(f"context {fn.spec.description} failed to initialise: {last_line(tb)}")
     error.tb = tb  # the loader's traceback, reported as the invocation's
@@ -250,18 +266,6 @@ def run_batch(functions: dict[str, bytes], items: list[tuple[str, str, bytes]],
 @functools.cache
 def _process_runner() -> Runner:
     return Runner()
-
-
-def _restore_source(fn: Any) -> None:
-    """cloudpickle names by-value code ``<dynamic-code>``; give the user's
-    function back its file name and lines so remote tracebacks show them."""
-    source = getattr(fn, "source", None)
-    code = getattr(fn.fn, "__code__", None)
-    if not source or code is None or code.co_filename != "<dynamic-code>":
-        return
-    filename, lines = source
-    fn.fn.__code__ = code.replace(co_filename=filename)
-    linecache.cache[filename] = (sum(map(len, lines)), None, lines, filename)
 
 
 def _dumps_result(value: Any) -> bytes:
