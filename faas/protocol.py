@@ -225,6 +225,7 @@ class WorkerSettings(BaseModel):
     timeout_grace: float = 10.0  # after an interrupt is ignored this long, the worker process is replaced
     max_result_bytes: int | None = None  # a larger result fails its invocation (PayloadTooLarge)
     function_cache_bytes: int | None = None  # function bodies kept by the loop (least recently used go)
+    host_budget: int | None = None  # bytes of parked contexts (None: a share of the node's memory; 0: none)
 
 
 class Batch(_Message):

@@ -235,6 +235,13 @@ class WarmPoolConfig(_Strict):
     # function bodies kept, least recently used go first: by the daemon (reloaded from the store when
     # needed) and by each worker (counted in its memory_budget; sent again when needed)
     function_cache_bytes: ByteSize = Field(ByteSize(256 * 2**20), ge=2**20)
+    host_budget: ByteSize | None = Field(None, description=(
+        "Host memory (e.g. 64GiB) each GPU worker may use for contexts parked off its GPU to make room for "
+        "another: a parked context wakes by a copy back instead of running its loader again. null: half of the "
+        "node's memory, shared by its workers; 0: contexts pushed off the GPU are released."))
+    min_holders: int = Field(1, ge=0, description=(
+        "Workers kept holding each context while it has queued work or was used within idle_timeout: the last "
+        "ones are neither retired at engine.max_idletime nor release it for idleness. 0: no floor."))
 
     @field_validator("prewarm")
     @classmethod

@@ -96,10 +96,11 @@ class Dispatcher:
         self._last_upkeep = 0.0  # monotonic
         self._batch_ids = itertools.count(1)
         self._bodies = ByteLRU(int(config.warm_pool.function_cache_bytes))  # the store has them all
-        budget = config.warm_pool.memory_budget
+        budget, host = config.warm_pool.memory_budget, config.warm_pool.host_budget
         self._settings = protocol.WorkerSettings(
             idle_timeout=config.warm_pool.idle_timeout,
             memory_budget=int(budget) if budget is not None else None,
+            host_budget=int(host) if host is not None else None,
             timeout=config.dispatch.invocation_timeout, timeout_grace=config.dispatch.timeout_grace,
             # a larger result fails its own invocation on the worker, not its batch's record here
             max_result_bytes=min(config.max_payload_bytes, store.max_value_bytes - ROW_SLACK),

@@ -278,6 +278,7 @@ class WorkerLoop:
         self.settings = msg.settings
         pool = self.runner.pool
         pool.idle_timeout, pool.memory_budget = msg.settings.idle_timeout, msg.settings.memory_budget
+        pool.host_budget = msg.settings.host_budget
         self.runner.max_result_bytes = msg.settings.max_result_bytes
         if msg.settings.function_cache_bytes is not None:
             self.runner.bodies.max_bytes = msg.settings.function_cache_bytes
