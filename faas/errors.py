@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 
+def last_line(tb: str | None) -> str:
+    """The last line of a traceback (the exception and its message), for one-line notes."""
+    return tb.strip().splitlines()[-1] if tb and tb.strip() else "raised"
+
+
 class FaasError(Exception):
     """Base class of faas' own errors."""
 

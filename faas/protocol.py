@@ -13,9 +13,14 @@ Hops and their messages:
 - endpoint -> client: ``pong``, ``ack``, ``running``, ``results``, ``tasks``,
   ``status_reply``, ``error``
 - worker loop -> endpoint: ``ready``, ``progress`` (invocations started and
-  outcomes, streamed as they happen), ``hb``
+  outcomes, streamed as they happen), ``hb``, ``locate`` (who holds a
+  context's files)
 - endpoint -> worker loop: ``batch``, ``revoke`` (cancel or take back
-  invocations), ``hb``, ``retire``
+  invocations), ``hb``, ``retire``, ``peers`` (the answer to ``locate``)
+
+Worker loops also talk to each other: each serves its node's cache of context
+files to the others' fetchers (:mod:`faas.warm_pool.fileserver`, its own
+CurveZMQ channel and messages).
 """
 
 from __future__ import annotations
@@ -165,12 +170,29 @@ class Error(_Message):
 
 
 # -- worker loop -> endpoint -------------------------------------------------------
+Address = Annotated[str, StringConstraints(min_length=1, max_length=300)]
+
+
+class FilesState(BaseModel):
+    """A loop's view of its node cache of context files (faas.warm_pool.node_cache)."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+    address: Address | None = None  # this loop's file server, tcp://HOST:PORT; None: it serves nothing
+    node: Annotated[str, StringConstraints(max_length=1024)] = ""  # its node cache: loops of one node share it
+    staged: list[Id] = []  # context keys whose files are complete (verified) in the node cache
+    staging: list[Id] = []  # context keys whose files are being copied in now
+    serving: Annotated[int, Field(ge=0)] = 0  # copies it is serving now
+    source_bytes: dict[Id, Annotated[int, Field(ge=0)]] = {}  # cumulative bytes read from the source, per context
+    peer_bytes: dict[Id, Annotated[int, Field(ge=0)]] = {}  # cumulative bytes copied from peers, per context
+
+
 class Ready(_Message):
     type: Literal["ready"] = "ready"
     host: Annotated[str, StringConstraints(max_length=256)]
     pid: int
     contexts: dict[str, dict[str, Any]]
     prewarm: dict[str, Any] = {}  # what the worker imported/initialised at start, with timings
+    files: FilesState | None = None  # its node cache and file server
 
 
 class OutcomeInfo(BaseModel):
@@ -205,9 +227,18 @@ class Progress(_Message):
     inits: list[InitInfo] = []
     contexts: dict[str, dict[str, Any]] | None = None  # the warm pool's statistics, when they changed
     dropped_functions: list[Id] = []  # bodies the loop evicted: the endpoint sends them again when needed
+    files: FilesState | None = None  # its node cache, when it changed
 
     def frame_count(self) -> int:
         return len(self.outcomes)
+
+
+class Locate(_Message):
+    """Every peer the loop was told of failed or stays busy: who holds (or is
+    staging) the files of ``context_key`` now? Answered with :class:`Peers`."""
+
+    type: Literal["locate"] = "locate"
+    context_key: Id
 
 
 class Heartbeat(_Message):
@@ -237,6 +268,9 @@ class Batch(_Message):
     functions: list[Id]
     items: list[tuple[Id, Id]]  # (invocation id, function id)
     settings: WorkerSettings
+    # context key -> file servers of loops that hold (or are staging) its files, best first; a key absent
+    # or empty: no peer has it, read the source
+    peers: dict[Id, list[Address]] = {}
 
     def frame_count(self) -> int:
         return len(self.functions) + len(self.items)
@@ -255,16 +289,25 @@ class Retire(_Message):
     type: Literal["retire"] = "retire"
 
 
+class Peers(_Message):
+    """The answer to :class:`Locate`: fresh holders of the context's files, best
+    first; empty: none, read the source."""
+
+    type: Literal["peers"] = "peers"
+    context_key: Id
+    addresses: list[Address]
+
+
 def _adapter(*models: type[_Message]) -> TypeAdapter:
     return TypeAdapter(Annotated[Union[models], Field(discriminator="type")])  # noqa: UP007
 
 
 CLIENT_REQUESTS = _adapter(Ping, StatusRequest, Submit, Watch, Cancel)
 CLIENT_REPLIES = _adapter(Pong, Ack, Running, Results, Tasks, StatusReply, Error)
-WORKER_REPORTS = _adapter(Ready, Progress, Heartbeat)
-WORKER_ORDERS = _adapter(Batch, Revoke, Heartbeat, Retire)
+WORKER_REPORTS = _adapter(Ready, Progress, Heartbeat, Locate)
+WORKER_ORDERS = _adapter(Batch, Revoke, Heartbeat, Retire, Peers)
 ANY = _adapter(Ping, StatusRequest, Submit, Watch, Cancel, Pong, Ack, Running, Results, Tasks, StatusReply,
-               Error, Ready, Progress, Heartbeat, Batch, Revoke, Retire)
+               Error, Ready, Progress, Heartbeat, Locate, Batch, Revoke, Retire, Peers)
 _KNOWN = {m.model_fields["type"].default for m in _Message.__subclasses__()}
 
 

@@ -242,6 +242,22 @@ class WarmPoolConfig(_Strict):
     min_holders: int = Field(1, ge=0, description=(
         "Workers kept holding each context while it has queued work or was used within idle_timeout: the last "
         "ones are neither retired at engine.max_idletime nor release it for idleness. 0: no floor."))
+    node_cache: str | None = Field(None, description=(
+        "Folder of each node's cache of context files (the files a context names, staged once per node and "
+        "checked against their hashes; GGUF conversions too), on the node's local disk; ~ and $VARIABLES are "
+        "expanded on the node. None: $FAAS_NODE_CACHE, else faas-node-cache-USER in the node's temp folder."))
+    peer_copy: bool = Field(True, description=(
+        "Workers copy a context's files from other nodes' caches (CurveZMQ), so that the source (the shared "
+        "filesystem) is read once per fleet; false: every node reads the source."))
+    max_serving: int = Field(2, ge=1, description=(
+        "Copies of context files each worker serves to others at once; more fetchers wait or copy from "
+        "another holder, so copies spread as a tree."))
+    serve_bandwidth: ByteSize | None = Field(None, ge=1, description=(
+        "Bytes per second each worker serves to others in all (e.g. 500MB), to leave room on its node's "
+        "link; None: as fast as it can."))
+    node_cache_per_worker: bool = Field(False, description=(
+        "Tests and benchmarks only: each worker process keeps its own node cache (a folder inside node_cache), "
+        "so that the workers of one machine act as separate nodes."))
 
     @field_validator("prewarm")
     @classmethod

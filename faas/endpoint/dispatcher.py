@@ -36,10 +36,12 @@ from faas import protocol
 from faas.endpoint import policy
 from faas.endpoint.config import EndpointConfig
 from faas.endpoint.ledger import Final, Ledger
+from faas.endpoint.peers import PeerIndex
 from faas.endpoint.policy import Step
 from faas.endpoint.roster import PREFETCH, Roster
 from faas.endpoint.storeguard import StoreGuard
 from faas.endpoint.workers import LoopBatch, WorkerLoop
+from faas.errors import last_line
 from faas.lru import ByteLRU
 from faas.protocol import Kind
 from faas.store import Outcome, State, Store
@@ -93,6 +95,7 @@ class Dispatcher:
         self.started: list[Item] = []  # invocations that started since the last call of take_started
         self.load_seconds: dict[str, float] = {}  # context -> how long a worker takes to load it, smoothed
         self.ledger = Ledger(store, guard)  # what the passes decided, written in one transaction
+        self.peers = PeerIndex(self.loops, self.ledger, config.warm_pool.peer_copy)  # who holds which files
         self._last_upkeep = 0.0  # monotonic
         self._batch_ids = itertools.count(1)
         self._bodies = ByteLRU(int(config.warm_pool.function_cache_bytes))  # the store has them all
@@ -112,8 +115,7 @@ class Dispatcher:
         self.functions[fid] = FunctionMeta(info.retries, info.batch_size, info.context_key)
 
     def submit(self, items: Iterable[Item]) -> None:
-        """New work from a client (a context whose loader failed gets a fresh
-        chance with it: its files may have been fixed)."""
+        """New work from a client (a context whose loader failed gets a fresh chance: its files may be fixed)."""
         self._enqueue(items)
 
     def _enqueue(self, items: Iterable[Item]) -> None:
@@ -171,6 +173,7 @@ class Dispatcher:
         loop.host, loop.pid, loop.contexts = msg.host, msg.pid, msg.contexts
         loop.idle_since, loop.last_heard = time.monotonic(), time.monotonic()
         loop.prewarm = msg.prewarm
+        self.peers.update(loop, msg.files)
         self.loops.mark_ready(loop)
         log.info("worker %s ready %.1fs after its loop started (imports %s, CUDA %s)", loop.name,
                  msg.prewarm.get("ready_after", 0.0), msg.prewarm.get("imports", {}), msg.prewarm.get("cuda"))
@@ -238,6 +241,7 @@ class Dispatcher:
         if msg.contexts is not None:
             loop.contexts = msg.contexts
             self.loops.update(loop)
+        self.peers.update(loop, msg.files)
         worker = loop.name
         loop.sent_functions.difference_update(msg.dropped_functions)  # before outcomes: returned ones need them
         for inv_id in msg.started:
@@ -287,7 +291,7 @@ class Dispatcher:
             if info.kind is Kind.INIT_ERROR:
                 self._requeue(it, f"attempt {it.attempts} {where}: context init failed")
             else:
-                self._requeue(it, f"attempt {it.attempts} {where}: {_last_line(info.error)}")
+                self._requeue(it, f"attempt {it.attempts} {where}: {last_line(info.error)}")
         else:
             self._final(it, step, payload if step is not Step.CANCELLED else None, info.error, worker,
                         info.started, info.finished)
@@ -431,7 +435,7 @@ class Dispatcher:
         loop.batches[batch.id] = batch
         self.loops.update(loop)
         msg = protocol.Batch(batch=batch.id, functions=fids, items=[(it.id, it.function_id) for it in items],
-                             settings=self._settings)
+                             settings=self._settings, peers=self.peers.for_batch(loop, key))
         self.outbox.append((loop.token, protocol.encode(msg, [*(bodies[f] for f in fids),
                                                               *(it.args for it in items)])))
 
@@ -485,7 +489,3 @@ class Dispatcher:
 def _gave_up(it: Item, last: str) -> str:
     lines = "\n".join(f"  {h}" for h in [*it.history, last])
     return f"invocation {it.id} gave up after {it.attempts} attempts:\n{lines}\n"
-
-
-def _last_line(tb: str | None) -> str:
-    return (tb or "").strip().splitlines()[-1] if tb and tb.strip() else "raised"

@@ -102,7 +102,7 @@ class ParslEngine:
     def start_loop(self, token: str, link) -> Future:
         """A worker loop task (faas.warm_pool.loop.serve) that connects back over ``link``."""
         return self._serve(link.addresses, token, link.server_public, link.client_public, link.client_secret,
-                           float(self.cfg.heartbeat_threshold), self.prewarm)
+                           float(self.cfg.heartbeat_threshold), self.prewarm, link.files)
 
     def failure(self) -> BaseException | None:
         """Why the executor gave up on its blocks (see give_up_after), or None."""

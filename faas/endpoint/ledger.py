@@ -50,6 +50,7 @@ class _Pending:
     inits: list[dict] = field(default_factory=list)
     lost_workers: list[tuple[str, float]] = field(default_factory=list)
     dispatched: list[str] = field(default_factory=list)
+    file_bytes: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)  # (worker, context) -> counts
     since: float = field(default_factory=time.monotonic)
     first_outcome: float | None = None  # monotonic arrival of the oldest outcome not written
     run_seconds: float = 0.0  # the run times of the outcomes not written, summed
@@ -65,6 +66,7 @@ class _Pending:
         self.inits += newer.inits
         self.lost_workers += newer.lost_workers
         self.dispatched += newer.dispatched
+        self.file_bytes.update(newer.file_bytes)
         if self.first_outcome is None:
             self.first_outcome = newer.first_outcome
         self.run_seconds += newer.run_seconds
@@ -104,6 +106,10 @@ class Ledger:
         """Shipped: marked with the next commit, sharing its transaction."""
         self._p.dispatched += ids
 
+    def file_bytes(self, worker: str, counts: dict[str, tuple[int, int]]) -> None:
+        """A worker's cumulative bytes of context files, per context: (from the source, from peers)."""
+        self._p.file_bytes.update({(worker, key): n for key, n in counts.items()})
+
     # -- writing it -------------------------------------------------------------
     def due(self) -> float | None:
         """Seconds until what the passes decided must be written (0: now), None
@@ -114,7 +120,7 @@ class Ledger:
         if p.outcomes:
             hold = min(COMMIT_INTERVAL, RESULT_WAIT * p.run_seconds / len(p.outcomes))
             return max(0.0, p.first_outcome + hold - time.monotonic())
-        if p.dispatched:  # no hurry: they ride with the next outcomes, or go alone after the interval
+        if p.dispatched or p.file_bytes:  # no hurry: they ride with the next outcomes, or go alone after the interval
             return max(0.0, p.since + COMMIT_INTERVAL - time.monotonic())
         return None
 
@@ -132,7 +138,7 @@ class Ledger:
             recorded = self.guard.call(
                 self.store.record_outcomes, [o for o, _ in p.outcomes], p.workers.values(), p.inits,
                 requeue={i: note for i, (_, note) in p.requeue.items()}, refund=p.refund,
-                lost_workers=p.lost_workers, dispatched=p.dispatched)
+                lost_workers=p.lost_workers, dispatched=p.dispatched, file_bytes=p.file_bytes)
         except StoreDown:
             if p.failing_since is None:
                 p.failing_since = time.monotonic()

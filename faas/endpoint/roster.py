@@ -134,6 +134,13 @@ class Roster:
         means = [t / c for t, c in self._costs.values() if c]
         return sum(means) / len(means) if means else 1.0
 
+    def status(self) -> dict[str, dict[str, dict]]:
+        """Per ready loop (by worker name): its warm pool, its start-up timings and its node cache."""
+        ready = [lp for lp in self.loops.values() if lp.ready]
+        return {"worker_contexts": {lp.name: lp.contexts for lp in ready},
+                "worker_prewarm": {lp.name: lp.prewarm for lp in ready},
+                "worker_files": {lp.name: lp.files for lp in ready}}
+
     # -- bookkeeping ----------------------------------------------------------
     def _apply(self, token: str, share: _Share, sign: int) -> None:
         loop = self.loops.get(token)

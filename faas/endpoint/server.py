@@ -77,7 +77,7 @@ class Server:
         self._wake_open = True
         self._stop = threading.Event()
         self.managers: list[dict[str, Any]] = []
-        self.link = WorkerLink(self.zctx, self.auth, config.engine.worker_address())
+        self.link = WorkerLink(self.zctx, self.auth, config.engine.worker_address(), config.warm_pool)
         self.guard = StoreGuard(config.store.retry_for)
         self._workers_read_at = time.monotonic()  # when the worker socket was last read to the end
         self.deferred = DeferredRequests(self.guard)
@@ -259,12 +259,8 @@ class Server:
             os.close(self._wake_w)
 
     def _drain_ended(self) -> None:
-        while True:
-            try:
-                token, fut = self._ended.get_nowait()
-            except queue.Empty:
-                return
-            self.dispatcher.on_loop_end(token, fut)
+        while not self._ended.empty():  # this thread alone takes from it
+            self.dispatcher.on_loop_end(*self._ended.get_nowait())
 
     def _handle_worker(self, ident: bytes, frames: list[bytes]) -> None:
         """A message from an (authenticated) worker loop."""
@@ -275,6 +271,8 @@ class Server:
                 self.dispatcher.on_progress(token, msg, body)
             elif isinstance(msg, protocol.Ready):
                 self.dispatcher.on_ready(token, msg)
+            elif isinstance(msg, protocol.Locate):
+                self.dispatcher.outbox.append((token, self.dispatcher.peers.locate(token, msg.context_key)))
             else:
                 self.dispatcher.heard(token)
         except ProtocolError as e:
@@ -440,8 +438,7 @@ class Server:
             "backlog": self.dispatcher.backlog(),
             "batches_in_flight": self.dispatcher.in_flight(),
             "clients": self.clients.pending(),
-            "worker_contexts": {lp.name: lp.contexts for lp in self.dispatcher.loops if lp.ready},
-            "worker_prewarm": {lp.name: lp.prewarm for lp in self.dispatcher.loops if lp.ready},
+            **self.dispatcher.loops.status(),  # per worker: contexts, prewarm, files
             "store_failing": self.guard.status(),  # None while the store takes writes
             "requests_waiting_for_store": len(self.deferred),
         }

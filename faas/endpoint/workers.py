@@ -6,7 +6,8 @@ for its workers at start, hands the client keys to each loop inside its Parsl
 task (over Parsl's own encrypted channel), and its authenticator (one per
 ZeroMQ context, shared with the tcp:// listeners under another ZAP domain)
 admits that client key alone on this socket. A peer without it cannot connect, so no byte of a payload or
-a forged result crosses this socket unauthenticated.
+a forged result crosses this socket unauthenticated. The loops' file servers and fetchers (context files
+copied between nodes) get their own two key pairs the same way (:class:`FilesSetup`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from typing import Any
 
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
+
+from faas.endpoint.config import WarmPoolConfig
+from faas.warm_pool.files import FilesSetup
 
 log = logging.getLogger(__name__)
 ZAP_DOMAIN = "faas-workers"
@@ -49,6 +53,7 @@ class WorkerLoop:
     ready: bool = False
     contexts: dict[str, dict] = field(default_factory=dict)  # its warm pool's statistics
     prewarm: dict[str, Any] = field(default_factory=dict)  # its start-up timings (faas.warm_pool.prewarm)
+    files: dict[str, Any] = field(default_factory=dict)  # its node cache and file server (protocol.FilesState)
     batches: dict[int, LoopBatch] = field(default_factory=dict)  # sent, not finished
     running: dict[str, float] = field(default_factory=dict)  # invocation id -> when it started (monotonic)
     sent_functions: set[str] = field(default_factory=set)
@@ -71,9 +76,15 @@ class WorkerLoop:
 
 
 class WorkerLink:
-    def __init__(self, zctx: zmq.Context, auth: ThreadAuthenticator, address: str | None):
+    def __init__(self, zctx: zmq.Context, auth: ThreadAuthenticator, address: str | None,
+                 warm_pool: WarmPoolConfig | None = None):
         self.server_public, server_secret = zmq.curve_keypair()
         self.client_public, self.client_secret = zmq.curve_keypair()
+        wp = warm_pool or WarmPoolConfig()
+        self.files = FilesSetup(*zmq.curve_keypair(), *zmq.curve_keypair(), node_cache=wp.node_cache,
+                                per_worker=wp.node_cache_per_worker, peer_copy=wp.peer_copy,
+                                max_serving=wp.max_serving,
+                                serve_bandwidth=int(wp.serve_bandwidth) if wp.serve_bandwidth else None)
         auth.configure_curve_callback(ZAP_DOMAIN, self)
         self.sock = zctx.socket(zmq.ROUTER)
         self.sock.zap_domain = ZAP_DOMAIN.encode()

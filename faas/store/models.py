@@ -6,7 +6,7 @@ store, like the daemon, never unpickles them.
 
 from __future__ import annotations
 
-from sqlalchemy import Enum, Float, ForeignKey, Index, Integer, LargeBinary, String, Text
+from sqlalchemy import BigInteger, Enum, Float, ForeignKey, Index, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from faas.store.states import State
@@ -54,6 +54,18 @@ class ContextInit(Base):
     started_at: Mapped[float] = mapped_column(Float)
     seconds: Mapped[float] = mapped_column(Float)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+class ContextFiles(Base):
+    """Bytes of a context's files one worker process copied into its node cache,
+    from the source and from peers (cumulative counters, as the worker last reported)."""
+
+    __tablename__ = "context_files"
+
+    worker_id: Mapped[str] = mapped_column(String(256), ForeignKey("workers.id"), primary_key=True)
+    context_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    source_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    peer_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[float] = mapped_column(Float)
 
 class Invocation(Base):
     __tablename__ = "invocations"

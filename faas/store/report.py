@@ -18,7 +18,7 @@ from datetime import datetime
 
 from sqlalchemy import and_, case, exists, func, select
 
-from faas.store.models import Context, ContextInit, Invocation, Worker
+from faas.store.models import Context, ContextFiles, ContextInit, Invocation, Worker
 from faas.store.states import FINAL, State
 from faas.store.store import Store
 
@@ -52,6 +52,8 @@ class Figures:
     inits: int = 0
     init_failures: int = 0
     init_seconds: float = 0.0  # ok and failed inits
+    source_bytes: int = 0  # of context files read from their source into node caches
+    peer_bytes: int = 0  # of context files copied from other nodes' caches
 
     @property
     def mean_call(self) -> float | None:
@@ -137,6 +139,12 @@ def build_report(store: Store, since: float | None = None) -> Report:
                 else:
                     figures.inits += row.n
                 figures.init_seconds += row.seconds or 0.0
+        files = select(ContextFiles.worker_id, ContextFiles.context_key, ContextFiles.source_bytes,
+                       ContextFiles.peer_bytes)
+        for row in conn.execute(files.where(ContextFiles.updated_at >= since) if since is not None else files):
+            for figures in _rows_for(report, row.worker_id, names.get(row.context_key, row.context_key)):
+                figures.source_bytes += row.source_bytes
+                figures.peer_bytes += row.peer_bytes
     return report
 
 
@@ -149,7 +157,8 @@ def _rows_for(report: Report, worker_id: str | None, context: str) -> list[Figur
     return rows
 
 
-_COLUMNS = ("inits", "init s", "failed inits", "invocations", "mean s", "cold s", "warm s", "failed", "retried")
+_COLUMNS = ("inits", "init s", "failed inits", "invocations", "mean s", "cold s", "warm s", "failed", "retried",
+            "source MB", "peer MB")
 
 
 def render_text(report: Report) -> str:
@@ -165,7 +174,8 @@ def render_text(report: Report) -> str:
         out = [f"{title:<{width}}  " + "  ".join(f"{c:>{max(len(c), 7)}}" for c in _COLUMNS)]
         for name, f in sorted(rows.items()):
             values = (f.inits, f"{f.init_seconds:.2f}", f.init_failures, f.invocations, secs(f.mean_call),
-                      secs(f.mean_cold), secs(f.mean_warm), f.failed, f.retried)
+                      secs(f.mean_cold), secs(f.mean_warm), f.failed, f.retried, f"{f.source_bytes / 1e6:.1f}",
+                      f"{f.peer_bytes / 1e6:.1f}")
             out.append(f"{name:<{width}}  " + "  ".join(f"{v!s:>{max(len(c), 7)}}"
                                                          for c, v in zip(_COLUMNS, values)))
         return out
@@ -183,6 +193,7 @@ def render_text(report: Report) -> str:
         *table("context", report.contexts),
         "",
         "mean/cold/warm s: seconds per call on its worker; cold calls initialised their context",
+        "source/peer MB: context files copied into node caches from their source and from other nodes",
     ]
     return "\n".join(lines) + "\n"
 

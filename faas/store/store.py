@@ -21,7 +21,7 @@ from sqlalchemy.engine import Engine
 
 from faas.errors import StoreUnavailable
 from faas.store import migrations
-from faas.store.models import Context, ContextInit, Function, Invocation, Worker
+from faas.store.models import Context, ContextFiles, ContextInit, Function, Invocation, Worker
 from faas.store.states import FINAL, State, allowed_sources
 
 
@@ -163,11 +163,14 @@ class Store:
     def record_outcomes(self, outcomes: Sequence[Outcome], workers: Iterable[tuple[str, str, int]] = (),
                         inits: Iterable[dict] = (), requeue: dict[str, str] | None = None,
                         refund: Iterable[str] = (), lost_workers: Iterable[tuple[str, float]] = (),
-                        dispatched: Sequence[str] = ()) -> set[str]:
+                        dispatched: Sequence[str] = (),
+                        file_bytes: dict[tuple[str, str], tuple[int, int]] | None = None) -> set[str]:
         """Record invocations shipped to workers (see :meth:`mark_dispatched`),
         final outcomes, the workers that produced them, context inits,
-        invocations going back to the queue (see :meth:`requeue`) and when
-        workers were lost, in one transaction: a failed write leaves nothing
+        invocations going back to the queue (see :meth:`requeue`), when
+        workers were lost and the bytes of context files they copied
+        (``file_bytes``: (worker, context) -> (from the source, from peers),
+        cumulative), in one transaction: a failed write leaves nothing
         half-recorded, and is simply tried again. Returns the ids whose outcome
         was newly recorded (a late duplicate of a final invocation is ignored).
 
@@ -194,6 +197,8 @@ class Store:
                 conn.execute(insert(Worker), new)
             for wid, at in lost_workers:
                 conn.execute(update(Worker).where(Worker.id == wid).values(lost_at=at))
+            if file_bytes:
+                _record_file_bytes(conn, file_bytes, now)
             inits = [dict(i) for i in inits]
             if inits:
                 # a function may use other contexts (a ctx_function calling another): record them too
@@ -353,6 +358,25 @@ def _requeue(conn, notes: dict[str, str], refund: set[str]) -> None:
     for ids, refunded in ((notes.keys() - refund, False), (notes.keys() & refund, True)):
         if ids:
             conn.execute(_back_to_queue(refunded), [{"b_id": i, "note": notes[i] + "\n"} for i in ids])
+
+
+def _record_file_bytes(conn, counts: dict[tuple[str, str], tuple[int, int]], now: float) -> None:
+    rows = [dict(worker_id=w, context_key=k, source_bytes=s, peer_bytes=p, updated_at=now)
+            for (w, k), (s, p) in counts.items()]
+    known = set()
+    for chunk in _chunks(sorted({w for w, _ in counts}), 500):
+        known.update((w, k) for w, k in conn.execute(select(ContextFiles.worker_id, ContextFiles.context_key)
+                                                     .where(ContextFiles.worker_id.in_(chunk))))
+    fresh = [r for r in rows if (r["worker_id"], r["context_key"]) not in known]
+    if fresh:
+        conn.execute(insert(ContextFiles), fresh)
+    seen = [dict(b_w=r["worker_id"], b_k=r["context_key"], s=r["source_bytes"], p=r["peer_bytes"], at=now)
+            for r in rows if (r["worker_id"], r["context_key"]) in known]
+    if seen:
+        conn.execute(update(ContextFiles).where(ContextFiles.worker_id == bindparam("b_w"),
+                                                ContextFiles.context_key == bindparam("b_k"))
+                     .values(source_bytes=bindparam("s"), peer_bytes=bindparam("p"), updated_at=bindparam("at")),
+                     seen)
 
 
 def _chunks(seq: Sequence, n: int):

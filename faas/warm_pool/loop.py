@@ -40,6 +40,7 @@ import zmq
 from faas import protocol
 from faas.errors import Interrupted, InvocationTimeout, ProtocolError
 from faas.protocol import Kind, OutcomeInfo
+from faas.warm_pool.files import FilesSetup
 from faas.warm_pool.prewarm import prewarm
 from faas.warm_pool.registry import process_pool
 from faas.warm_pool.runner import Result, Runner, WorkItem, dumps_exception
@@ -50,7 +51,7 @@ EXIT_STUCK = 75  # exit status of a worker process ended because an invocation w
 
 
 def serve(addresses: list[str], token: str, server_key: bytes, public_key: bytes, secret_key: bytes,
-          heartbeat_threshold: float, prewarm_modules: list[str] | None = None) -> str:
+          heartbeat_threshold: float, prewarm_modules: list[str] | None = None, files: FilesSetup | None = None) -> str:
     """Pull and run invocations until retired; returns why the loop ended.
 
     Before it says ready, the loop pays its process's start-up costs

@@ -22,7 +22,7 @@ from sqlalchemy.engine import Engine
 from faas.errors import StoreUnavailable
 from faas.store.models import Base
 
-HEAD = "0003"  # the newest revision in versions/ (a test checks)
+HEAD = "0004"  # the newest revision in versions/ (a test checks)
 LEGACY = "0001"  # the schema of stores made before migrations
 _PG_LOCK = 0x66616173  # "faas": the advisory lock key that serialises upgrades
 
