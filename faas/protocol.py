@@ -16,7 +16,9 @@ Hops and their messages:
   outcomes, streamed as they happen), ``hb``, ``locate`` (who holds a
   context's files)
 - endpoint -> worker loop: ``batch``, ``revoke`` (cancel or take back
-  invocations), ``hb``, ``retire``, ``peers`` (the answer to ``locate``)
+  invocations), ``hb``, ``retire``, ``peers`` (the answer to ``locate``),
+  ``preload`` (load a context before work comes), ``keep`` (contexts not to
+  release for idleness)
 
 Worker loops also talk to each other: each serves its node's cache of context
 files to the others' fetchers (:mod:`faas.warm_pool.fileserver`, its own
@@ -228,6 +230,7 @@ class Progress(_Message):
     contexts: dict[str, dict[str, Any]] | None = None  # the warm pool's statistics, when they changed
     dropped_functions: list[Id] = []  # bodies the loop evicted: the endpoint sends them again when needed
     files: FilesState | None = None  # its node cache, when it changed
+    preloaded: list[Id] = []  # contexts whose preload (see Preload) ended, loaded or failed
 
     def frame_count(self) -> int:
         return len(self.outcomes)
@@ -289,6 +292,29 @@ class Retire(_Message):
     type: Literal["retire"] = "retire"
 
 
+class Preload(_Message):
+    """Load the context of function ``function`` now, before any of its work
+    arrives, and say so in ``Progress.preloaded``. Frames: the bodies of
+    ``functions`` (``function``'s, when the loop has not been sent it)."""
+
+    type: Literal["preload"] = "preload"
+    context_key: Id
+    function: Id
+    functions: list[Id] = []
+    peers: dict[Id, list[Address]] = {}  # as Batch.peers
+
+    def frame_count(self) -> int:
+        return len(self.functions)
+
+
+class Keep(_Message):
+    """The contexts the loop's warm pool must not release for idleness (the
+    endpoint's last holders of contexts with work); replaces the last list."""
+
+    type: Literal["keep"] = "keep"
+    contexts: list[Id]
+
+
 class Peers(_Message):
     """The answer to :class:`Locate`: fresh holders of the context's files, best
     first; empty: none, read the source."""
@@ -305,9 +331,9 @@ def _adapter(*models: type[_Message]) -> TypeAdapter:
 CLIENT_REQUESTS = _adapter(Ping, StatusRequest, Submit, Watch, Cancel)
 CLIENT_REPLIES = _adapter(Pong, Ack, Running, Results, Tasks, StatusReply, Error)
 WORKER_REPORTS = _adapter(Ready, Progress, Heartbeat, Locate)
-WORKER_ORDERS = _adapter(Batch, Revoke, Heartbeat, Retire, Peers)
+WORKER_ORDERS = _adapter(Batch, Revoke, Heartbeat, Retire, Peers, Preload, Keep)
 ANY = _adapter(Ping, StatusRequest, Submit, Watch, Cancel, Pong, Ack, Running, Results, Tasks, StatusReply,
-               Error, Ready, Progress, Heartbeat, Locate, Batch, Revoke, Retire, Peers)
+               Error, Ready, Progress, Heartbeat, Locate, Batch, Revoke, Retire, Peers, Preload, Keep)
 _KNOWN = {m.model_fields["type"].default for m in _Message.__subclasses__()}
 
 

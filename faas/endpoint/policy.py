@@ -1,5 +1,6 @@
-"""The dispatcher's rules, as pure functions over typed records: which context
-a free worker serves, how large its batch is, what becomes of an invocation
+"""The dispatcher's rules, as pure functions over typed records: how many
+workers each context should have, which context a free worker serves (or a
+joining one preloads), how large its batch is, what becomes of an invocation
 after an attempt ends, and when queued work is taken back from a busy worker.
 No I/O here, so every rule is tested without Parsl, sockets or a store.
 """
@@ -14,6 +15,7 @@ from faas.protocol import Kind, retryable
 
 FIRST_BATCH = 4  # invocations in a worker's first batch of a context, before its speed is known
 RECLAIM_MIN_SECONDS = 2.0  # an invocation running this long (and several times its usual time) holds up its queue
+PAYBACK = 3.0  # a worker that loads a context should get at least this many loads' worth of its work
 
 
 @dataclass
@@ -43,27 +45,66 @@ class Holders:
         return cls(len(rates), sum(r for r in rates if r is not None), sum(r is None for r in rates))
 
 
-def choose_context(holds: set[str], backlog: dict[str, float], holders: dict[str, int]) -> str | None:
+def target_holders(work: float, queued: int, load: float, live: bool, min_holders: int) -> int:
+    """How many workers a context should have: one per ``PAYBACK`` loads'
+    worth of its waiting work (``work`` seconds on one worker; a worker that
+    loads it for ``load`` seconds gets that back several times over; a load
+    not measured yet counts as free), at most one per waiting invocation; and
+    at least ``min_holders`` while it is ``live`` (work waiting or running, or
+    used within the idle timeout). A hot context spreads; a cold one frees them."""
+    need = min(queued, math.ceil(work / (PAYBACK * load))) if load > 0 else queued
+    return max(need, min_holders if live else 0)
+
+
+def choose_context(holds: set[str], backlog: dict[str, float], holders: dict[str, int],
+                   targets: dict[str, int] | None = None, parked: set[str] = frozenset()) -> str | None:
     """The context a free worker should serve next.
 
     ``holds``: contexts the worker holds; ``backlog``: waiting work per context
-    (invocations, or the seconds they take); ``holders``: workers holding (or about to hold) each context. A
-    worker keeps to a context it holds, the one with most backlog per holder,
+    (invocations, or the seconds they take); ``holders``: workers holding (or
+    about to hold) each context; ``targets``: how many each should have
+    (:func:`target_holders`); ``parked``: contexts the worker has parked in host
+    memory, which it wakes at almost no cost.
+
+    A worker keeps to a context it holds, the one with most backlog per holder,
     unless some context with backlog has no holder at all and the worker's
-    context keeps another; a worker holding nothing useful takes the context
-    with most backlog per holder, counting itself.
+    context keeps another, or its context has more holders than its target and
+    another is short of its own (or parked here): then it moves there, a parked
+    one first. A worker holding nothing useful takes a parked context with
+    backlog, else the one with most backlog per holder, counting itself, among
+    those short of their target (with no targets: among all); none: it stays idle.
     """
     wanted = {k: n for k, n in backlog.items() if n > 0}
     if not wanted:
         return None
     held = [k for k in wanted if k in holds]
     orphans = [k for k in wanted if not holders.get(k)]
+
+    def short(k: str) -> bool:
+        return targets is None or holders.get(k, 0) < targets.get(k, 0) or k in parked
+
+    def best_to_join(keys: list[str]) -> str:
+        return max(keys, key=lambda k: (k in parked, wanted[k] / (holders.get(k, 0) + 1)))
+
     if held:
         best = max(held, key=lambda k: wanted[k] / max(1, holders.get(k, 1)))
         if orphans and holders.get(best, 1) > 1:
             return max(orphans, key=wanted.__getitem__)
+        if targets is not None and holders.get(best, 1) > targets.get(best, 0):
+            elsewhere = [k for k in wanted if k != best and short(k)]
+            if elsewhere:
+                return best_to_join(elsewhere)
         return best
-    return max(wanted, key=lambda k: wanted[k] / (holders.get(k, 0) + 1))
+    candidates = [k for k in wanted if short(k)]
+    return best_to_join(candidates) if candidates else None
+
+
+def preload(holds: set[str], targets: dict[str, int], holders: dict[str, int], work: dict[str, float]) -> str | None:
+    """The context a joining worker should load before any work reaches it:
+    the one furthest short of its target (then with most waiting work) among
+    those it does not hold; None when none is short."""
+    short = {k: t - holders.get(k, 0) for k, t in targets.items() if k not in holds and t > holders.get(k, 0)}
+    return max(short, key=lambda k: (short[k], work.get(k, 0.0))) if short else None
 
 
 def batch_size(me: LoopLoad, others: Holders, queued: int, in_flight: int, max_batch: int,

@@ -101,7 +101,12 @@ class WarmPool:
         finally:
             self.release(spec)
 
-    def acquire(self, spec: ContextSpec) -> Any:
+    def preload(self, spec: ContextSpec) -> None:
+        """Load (or wake) the context of ``spec`` now, before work needs it."""
+        self.acquire(spec, invocation=False)
+        self.release(spec)
+
+    def acquire(self, spec: ContextSpec, invocation: bool = True) -> Any:
         """Return the live context for ``spec``, loading it if needed.
 
         Callers must pair it with :meth:`release` so that idle release never
@@ -123,7 +128,7 @@ class WarmPool:
         except BaseException:
             self.release(spec)
             raise
-        stats.invocations += 1
+        stats.invocations += invocation
         stats.last_used = time.time()
         return entry.value
 

@@ -1,0 +1,115 @@
+"""Holders follow demand: the rules as pure functions (targets, the choice of a
+free worker, what a joining worker preloads), and on real Parsl workers: a hot
+context spreads only as far as its backlog pays for its loads; a joining
+worker preloads the context short of holders; the holders a recently used
+context keeps are not retired at max_idletime."""
+
+from __future__ import annotations
+
+import time
+
+from conftest import local_config, status
+
+from faas import Executor, ctx_function
+from faas.endpoint.policy import PAYBACK, choose_context, preload, target_holders
+
+# -- the rules ----------------------------------------------------------------------
+
+
+def test_a_context_wants_a_holder_per_few_loads_of_its_waiting_work():
+    # 120 s of waiting work, loads of 10 s: one holder per PAYBACK loads' worth
+    assert target_holders(120.0, 120, load=10.0, live=True, min_holders=1) == 120 / (PAYBACK * 10) == 4
+    assert target_holders(10_000.0, 5, load=10.0, live=True, min_holders=1) == 5  # at most one per invocation
+    assert target_holders(1.0, 10, load=10.0, live=True, min_holders=2) == 2  # cold: the floor
+    assert target_holders(0.0, 0, load=10.0, live=True, min_holders=2) == 2  # used recently
+    assert target_holders(0.0, 0, load=10.0, live=False, min_holders=2) == 0  # neither: frees them
+    assert target_holders(30.0, 30, load=0.0, live=True, min_holders=1) == 30  # a load not measured yet: free
+
+
+def test_a_worker_leaves_a_context_with_more_holders_than_it_needs_for_one_short_of_them():
+    backlog, holders = {"hot": 500.0, "cold": 20.0}, {"hot": 1, "cold": 3}
+    targets = {"hot": 10, "cold": 1}
+    assert choose_context({"cold"}, backlog, holders) == "cold"  # without targets it keeps to its own
+    assert choose_context({"cold"}, backlog, holders, targets) == "hot"
+    assert choose_context({"cold"}, backlog, {"hot": 10, "cold": 3}, targets) == "cold"  # hot has enough
+    assert choose_context({"cold"}, backlog, {"hot": 1, "cold": 1}, targets) == "cold"  # its last holder stays
+
+
+def test_a_parked_context_is_almost_warm():
+    backlog, holders, targets = {"a": 100.0, "b": 30.0}, {"a": 1, "b": 5}, {"a": 10, "b": 1}
+    assert choose_context(set(), backlog, holders, targets) == "a"  # b has holders enough
+    assert choose_context(set(), backlog, holders, targets, parked={"b"}) == "b"  # a wake away: cheapest work
+    assert choose_context({"a"}, backlog, {"a": 12, "b": 5}, targets, parked={"b"}) == "b"
+
+
+def test_a_free_worker_stays_idle_when_no_context_is_short_of_holders():
+    assert choose_context(set(), {"a": 5.0}, {"a": 1}, {"a": 1}) is None
+    assert choose_context(set(), {"a": 5.0}, {"a": 1}) == "a"  # without targets: any backlog
+    assert choose_context(set(), {"a": 5.0}, {"a": 1}, {"a": 2}) == "a"
+
+
+def test_a_joining_worker_preloads_the_context_furthest_short_of_holders():
+    targets, holders = {"a": 4, "b": 3, "c": 1}, {"a": 3, "b": 1, "c": 0}
+    assert preload(set(), targets, holders, {"a": 100.0, "b": 5.0}) == "b"  # short 2, against 1 and 1
+    assert preload({"b"}, targets, holders, {"a": 100.0}) == "a"  # ties: most waiting work
+    assert preload(set(), {"a": 1}, {"a": 1}, {"a": 100.0}) is None
+
+
+# -- on real workers ------------------------------------------------------------------
+def _slow_load(name, seconds):
+    time.sleep(seconds)  # stands in for reading a model
+    return {"name": name}
+
+
+def _call(ctx, x, seconds):
+    time.sleep(seconds)
+    return ctx["name"], x
+
+
+def _holders_of(name: str, fn) -> dict[str, dict]:
+    """Per worker, its warm pool's statistics of ``fn``'s context."""
+    workers = status(name)["live"]["worker_contexts"]
+    return {w: ctx[fn.context_key] for w, ctx in workers.items() if fn.context_key in ctx}
+
+
+def test_a_hot_context_spreads_as_far_as_its_backlog_pays_for_the_loads(endpoint):
+    # four workers on however few cores (Parsl starts no more than cores / cores_per_worker)
+    endpoint("spread", local_config(workers=4).replace("  address:", "  cores_per_worker: 0.25\n  address:"))
+    fn = ctx_function(model=_slow_load, name="hot", seconds=0.5)(_call)
+    with Executor(endpoint="spread") as ex:
+        assert ex.submit(fn, -1, 0.1).result(timeout=60) == ("hot", -1)  # one worker holds it
+        # 0.8 s of work: a second holder would spend more loading than it saves
+        assert list(ex.map(fn, range(8), [0.1] * 8, timeout=60)) == [("hot", x) for x in range(8)]
+        assert len(_holders_of("spread", fn)) == 1
+        # 12 s of work: every worker's load pays for itself several times over
+        assert list(ex.map(fn, range(120), [0.1] * 120, timeout=120)) == [("hot", x) for x in range(120)]
+    holders = _holders_of("spread", fn)
+    assert len(holders) == 4 and all(s["inits"] == 1 and s["loaded"] for s in holders.values()), holders
+
+
+def _plain(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+def test_a_joining_worker_preloads_and_kept_holders_are_not_retired(endpoint):
+    """min_holders 2 and a context used once: a worker that joins (brought by
+    plain work) loads it before any of its work comes, and neither of its two
+    holders retires at max_idletime while it was used within idle_timeout."""
+    config = local_config(workers=1, extra="warm_pool:\n  min_holders: 2\n").replace(
+        "    max_blocks: 1\n", "    max_blocks: 2\n").replace("  strategy_period: 0.5\n",
+                                                             "  strategy_period: 0.5\n  max_idletime: 1\n")
+    endpoint("keep", config)
+    fn = ctx_function(model=_slow_load, name="kept", seconds=0.1)(_call)
+    with Executor(endpoint="keep") as ex:
+        assert ex.submit(fn, 0, 0.0).result(timeout=60) == ("kept", 0)
+        assert list(ex.map(_plain, [0.5] * 10, timeout=120)) == [0.5] * 10  # a backlog: a second worker joins
+    deadline = time.monotonic() + 60
+    while len(holders := _holders_of("keep", fn)) < 2:
+        assert time.monotonic() < deadline, f"no second holder: {status('keep')['live']['worker_contexts']}"
+        time.sleep(0.5)
+    preloaded = [s for s in holders.values() if s["invocations"] == 0]
+    assert len(preloaded) == 1 and preloaded[0]["inits"] == 1 and preloaded[0]["loaded"], holders
+    time.sleep(3)  # three times max_idletime, both idle
+    assert len(status("keep")["live"]["worker_contexts"]) == 2
+    assert all(s["loaded"] for s in _holders_of("keep", fn).values())
