@@ -11,48 +11,59 @@ import time
 from conftest import local_config, status
 
 from faas import Executor, ctx_function
-from faas.endpoint.policy import PAYBACK, choose_context, preload, target_holders
+from faas.endpoint.policy import PAYBACK, choose_context, fleet_shares, preload, target_holders
 
 # -- the rules ----------------------------------------------------------------------
 
 
-def test_a_context_wants_a_holder_per_few_loads_of_its_waiting_work():
-    # 120 s of waiting work, loads of 10 s: one holder per PAYBACK loads' worth
-    assert target_holders(120.0, 120, load=10.0, live=True, min_holders=1) == 120 / (PAYBACK * 10) == 4
-    assert target_holders(10_000.0, 5, load=10.0, live=True, min_holders=1) == 5  # at most one per invocation
-    assert target_holders(1.0, 10, load=10.0, live=True, min_holders=2) == 2  # cold: the floor
-    assert target_holders(0.0, 0, load=10.0, live=True, min_holders=2) == 2  # used recently
-    assert target_holders(0.0, 0, load=10.0, live=False, min_holders=2) == 0  # neither: frees them
-    assert target_holders(30.0, 30, load=0.0, live=True, min_holders=1) == 30  # a load not measured yet: free
+def test_contexts_share_the_fleet_by_their_work():
+    assert fleet_shares({"a": 100.0, "b": 300.0}, 8) == {"a": 2.0, "b": 6.0}
+    assert fleet_shares({}, 8) == {} and fleet_shares({"a": 0.0}, 8) == {}
 
 
-def test_a_worker_leaves_a_context_with_more_holders_than_it_needs_for_one_short_of_them():
-    backlog, holders = {"hot": 500.0, "cold": 20.0}, {"hot": 1, "cold": 3}
-    targets = {"hot": 10, "cold": 1}
-    assert choose_context({"cold"}, backlog, holders) == "cold"  # without targets it keeps to its own
-    assert choose_context({"cold"}, backlog, holders, targets) == "hot"
-    assert choose_context({"cold"}, backlog, {"hot": 10, "cold": 3}, targets) == "cold"  # hot has enough
-    assert choose_context({"cold"}, backlog, {"hot": 1, "cold": 1}, targets) == "cold"  # its last holder stays
+def test_a_context_wants_its_share_as_far_as_its_loads_pay():
+    # 400 s of work, loads of 10 s: one holder per PAYBACK loads' worth, however large its share
+    assert target_holders(400.0, 400, load=10.0, share=50.0, live=True, min_holders=1) == 400 / (PAYBACK * 10) == 4
+    assert target_holders(12_000.0, 120, load=10.0, share=7.5, live=True, min_holders=1) == 7.5  # its share
+    assert target_holders(10_000.0, 5, load=10.0, share=50.0, live=True, min_holders=1) == 5  # one per invocation
+    assert target_holders(1.0, 10, load=10.0, share=50.0, live=True, min_holders=2) == 2  # cold: the floor
+    assert target_holders(0.0, 0, load=10.0, share=0.0, live=True, min_holders=2) == 2  # used recently
+    assert target_holders(0.0, 0, load=10.0, share=0.0, live=False, min_holders=2) == 0  # neither: frees them
+    assert target_holders(30.0, 30, load=0.0, share=50.0, live=True, min_holders=1) == 30  # load not measured: free
+
+
+def test_a_worker_leaves_a_context_with_a_worker_too_many_for_one_that_lacks_one():
+    backlog = {"hot": 500.0, "cold": 20.0}
+    assert choose_context({"cold"}, backlog, {"hot": 1, "cold": 3}) == "cold"  # without targets: its own
+    assert choose_context({"cold"}, backlog, {"hot": 1, "cold": 3}, {"hot": 3.0, "cold": 1.0}) == "hot"
+    # less than a whole worker each way: it stays (no moving back and forth as the backlogs drain)
+    assert choose_context({"cold"}, backlog, {"hot": 2, "cold": 3}, {"hot": 2.6, "cold": 2.4}) == "cold"
+    assert choose_context({"cold"}, backlog, {"hot": 1, "cold": 2}, {"hot": 1.5, "cold": 0.5}) == "cold"
+    assert choose_context({"cold"}, backlog, {"hot": 1, "cold": 1}, {"hot": 3.0, "cold": 0.0}) == "cold"  # its last
 
 
 def test_a_parked_context_is_almost_warm():
-    backlog, holders, targets = {"a": 100.0, "b": 30.0}, {"a": 1, "b": 5}, {"a": 10, "b": 1}
+    backlog, holders, targets = {"a": 100.0, "b": 30.0}, {"a": 1, "b": 5}, {"a": 10.0, "b": 1.0}
     assert choose_context(set(), backlog, holders, targets) == "a"  # b has holders enough
     assert choose_context(set(), backlog, holders, targets, parked={"b"}) == "b"  # a wake away: cheapest work
-    assert choose_context({"a"}, backlog, {"a": 12, "b": 5}, targets, parked={"b"}) == "b"
+    # its own has a worker too many; b lacks half of one: enough for a wake, not for a load
+    assert choose_context({"a"}, backlog, {"a": 12, "b": 5}, {"a": 10.5, "b": 5.5}, parked={"b"}) == "b"
+    assert choose_context({"a"}, backlog, {"a": 12, "b": 5}, {"a": 10.5, "b": 5.5}) == "a"
 
 
-def test_a_free_worker_stays_idle_when_no_context_is_short_of_holders():
-    assert choose_context(set(), {"a": 5.0}, {"a": 1}, {"a": 1}) is None
+def test_a_free_worker_stays_idle_when_no_context_lacks_holders():
+    assert choose_context(set(), {"a": 5.0}, {"a": 1}, {"a": 1.0}) is None
     assert choose_context(set(), {"a": 5.0}, {"a": 1}) == "a"  # without targets: any backlog
-    assert choose_context(set(), {"a": 5.0}, {"a": 1}, {"a": 2}) == "a"
+    assert choose_context(set(), {"a": 5.0, "b": 5.0}, {"a": 1, "b": 1}, {"a": 1.2, "b": 2.5}) == "b"
+    assert choose_context(set(), {"a": 5.0}, {"a": 1}, {"a": 1.9}) is None  # a load for less than a whole worker
+    assert choose_context(set(), {"a": 5.0}, {"a": 0}, {"a": 0.5}) == "a"  # nobody holds it: someone must
 
 
-def test_a_joining_worker_preloads_the_context_furthest_short_of_holders():
-    targets, holders = {"a": 4, "b": 3, "c": 1}, {"a": 3, "b": 1, "c": 0}
-    assert preload(set(), targets, holders, {"a": 100.0, "b": 5.0}) == "b"  # short 2, against 1 and 1
-    assert preload({"b"}, targets, holders, {"a": 100.0}) == "a"  # ties: most waiting work
-    assert preload(set(), {"a": 1}, {"a": 1}, {"a": 100.0}) is None
+def test_a_joining_worker_preloads_the_context_that_lacks_most_holders():
+    targets, holders = {"a": 4.0, "b": 3.0, "c": 1.0}, {"a": 3, "b": 1, "c": 0}
+    assert preload(set(), targets, holders, {"a": 100.0, "b": 5.0}) == "b"  # lacks 2, against 1 and 1
+    assert preload({"b"}, targets, holders, {"a": 100.0}) == "a"  # ties: most work
+    assert preload(set(), {"a": 1.0}, {"a": 1}, {"a": 100.0}) is None
 
 
 # -- on real workers ------------------------------------------------------------------
@@ -75,7 +86,7 @@ def _holders_of(name: str, fn) -> dict[str, dict]:
 def test_a_hot_context_spreads_as_far_as_its_backlog_pays_for_the_loads(endpoint):
     # four workers on however few cores (Parsl starts no more than cores / cores_per_worker)
     endpoint("spread", local_config(workers=4).replace("  address:", "  cores_per_worker: 0.25\n  address:"))
-    fn = ctx_function(model=_slow_load, name="hot", seconds=0.5)(_call)
+    fn = ctx_function(model=_slow_load, name="hot", seconds=0.3)(_call)
     with Executor(endpoint="spread") as ex:
         assert ex.submit(fn, -1, 0.1).result(timeout=60) == ("hot", -1)  # one worker holds it
         # 0.8 s of work: a second holder would spend more loading than it saves

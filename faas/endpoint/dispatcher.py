@@ -287,6 +287,11 @@ class Dispatcher:
             if it is None or it.loop != token:
                 continue  # a late duplicate, or revoked meanwhile
             batch = loop.batches[it.batch]
+            if info.kind is Kind.OK and not batch.last_finished and batch.context_key not in loop.rates:
+                # a first speed from its first call (less its load), long before the batch ends: placement
+                # shares the fleet by the contexts' costs
+                loop.measured(batch.context_key, 1, info.finished - info.started - batch.loading)
+                self.loops.update(loop)
             if info.kind is not Kind.RETURNED:
                 batch.first_started = min(batch.first_started, info.started)
                 batch.last_finished = max(batch.last_finished, info.finished)

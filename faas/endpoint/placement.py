@@ -3,9 +3,11 @@ context a joining loop preloads. The rules are :mod:`faas.endpoint.policy`'s;
 this applies them to the dispatcher's queues and the roster's indexes.
 
 Holders follow demand: per pass, each context with work gets a target number
-of holders from its backlog and measured costs (:func:`policy.target_holders`),
-so a hot context spreads to the workers its work needs and a cold one frees
-them. A context is *live* while it has work waiting or running, or was used
+of holders (:func:`policy.target_holders`): its share of the fleet in
+proportion to its work (waiting and running, at its measured cost), so that
+the contexts' holders finish together, capped where more holders would not
+pay for their loads. A hot context spreads to the workers its work needs and
+a cold one frees them. A context is *live* while it has work waiting or running, or was used
 within ``warm_pool.idle_timeout``: it keeps ``warm_pool.min_holders`` holders
 (:meth:`Placement.kept`), which are neither retired nor release it for
 idleness. A loop's parked contexts (in host memory) are almost warm: moving to
@@ -48,14 +50,18 @@ class Placement:
         idle = self.cfg.warm_pool.idle_timeout
         return key in self.last_used and (idle is None or now - self.last_used[key] <= idle)
 
-    def targets(self, now: float) -> dict[str, int]:
+    def targets(self, now: float) -> dict[str, float]:
         """Holders each context with work, or live, should have (plain
-        functions, with nothing to load: a worker per waiting invocation)."""
+        functions, with nothing to load: a worker per invocation)."""
         floor = self.cfg.warm_pool.min_holders
-        out = {k: floor for k in self.last_used if k != NO_CONTEXT and self.live(k, now)} if floor else {}
-        for k, q in self.queues.items():
-            out[k] = len(q) if k == NO_CONTEXT else policy.target_holders(
-                len(q) * self.loops.cost(k), len(q), self.load_seconds.get(k, 0.0), True, floor)
+        out = {k: float(floor) for k in self.last_used if k != NO_CONTEXT and self.live(k, now)} if floor else {}
+        counts = {k: len(q) + self.loops.in_flight(k) for k, q in self.queues.items()}
+        work = {k: n * self.loops.cost(k) for k, n in counts.items()}
+        shares = policy.fleet_shares(work, len(self.loops))  # loops on their way too: the fleet it is getting
+        for k, n in counts.items():
+            out[k] = float(n) if k == NO_CONTEXT else policy.target_holders(
+                len(self.queues[k]) * self.loops.cost(k), n, self.load_seconds.get(k, 0.0), shares.get(k, 0.0),
+                True, floor)
         return out
 
     # -- filling loops with room ------------------------------------------------
@@ -76,7 +82,9 @@ class Placement:
                 key = policy.choose_context({k for k in self.queues if self.loops.holds(loop, k)},
                                             {k: len(q) * self.loops.cost(k) for k, q in self.queues.items()},
                                             {k: self.loops.holder_count(k) for k in self.queues}, targets, parked)
-                if not key or not (size := self.batch_size(loop, key, key in parked)):
+                if not key or n and not self.loops.holds(loop, key):
+                    continue  # it moves to another context once free: not with that one's work waiting behind its own
+                if not (size := self.batch_size(loop, key, key in parked)):
                     continue  # left idle: the others finish sooner
                 self.last_used[key] = now
                 ship(loop, key, size)
