@@ -9,7 +9,8 @@ context (:meth:`CtxFunction.plain`): an ordinary FaaS call.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from faas.warm_pool.registry import process_pool
@@ -72,15 +73,21 @@ def _check_options(retries: int, timeout: float | None, batch_size: int, batch_w
         raise ValueError("batch_wait must be >= 0 seconds")
 
 
-def ctx_function(fn: Callable | None = None, *, model: str | Callable[..., Any], retries: int = 0,
+def ctx_function(fn: Callable | None = None, *, model: str | Callable[..., Any],
+                 files: str | os.PathLike | Sequence[str | os.PathLike] | None = None, retries: int = 0,
                  timeout: float | None = None, batch_size: int = 1, batch_wait: float = 0.0, **options: Any):
     """Declare the context ``fn`` needs.
 
     ``model`` is a Hugging Face model id or local folder (loaded with
     transformers: tokenizer + causal LM on ``cuda`` when present) or a callable
     returning any context object. ``options`` go to the loader and are part of
-    the context's identity. ``retries`` lets an invocation whose own code raised
-    (or timed out) be run again (system failures are always retried).
+    the context's identity. ``files`` (a loader's; a folder, a file or a list of
+    them, as workers see them): staged in each node's cache, checked against
+    their hashes and copied between nodes, so the source is read once per
+    fleet; the loader receives the node-local copy as ``files=`` (a path, or a
+    list of paths). A ``model`` that is an absolute folder path is staged so too.
+    ``retries`` lets an invocation whose own code raised (or timed out) be run
+    again (system failures are always retried).
     ``timeout``: seconds one invocation may run on a worker before it is
     interrupted and fails with InvocationTimeout (default: the endpoint's); a
     batched function's merged call that overruns it is run again one member at
@@ -91,7 +98,11 @@ def ctx_function(fn: Callable | None = None, *, model: str | Callable[..., Any],
     """
     if not (isinstance(model, str) or callable(model)):
         raise TypeError("model must be a model id/folder or a loader callable")
-    spec = ContextSpec(model, dict(options))
+    if files is not None and isinstance(model, str):
+        raise TypeError("files= is for a loader callable; a model folder names its files itself")
+    if files is not None and not isinstance(files, (str, os.PathLike)):
+        files = tuple(os.fspath(f) for f in files)
+    spec = ContextSpec(model, dict(options), os.fspath(files) if isinstance(files, os.PathLike) else files)
 
     def wrap(f: Callable[..., Any]) -> CtxFunction:
         if isinstance(f, CtxFunction):

@@ -41,7 +41,7 @@ def llm(tmp_path_factory):
     home, cache = tmp_path_factory.mktemp("faas-home"), tmp_path_factory.mktemp("model-cache")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FAAS_HOME", str(home))
-        mp.setenv("FAAS_MODEL_CACHE", str(cache))  # the daemon, and so its workers, inherit it
+        mp.setenv("FAAS_NODE_CACHE", str(cache))  # the daemon, and so its workers, inherit it
         write_config(home, "llm", local_config(workers=2))
         ep = RunningEndpoint(home, "llm")
         ep.start()
@@ -50,7 +50,7 @@ def llm(tmp_path_factory):
                 runs = [list(ex.map(verify, [r["claim"] for r in ROWS], [r["evidence"] for r in ROWS]))
                         for _ in range(2)]
             yield {"home": home, "cache": cache, "runs": runs, "store": ep.path / "store.db",
-                   "env": {"FAAS_HOME": str(home), "FAAS_MODEL_CACHE": str(cache)}}
+                   "env": {"FAAS_HOME": str(home), "FAAS_NODE_CACHE": str(cache)}}
         finally:
             ep.stop()
 
@@ -94,7 +94,7 @@ def test_two_workers_share_one_conversion_of_the_model(llm):
     inits = [i for i in _rows(llm["store"], "context_inits") if "load_smollm2" in _description(llm, i)]
     assert all(i["error"] is None for i in inits)
     assert len({i["worker_id"] for i in inits}) == 2, "both workers should have loaded the model"
-    lines = (llm["cache"] / CONVERSIONS_LOG).read_text().splitlines()
+    lines = (llm["cache"] / "converted" / CONVERSIONS_LOG).read_text().splitlines()
     assert len(lines) == 1, lines
 
 

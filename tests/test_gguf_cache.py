@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from faas.warm_pool.files import process_files
 from faas.warm_pool.gguf import (
     COMPLETE_MARKER,
     CONVERSIONS_LOG,
@@ -25,6 +26,7 @@ from faas.warm_pool.gguf import (
     cached_gguf_model,
     smollm2_gguf_path,
 )
+from faas.warm_pool.node_cache import NodeCache
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -137,8 +139,8 @@ def test_cache_key_follows_file_identity_and_transformers_version(tmp_path, monk
     assert cache_folder(fake, tmp_path) != touched
 
 
-def test_default_cache_dir_comes_from_environment(tmp_path, monkeypatch):
+def test_conversions_live_in_the_node_cache(tmp_path, monkeypatch):
     fake = tmp_path / "tiny.gguf"
     fake.write_bytes(b"GGUF")
-    monkeypatch.setenv("FAAS_MODEL_CACHE", str(tmp_path / "node-cache"))
-    assert cache_folder(fake).parent == tmp_path / "node-cache"
+    monkeypatch.setattr(process_files(), "cache", NodeCache(tmp_path / "node-cache"))
+    assert cache_folder(fake).parent == tmp_path / "node-cache" / "converted"

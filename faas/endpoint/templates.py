@@ -195,6 +195,8 @@ warm_pool:
   idle_timeout: 3600 #~ seconds before an unused context is released
   prewarm: null #~ modules a worker imports when it starts (null: torch and
  #~   transformers with its model classes on a GPU worker, if installed; []: none), then CUDA is initialised
+  node_cache: null #~ context files' cache on each node's local disk (null: $FAAS_NODE_CACHE or its temp folder)
+  peer_copy: true #~ nodes copy context files from each other: the shared filesystem is read once
 store:
   url: null #~ null: SQLite in this folder; or any SQLAlchemy URL
   retention: 604800 #~ seconds results are kept for reattaching clients

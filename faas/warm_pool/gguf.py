@@ -1,4 +1,4 @@
-"""Node-local cache of GGUF models converted to plain transformers checkpoints.
+"""GGUF models converted to plain transformers checkpoints, in the node cache.
 
 Transformers reads GGUF files but dequantises every tensor on each load (~15-20 s
 for SmolLM2-135M on a CPU). A warm-pool worker should not pay that on every cold
@@ -6,7 +6,9 @@ start, so the first worker on a node converts the file once into a folder of
 safetensors + tokenizer that any later ``from_pretrained(folder)`` reads in well
 under a second.
 
-Layout of the cache directory::
+The conversions live in the node cache's ``converted/`` folder
+(:mod:`faas.warm_pool.node_cache`: ``warm_pool.node_cache`` on a worker, else
+``$FAAS_NODE_CACHE`` or the node's temp folder). Layout::
 
     <stem>-<key>/               finished conversion (read-only by convention)
         faas-conversion.json    marker, written last: its presence means complete
@@ -63,9 +65,10 @@ def smollm2_gguf_path() -> Path:
 
 
 def default_cache_dir() -> Path:
-    """``$FAAS_MODEL_CACHE`` or ``~/.cache/faas/models``: node-local, so each node converts once."""
-    configured = os.environ.get("FAAS_MODEL_CACHE")
-    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "faas" / "models"
+    """``converted/`` in this process's node cache: node-local, so each node converts once."""
+    from faas.warm_pool.files import process_files
+
+    return process_files().cache.root / "converted"
 
 
 def cache_folder(gguf_path: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:

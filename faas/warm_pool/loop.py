@@ -41,7 +41,7 @@ import zmq
 from faas import protocol
 from faas.errors import Interrupted, InvocationTimeout, ProtocolError
 from faas.protocol import Kind, OutcomeInfo
-from faas.warm_pool.files import FilesSetup
+from faas.warm_pool.files import FilesSetup, NodeFiles, process_files
 from faas.warm_pool.prewarm import prewarm
 from faas.warm_pool.registry import process_pool
 from faas.warm_pool.runner import Result, Runner, WorkItem, dumps_exception
@@ -57,17 +57,21 @@ def serve(addresses: list[str], token: str, server_key: bytes, public_key: bytes
 
     Before it says ready, the loop pays its process's start-up costs
     (:func:`~faas.warm_pool.prewarm.prewarm` of ``prewarm_modules``, done once
-    per process) and reports their timings."""
+    per process) and reports their timings. ``files``: its node cache of context
+    files and the keys of the copy channel (:mod:`faas.warm_pool.files`); the
+    loop serves the cache to other nodes while it runs."""
     started = time.time()
     warmed = _prewarm_once(prewarm_modules)
     zctx = zmq.Context()
     try:
         sock = _connect(zctx, addresses, token, server_key, public_key, secret_key, heartbeat_threshold,
-                        {**warmed, "loop_started": started, "ready_after": time.time() - started})
+                        {**warmed, "loop_started": started, "ready_after": time.time() - started}, files)
         if sock is None:
             return f"no endpoint answered at {addresses}"
-        return WorkerLoop(zctx, sock, heartbeat_threshold).run()
+        return WorkerLoop(zctx, sock, heartbeat_threshold, process_files() if files is not None else None).run()
     finally:
+        if files is not None:
+            process_files().detach()
         zctx.destroy(linger=0)
 
 
@@ -84,7 +88,7 @@ def _prewarm_once(modules: list[str] | None) -> dict[str, Any]:
     return {**_prewarmed, "earlier_loop": True}
 
 
-def _connect(zctx, addresses, token, server_key, public_key, secret_key, timeout, prewarm):
+def _connect(zctx, addresses, token, server_key, public_key, secret_key, timeout, prewarm, files):
     """Say ``ready`` on the first address where the endpoint answers."""
     for address in addresses:
         sock = zctx.socket(zmq.DEALER)
@@ -93,7 +97,8 @@ def _connect(zctx, addresses, token, server_key, public_key, secret_key, timeout
         sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = server_key, public_key, secret_key
         sock.connect(address)
         sock.send_multipart(protocol.encode(protocol.Ready(
-            host=socket.gethostname(), pid=os.getpid(), contexts=process_pool().snapshot(), prewarm=prewarm)))
+            host=socket.gethostname(), pid=os.getpid(), contexts=process_pool().snapshot(), prewarm=prewarm,
+            files=process_files().attach(files, address) if files is not None else None)))
         if sock.poll(int(timeout * 1000)):
             return sock
         sock.close(0)
@@ -110,10 +115,12 @@ class _Running:
 
 
 class WorkerLoop:
-    def __init__(self, zctx: zmq.Context, sock: zmq.Socket, heartbeat_threshold: float):
+    def __init__(self, zctx: zmq.Context, sock: zmq.Socket, heartbeat_threshold: float,
+                 files: NodeFiles | None = None):
         self.zctx = zctx
         self.sock = sock
         self.threshold = heartbeat_threshold
+        self.files = files  # the node cache of context files, when the endpoint handed one
         self.runner = Runner()
         self.runner.on_init = lambda: self._report("loaded", None)
         self.runner.pool.keep = set()  # an earlier loop of this process was told what to keep, not this one
@@ -136,6 +143,8 @@ class WorkerLoop:
         self._wake_in = zctx.socket(zmq.PAIR)
         self._wake_in.connect(address)
         self._io = threading.Thread(target=self._serve_io, name="faas-loop-io", daemon=True)
+        if files is not None:  # a Locate goes out through the IO thread
+            files.send_locate = lambda key: self._report("locate", key)
 
     # -- the main thread: run invocations ---------------------------------------
     def run(self) -> str:
@@ -249,12 +258,16 @@ class WorkerLoop:
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
         poller.register(self._wake_in, zmq.POLLIN)
+        if self.files is not None:  # its state changed (on the stage's or the file server's thread)
+            poller.register(self.files.wake_fd, zmq.POLLIN)
         last_heard = time.monotonic()
         while True:
             events = dict(poller.poll(self._poll_ms()))
             if self._wake_in in events:
                 while self._wake_in.poll(0):
                     self._wake_in.recv()
+            if self.files is not None and self.files.wake_fd in events:
+                self.files.drain()
             if self.sock in events:
                 last_heard = time.monotonic()
                 while self.sock.poll(0):
@@ -291,6 +304,8 @@ class WorkerLoop:
         elif isinstance(msg, protocol.Retire):
             self._end("retired", interrupt=False)
         elif isinstance(msg, protocol.Preload):
+            if msg.peers and self.files is not None:
+                self.files.hint(msg.peers)
             with self.cond:
                 self.runner.add_bodies(dict(zip(msg.functions, body)),
                                        keep={msg.function, *(it.function_id for it in self.queue)})
@@ -298,6 +313,8 @@ class WorkerLoop:
                 self.cond.notify()
         elif isinstance(msg, protocol.Keep):
             self.runner.pool.keep = set(msg.contexts)
+        elif isinstance(msg, protocol.Peers) and self.files is not None:
+            self.files.answer(msg.context_key, msg.addresses)
 
     def _on_batch(self, msg: protocol.Batch, body: list[bytes]) -> None:
         self.settings = msg.settings
@@ -305,6 +322,8 @@ class WorkerLoop:
         pool.idle_timeout, pool.memory_budget = msg.settings.idle_timeout, msg.settings.memory_budget
         pool.host_budget = msg.settings.host_budget
         self.runner.max_result_bytes = msg.settings.max_result_bytes
+        if msg.peers and self.files is not None:
+            self.files.hint(msg.peers)
         if msg.settings.function_cache_bytes is not None:
             self.runner.bodies.max_bytes = msg.settings.function_cache_bytes
         items = [WorkItem(inv_id, fid, args)
@@ -393,19 +412,25 @@ class WorkerLoop:
                 loaded = True
             elif kind == "preloaded":
                 preloaded.append(value)
+            elif kind == "locate":
+                self._send(protocol.Locate(context_key=value))
             else:
                 (started if kind == "started" else outcomes).extend(value)
         with self.cond:
             dropped = self.runner.take_dropped()
-        if not started and not outcomes and not dropped and not loaded and not preloaded:
+        files = self.files.changed() if self.files is not None else None
+        if not started and not outcomes and not dropped and not loaded and not preloaded and files is None:
             return
         pool_changed = bool(outcomes) or loaded or bool(preloaded)
         msg = protocol.Progress(started=started, outcomes=[info for info, _ in outcomes],
                                 inits=self.runner.inits() if pool_changed else [],
                                 contexts=self.runner.pool.snapshot() if pool_changed else None,
-                                dropped_functions=dropped, preloaded=preloaded)
+                                dropped_functions=dropped, files=files, preloaded=preloaded)
+        self._send(msg, [payload for _, payload in outcomes])
+
+    def _send(self, msg: protocol._Message, frames: list[bytes] = ()) -> None:
         try:
-            self.sock.send_multipart(protocol.encode(msg, [payload for _, payload in outcomes]), zmq.NOBLOCK)
+            self.sock.send_multipart(protocol.encode(msg, frames), zmq.NOBLOCK)
         except zmq.ZMQError as e:
             log.error("cannot report to the endpoint: %s", e)
 
@@ -417,3 +442,4 @@ def _bare(inv_id: str, kind: Kind, started: float | None = None, finished: float
     now = time.time()
     return OutcomeInfo(id=inv_id, kind=kind, started=now if started is None else started,
                        finished=now if finished is None else finished), payload
+

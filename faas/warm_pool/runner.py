@@ -31,6 +31,7 @@ from faas.errors import (
     PayloadTooLarge,
     RemoteError,
     SerializationError,
+    last_line,
 )
 from faas.lru import ByteLRU
 from faas.protocol import InitInfo, Kind, OutcomeInfo
@@ -200,7 +201,7 @@ class Runner:
 
 
 def _init_error(fn: Any, tb: str) -> ContextInitError:
-    error = ContextInitError(f"context {fn.spec.description} failed to initialise")
+    error = ContextInitError(f"context {fn.spec.description} failed to initialise: {last_line(tb)}")
     error.tb = tb  # the loader's traceback, reported as the invocation's
     return error
 
