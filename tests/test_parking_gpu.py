@@ -47,10 +47,11 @@ def test_two_models_that_do_not_fit_together_wake_from_host_memory(tmp_path, mon
     from faas.warm_pool.spec import ContextSpec
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)  # relative folders: loaded where they are (an absolute one is staged in the node cache)
     specs = []
     for name, seed in (("a", 1), ("b", 2)):
         _save_model(tmp_path / name, seed)
-        specs.append(ContextSpec(str(tmp_path / name)))
+        specs.append(ContextSpec(f"./{name}"))
     torch.cuda.empty_cache()
     pool = WarmPool(memory_budget=400 * MB, host_budget=2048 * MB)  # each model is ~270 MB in bf16
     ids = list(range(1, 33))
