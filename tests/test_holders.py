@@ -92,8 +92,8 @@ def test_a_hot_context_spreads_as_far_as_its_backlog_pays_for_the_loads(endpoint
         # 0.8 s of work: a second holder would spend more loading than it saves
         assert list(ex.map(fn, range(8), [0.1] * 8, timeout=60)) == [("hot", x) for x in range(8)]
         assert len(_holders_of("spread", fn)) == 1
-        # 12 s of work: every worker's load pays for itself several times over
-        assert list(ex.map(fn, range(120), [0.1] * 120, timeout=120)) == [("hot", x) for x in range(120)]
+        # 20 s of work: every worker's load pays for itself many times over
+        assert list(ex.map(fn, range(200), [0.1] * 200, timeout=120)) == [("hot", x) for x in range(200)]
     holders = _holders_of("spread", fn)
     assert len(holders) == 4 and all(s["inits"] == 1 and s["loaded"] for s in holders.values()), holders
 
