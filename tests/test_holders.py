@@ -124,3 +124,53 @@ def test_a_joining_worker_preloads_and_kept_holders_are_not_retired(endpoint):
     time.sleep(3)  # three times max_idletime, both idle
     assert len(status("keep")["live"]["worker_contexts"]) == 2
     assert all(s["loaded"] for s in _holders_of("keep", fn).values())
+
+
+def test_a_loop_preloads_and_keeps_what_the_endpoint_says():
+    """The worker side, over a real socket: Preload loads the context before
+    any work (reported in Progress.preloaded, no invocation counted); Keep
+    reaches the warm pool, whose idle release then spares those contexts."""
+    import threading
+
+    import cloudpickle
+    import zmq
+
+    from faas import protocol
+    from faas.warm_pool.loop import WorkerLoop
+
+    fn = ctx_function(model=_slow_load, name="preloaded", seconds=0.0)(_call)
+    zctx = zmq.Context()
+    endpoint = zctx.socket(zmq.ROUTER)
+    endpoint.bind("inproc://holders-test")
+    sock = zctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.IDENTITY, b"loop")
+    sock.connect("inproc://holders-test")
+    loop = WorkerLoop(zctx, sock, heartbeat_threshold=30)
+    ended: list[str] = []
+    thread = threading.Thread(target=lambda: ended.append(loop.run()))
+    thread.start()
+    try:
+        endpoint.send_multipart([b"loop", *protocol.encode(protocol.Keep(contexts=[fn.context_key]))])
+        endpoint.send_multipart([b"loop", *protocol.encode(
+            protocol.Preload(context_key=fn.context_key, function="f1", functions=["f1"]), [cloudpickle.dumps(fn)])])
+        assert endpoint.poll(30_000), "no report from the loop"
+        _, *frames = endpoint.recv_multipart()
+        msg, _ = protocol.decode(frames, protocol.WORKER_REPORTS)
+        assert msg.preloaded == [fn.context_key] and not msg.started
+        stats = msg.contexts[fn.context_key]
+        assert stats["loaded"] and (stats["inits"], stats["invocations"]) == (1, 0)
+        assert [i.context_key for i in msg.inits] == [fn.context_key]
+        pool = loop.runner.pool  # the process's own: other tests' contexts may be in it too
+        assert pool.keep == {fn.context_key}
+        idle_timeout, pool.idle_timeout = pool.idle_timeout, 10.0
+        try:
+            assert fn.context_key not in pool.release_idle(now=time.time() + 60)  # kept
+            pool.keep = set()
+            assert fn.context_key in pool.release_idle(now=time.time() + 60)
+        finally:
+            pool.idle_timeout = idle_timeout
+    finally:
+        endpoint.send_multipart([b"loop", *protocol.encode(protocol.Retire())])
+        thread.join(30)
+        zctx.destroy(linger=0)
+    assert ended == ["retired"]
