@@ -7,11 +7,11 @@ of holders (:func:`policy.target_holders`): its share of the fleet in
 proportion to its work (waiting and running, at its measured cost), so that
 the contexts' holders finish together, capped where more holders would not
 pay for their loads. A hot context spreads to the workers its work needs and
-a cold one frees them. A context is *live* while it has work waiting or running, or was used
-within ``warm_pool.idle_timeout``: it keeps ``warm_pool.min_holders`` holders
-(:meth:`Placement.kept`), which are neither retired nor release it for
-idleness. A loop's parked contexts (in host memory) are almost warm: moving to
-one costs a wake, not a load.
+a cold one frees them. A context is *live* while it has work waiting or
+running, or was used within ``warm_pool.idle_timeout``: it keeps
+``warm_pool.min_holders`` holders (:meth:`Placement.kept`), which are neither
+retired nor release it for idleness. A loop's parked contexts (in host memory)
+are almost warm: moving to one costs a wake, not a load.
 """
 
 from __future__ import annotations
