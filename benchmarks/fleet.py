@@ -3,16 +3,19 @@
 The daemon runs as it does for users (faas.endpoint.daemon.run: the real
 client socket, dispatcher, store and CurveZMQ worker socket) in its own
 process, so that its CPU and memory are measured apart; only its engine is
-:class:`FleetEngine` instead of Parsl. The fleet (in this process) follows a
-trace of GPU slots joining and leaving: each slot that holds a loop token runs
-a simulated worker that speaks the worker-loop protocol over a real CurveZMQ
-DEALER socket, but sleeps instead of running code: a context load when its GPU
-holds another model, then the invocation's time divided by the slot's speed.
-It returns each invocation's argument blob as its result, so clients check
-that every result belongs to its invocation. A slot that leaves is preempted
-without goodbye: its socket closes, and for ``end: report`` slots the engine
-reports the loss (as Parsl does for a lost block); the others are found by the
-heartbeat threshold. Clients are separate processes that submit at once.
+:class:`FleetEngine` instead of Parsl. The fleet (in this process,
+:mod:`fleet_workers`) follows a trace of GPU slots joining and leaving: each
+slot that holds a loop token runs a simulated worker that speaks the
+worker-loop protocol over a real CurveZMQ DEALER socket, but sleeps instead of
+running code: moving a context onto its GPU costs what a real cluster charges
+(:mod:`cluster`: files from the shared filesystem, a peer or the node's disk,
+initialisation, parking and waking over PCIe), then each invocation takes its
+time divided by the slot's speed. It returns each invocation's argument blob
+as its result, so clients check that every result belongs to its invocation.
+A slot that leaves is preempted without goodbye: its socket closes, and for
+``end: report`` slots the engine reports the loss (as Parsl does for a lost
+block); the others are found by the heartbeat threshold. Clients are separate
+processes that submit at once.
 
 All times in traces and models are the paper's (seconds on real GPUs), divided
 by ``--scale`` here; the daemon's heartbeat settings are given in scaled time.
@@ -20,6 +23,7 @@ by ``--scale`` here; the daemon's heartbeat settings are given in scaled time.
     python benchmarks/fleet.py run --trace benchmarks/traces/paper.json -n 150000
     python benchmarks/fleet.py run --trace benchmarks/traces/paper.json -n 150000 --store postgresql
     python benchmarks/fleet.py saturation --sizes 186,372,744,1488 -n 20000
+    python benchmarks/fleet.py mobility          # context mobility: peer copy and parking, side by side
     python benchmarks/fleet.py trace paper|harsh > benchmarks/traces/NAME.json
 """
 
@@ -27,10 +31,8 @@ from __future__ import annotations
 
 import argparse
 import collections
-import heapq
 import itertools
 import json
-import math
 import os
 import random
 import signal
@@ -39,50 +41,21 @@ import sys
 import tempfile
 import threading
 import time
-import zlib
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psutil
 import zmq
+from cluster import GB, Cluster
+from fleet_workers import MODEL_SETS, Fleet, never_called
 
-from faas import protocol
 from faas.function import ctx_function
-from faas.protocol import Kind, OutcomeInfo
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 STALL_SECONDS = 30.0  # a run where no invocation ends for this long has hung: it fails, saying where
-MAX_LOAD_SECONDS = 600.0  # a model load slower than this is cut (the lognormal's tail)
-
-
-# -- the work: three models, single-claim invocations ----------------------------------
-@dataclass(frozen=True)
-class Model:
-    name: str
-    load: float  # mean seconds to load on a GPU (real time)
-    call: float  # mean seconds per claim on a speed-1 GPU (real time)
-
-    @property
-    def key(self) -> str:
-        return ctx_function(_never_called, model=f"fleet-sim/{self.name}").context_key
-
-
-MODELS = [Model("small", 30.0, 8.0), Model("medium", 90.0, 16.0), Model("large", 180.0, 32.0)]
-JITTER = 0.25  # lognormal sigma of one claim's time, and of one load's
-
-
-def _never_called(claim):
-    raise RuntimeError("the fleet simulator never runs the code it is sent")
-
-
-def _jitter(seed: str, sigma: float = JITTER) -> float:
-    """A lognormal factor of mean 1, the same for the same invocation id on every worker."""
-    z = random.Random(zlib.crc32(seed.encode())).gauss(0.0, 1.0)
-    return math.exp(sigma * z - sigma * sigma / 2)
 
 
 # -- traces -----------------------------------------------------------------------------
@@ -284,296 +257,11 @@ class Sampler:
         return {k: round(v / total, 4) for k, v in sorted(self.counts.items())}
 
 
-# -- the fleet, in this process ----------------------------------------------------------
-@dataclass
-class Slot:
-    id: int
-    speed: float
-    end: str
-    loaded: str | None = None  # the context its GPU holds (one at a time)
-    ready_at: float = 0.0  # monotonic: when its load ends (reported loaded from then on, as the warm pool does)
-    worker: SimWorker | None = None
-    gone: bool = False
-    spawned: bool = False  # a loop ran on it
-    done: int = 0  # invocations it reported finished
-    joined: float | None = None  # monotonic: when the trace brought it
-    left: float | None = None  # and took it away
-    idle_from: float | None = None  # monotonic: idle since (nothing to run), while idle
-    idle: list[tuple[float, float]] = field(default_factory=list)  # its idle spans so far
-
-    def idle_until(self, now: float) -> None:
-        if self.idle_from is not None:
-            self.idle.append((self.idle_from, now))
-            self.idle_from = None
-
-
-@dataclass
-class SimWorker:
-    slot: Slot
-    token: str
-    sock: zmq.Socket
-    queue: collections.deque = field(default_factory=collections.deque)  # (inv id, fid, args)
-    current: tuple[str, str, bytes, float] | None = None  # (inv id, fid, args, started wall time)
-    cancelled: bool = False
-    retiring: bool = False
-    started: list[str] = field(default_factory=list)  # to report in the next progress message
-    outcomes: list[tuple[OutcomeInfo, bytes]] = field(default_factory=list)
-    inits: list[protocol.InitInfo] = field(default_factory=list)
-
-
-class Fleet:
-    """Simulated workers driven by one thread: a zmq Poller over their sockets
-    and a heap of timed events (slots joining and leaving, invocations ending)."""
-
-    def __init__(self, trace: dict, scale: float, folder: Path, seed: int = 1):
-        self.trace, self.scale = trace, scale
-        self.rng = random.Random(seed)
-        self.zctx = zmq.Context()
-        self.zctx.setsockopt(zmq.LINGER, 0)
-        self.zctx.set(zmq.MAX_SOCKETS, 65536)
-        self.orders_address, self.reports_address = f"ipc://{folder}/orders", f"ipc://{folder}/reports"
-        self.orders = self.zctx.socket(zmq.PULL)
-        self.orders.bind(self.orders_address)
-        self.reports = self.zctx.socket(zmq.PUSH)
-        self.reports.bind(self.reports_address)
-        self.poller = zmq.Poller()
-        self.poller.register(self.orders, zmq.POLLIN)
-        self.by_sock: dict[zmq.Socket, SimWorker] = {}
-        self.events: list[tuple[float, int, str, Any]] = []
-        self._seq = itertools.count()
-        self.tokens: collections.deque[list[bytes]] = collections.deque()  # orders waiting for a slot
-        self.idle: collections.deque[Slot] = collections.deque()  # slots waiting for a token
-        self.slots: list[Slot] = []
-        self.fn_ctx: dict[str, str] = {}
-        self.models = {m.key: m for m in MODELS}
-        self.executed: collections.Counter[str] = collections.Counter()  # OK outcomes reported, per invocation
-        self.loads = 0
-        self.revoked = 0  # invocations the daemon took back (reclaim) or cancelled
-        self.batches = 0
-        self.late: list[float] = []  # how late each invocation's end was handled: the simulator's own lag
-        self.lost_running = 0  # invocations running or queued on a slot when it was preempted
-        self.busy = {"running": 0.0, "loading": 0.0}  # the slots' seconds, for where their time went
-        self.last_batch = 0.0  # monotonic: when the last batch arrived (the daemon's backlog was out by then)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="fleet", daemon=True)
-        self.t0 = 0.0
-
-    def start(self) -> None:
-        """Time zero of the trace."""
-        self.t0 = time.monotonic()
-        for s in self.trace["slots"]:
-            slot = Slot(s["id"], s["speed"], s["end"])
-            self.slots.append(slot)
-            self._at(s["join"] / self.scale, "join", slot)
-            if s["leave"] is not None:
-                self._at(s["leave"] / self.scale, "leave", slot)
-        self._thread.start()
-
-    def time_shares(self, end: float) -> dict[str, float]:
-        """Where the slots' time went until ``end`` (monotonic): running, loading, or
-        idle (joined, nothing to run); of the idle time, how much passed while the
-        daemon still had work to send (before the last batch arrived): dispatch lag."""
-        total = sum(min(end, s.left or end) - s.joined for s in self.slots if s.joined is not None)
-        shares = {k: v / total for k, v in self.busy.items()}
-        spans = [span for s in self.slots for span in s.idle] + [
-            (s.idle_from, end) for s in self.slots if s.idle_from is not None]
-        starved = sum(max(0.0, min(b, self.last_batch) - a) for a, b in spans)
-        return {**shares, "idle": max(0.0, 1.0 - sum(shares.values())), "idle while work was queued": starved / total}
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.zctx.destroy(linger=0)
-
-    def _at(self, t: float, kind: str, what: Any) -> None:
-        heapq.heappush(self.events, (self.t0 + t, next(self._seq), kind, what))
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            now = time.monotonic()
-            wait = min(0.05, self.events[0][0] - now) if self.events else 0.05
-            ready = self.poller.poll(max(2, int(wait * 1000)))  # >= 2 ms: one poll serves many events
-            touched: dict[int, SimWorker] = {}
-            for sock, _ in ready:
-                if sock is self.orders:
-                    while self.orders.poll(0):
-                        self._order(self.orders.recv_multipart())
-                    continue
-                w = self.by_sock.get(sock)
-                while w is not None and not sock.closed and sock.poll(0):
-                    self._on_message(w, sock.recv_multipart(), touched)
-            now = time.monotonic()
-            while self.events and self.events[0][0] <= now:
-                due, _, kind, what = heapq.heappop(self.events)
-                if kind == "done":
-                    self.late.append(now - due)
-                getattr(self, f"_{kind}")(what, touched)
-            for w in touched.values():
-                self._flush(w)
-
-    # -- the trace ------------------------------------------------------------
-    def _join(self, slot: Slot, touched) -> None:
-        if slot.joined is None:
-            slot.joined = time.monotonic()
-        if slot.idle_from is None:
-            slot.idle_from = time.monotonic()
-        if self.tokens:
-            self._spawn(slot, self.tokens.popleft())
-        else:
-            self.idle.append(slot)
-
-    def _leave(self, slot: Slot, touched) -> None:
-        """Preempted without goodbye."""
-        slot.gone, slot.left = True, time.monotonic()
-        slot.idle_until(slot.left)
-        w = slot.worker
-        if w is None:
-            self.idle.remove(slot)
-            return
-        self.lost_running += len(w.queue) + (w.current is not None)
-        self._close(w)
-        if slot.end == "report":
-            self._report(b"lost", w.token, b"block preempted")
-
-    def _order(self, frames: list[bytes]) -> None:
-        if self.idle:
-            self._spawn(self.idle.popleft(), frames)
-        else:
-            self.tokens.append(frames)
-
-    def _spawn(self, slot: Slot, order: list[bytes]) -> None:
-        token, address, server_public, public, secret = order
-        sock = self.zctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.IDENTITY, token)
-        sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = server_public, public, secret
-        sock.connect(address.decode())
-        w = SimWorker(slot, token.decode(), sock)
-        slot.worker, slot.spawned = w, True
-        self.by_sock[sock] = w
-        self.poller.register(sock, zmq.POLLIN)
-        sock.send_multipart(protocol.encode(protocol.Ready(host=f"fleet-{slot.id}", pid=1000 + slot.id,
-                                                           contexts=self._contexts(slot))))
-
-    def _report(self, what: bytes, token: str, why: bytes) -> None:
-        """To the engine; dropped once the daemon is gone (it retires every loop as it stops)."""
-        try:
-            self.reports.send_multipart([what, token.encode(), why], zmq.NOBLOCK)
-        except zmq.Again:
-            pass
-
-    def _close(self, w: SimWorker) -> None:
-        self.poller.unregister(w.sock)
-        del self.by_sock[w.sock]
-        w.sock.close(0)
-        w.slot.worker = None
-
-    def _contexts(self, slot: Slot) -> dict[str, dict]:
-        now = time.monotonic()
-        return {k: {"loaded": k == slot.loaded and now >= slot.ready_at} for k in self.models}
-
-    # -- the worker protocol ---------------------------------------------------
-    def _on_message(self, w: SimWorker, frames: list[bytes], touched) -> None:
-        msg, body = protocol.decode(frames, protocol.WORKER_ORDERS)
-        if isinstance(msg, protocol.Heartbeat):
-            w.sock.send_multipart(protocol.encode(protocol.Heartbeat()))
-            return
-        touched[id(w)] = w
-        if isinstance(msg, protocol.Batch):
-            self.batches += 1
-            self.last_batch = time.monotonic()
-            for fid, fbody in zip(msg.functions, body):
-                self.fn_ctx.setdefault(fid, next(k for k in self.models if k.encode() in fbody))
-            w.queue.extend((i, f, a) for (i, f), a in zip(msg.items, body[len(msg.functions):]))
-            if w.current is None:
-                self._next(w)
-        elif isinstance(msg, protocol.Revoke):
-            wanted = set(msg.ids)
-            kind = Kind.CANCELLED if msg.reason == "cancel" else Kind.RETURNED
-            self.revoked += len(wanted)
-            kept = collections.deque()
-            for item in w.queue:
-                if item[0] in wanted:
-                    w.outcomes.append(_bare(item[0], kind))
-                else:
-                    kept.append(item)
-            w.queue = kept
-            if msg.reason == "cancel" and w.current is not None and w.current[0] in wanted:
-                w.cancelled = True
-        elif isinstance(msg, protocol.Retire):
-            w.retiring = True
-            w.outcomes += [_bare(i, Kind.RETURNED) for i, _, _ in w.queue]
-            w.queue.clear()
-            if w.current is None:
-                self._retired(w)
-
-    def _next(self, w: SimWorker) -> None:
-        if not w.queue:
-            w.current = None
-            if w.slot.idle_from is None:
-                w.slot.idle_from = time.monotonic()
-            return
-        w.slot.idle_until(time.monotonic())
-        inv_id, fid, args = w.queue.popleft()
-        key = self.fn_ctx[fid]
-        model = self.models[key]
-        seconds = model.call * _jitter(inv_id) / w.slot.speed
-        self.busy["running"] += seconds / self.scale
-        if w.slot.loaded != key:
-            load = min(MAX_LOAD_SECONDS, model.load * _jitter(f"{w.slot.id}:{self.loads}"))
-            self.loads += 1
-            w.slot.loaded, w.slot.ready_at = key, time.monotonic() + load / self.scale
-            w.inits.append(protocol.InitInfo(context_key=key, description=f"fleet-sim/{model.name}",
-                                             started_at=time.time(), seconds=load / self.scale))
-            seconds += load
-            self.busy["loading"] += load / self.scale
-        w.current = (inv_id, fid, args, time.time())
-        w.cancelled = False
-        w.started.append(inv_id)
-        self._at(time.monotonic() - self.t0 + seconds / self.scale, "done", (w, inv_id))
-
-    def _done(self, what: tuple[SimWorker, str], touched) -> None:
-        w, inv_id = what
-        if w.slot.gone or w.slot.worker is not w or w.current is None or w.current[0] != inv_id:
-            return  # preempted meanwhile
-        _, _, args, started = w.current
-        if w.cancelled:
-            w.outcomes.append(_bare(inv_id, Kind.CANCELLED))
-        else:
-            w.outcomes.append((OutcomeInfo(id=inv_id, kind=Kind.OK, started=started, finished=time.time()), args))
-            self.executed[inv_id] += 1
-            w.slot.done += 1
-        touched[id(w)] = w
-        if w.retiring:
-            self._flush(w)
-            self._retired(w)
-        else:
-            self._next(w)
-
-    def _retired(self, w: SimWorker) -> None:
-        """The loop ended; its slot (a worker process, with its GPU's model) takes the next token."""
-        self._flush(w)
-        self._close(w)
-        self._report(b"ended", w.token, b"retired")
-        self._join(w.slot, {})
-
-    def _flush(self, w: SimWorker) -> None:
-        if w.slot.worker is not w or not (w.started or w.outcomes):
-            return
-        msg = protocol.Progress(started=w.started, outcomes=[o for o, _ in w.outcomes], inits=w.inits,
-                                contexts=self._contexts(w.slot) if w.outcomes else None)
-        w.sock.send_multipart(protocol.encode(msg, [p for _, p in w.outcomes]))
-        w.started, w.outcomes, w.inits = [], [], []
-
-
-def _bare(inv_id: str, kind: Kind) -> tuple[OutcomeInfo, bytes]:
-    now = time.time()
-    return OutcomeInfo(id=inv_id, kind=kind, started=now, finished=now), b""
-
-
 # -- clients ----------------------------------------------------------------------------------
-def client(name: str, index: int, count: int, go: str, out: str) -> None:
-    """One client process: submit ``count`` claims (the models in turn) at once
-    when ``go`` appears; check every result is its own invocation's; write figures."""
+def client(name: str, index: int, count: int, go: str, out: str, models: str) -> None:
+    """One client process: submit ``count`` claims (the models of set ``models``
+    in turn) at once when ``go`` appears; check every result is its own
+    invocation's; write figures."""
     from faas.client.executor import Executor
 
     deliveries: collections.Counter[str] = collections.Counter()
@@ -585,7 +273,7 @@ def client(name: str, index: int, count: int, go: str, out: str) -> None:
             deliveries.update(it.id for it in items)
             super()._on_results(items, payloads)
 
-    functions = [ctx_function(_never_called, model=f"fleet-sim/{m.name}") for m in MODELS]
+    functions = [ctx_function(never_called, model=f"fleet-sim/{m.name}") for m in MODEL_SETS[models]]
     ex = CountingExecutor(endpoint=name, batch_size=1024)
     while not os.path.exists(go):
         time.sleep(0.005)
@@ -619,7 +307,7 @@ def client(name: str, index: int, count: int, go: str, out: str) -> None:
 
 
 # -- one run ----------------------------------------------------------------------------------
-def config_text(store_url: str | None, heartbeat: tuple[int, int], scale: float) -> str:
+def config_text(store_url: str | None, heartbeat: tuple[int, int], scale: float, peer_copy: bool = True) -> str:
     """The endpoint's config: its time settings are the paper's divided by ``scale``
     (the default 10 s of work per batch), except the heartbeat, given scaled."""
     store = f"store:\n  url: {json.dumps(store_url)}\n" if store_url else ""
@@ -632,13 +320,21 @@ engine:
 dispatch:
   max_batch: 64
   max_batch_seconds: {10.0 / scale}
+warm_pool:
+  peer_copy: {str(peer_copy).lower()}
 {store}"""
 
 
 def run_fleet(trace: dict, invocations: int, clients: int = 3, scale: float = 60.0, store_url: str | None = None,
-              heartbeat: tuple[int, int] = (1, 3), log: Callable[[str], None] = print, dashboard: bool = False) -> dict:
-    """One run of ``invocations`` over ``trace``; returns its figures. ``dashboard``: with
-    ``faas dashboard`` attached to the daemon for the whole run (it asks for a view every second)."""
+              heartbeat: tuple[int, int] = (1, 3), log: Callable[[str], None] = print, models: str = "three",
+              cluster: Cluster | None = None, peer_copy: bool = True, parking: bool = False,
+              dashboard: bool = False) -> dict:
+    """One run of ``invocations`` of the ``models`` set over ``trace`` on ``cluster``,
+    with or without peer copy (the daemon's ``warm_pool.peer_copy``) and parking
+    (each slot's host memory holds three models); returns its figures. ``dashboard``:
+    with ``faas dashboard`` attached to the daemon for the whole run (it asks for a
+    view every second)."""
+    cluster = cluster or Cluster()
     from faas.endpoint.daemon import ping, request
     from faas.home import EndpointDir
 
@@ -647,10 +343,10 @@ def run_fleet(trace: dict, invocations: int, clients: int = 3, scale: float = 60
         home, name = tmp / "home", "fleet"
         folder = home / "endpoints" / name
         folder.mkdir(parents=True, mode=0o700)
-        (folder / "config.yaml").write_text(config_text(store_url, heartbeat, scale))
+        (folder / "config.yaml").write_text(config_text(store_url, heartbeat, scale, peer_copy))
         env = {**os.environ, "FAAS_HOME": str(home),
                "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-        fleet = Fleet(trace, scale, tmp)
+        fleet = Fleet(trace, scale, tmp, MODEL_SETS[models], cluster, parking)
         stats_path = tmp / "daemon-stats.json"
         with open(tmp / "daemon.log", "wb") as daemon_log:
             daemon = subprocess.Popen([sys.executable, __file__, "serve", name, fleet.orders_address,
@@ -671,7 +367,8 @@ def run_fleet(trace: dict, invocations: int, clients: int = 3, scale: float = 60
                                                         "0"], env=env, stdout=out, stderr=subprocess.STDOUT)
             shares = [invocations // clients + (i < invocations % clients) for i in range(clients)]
             procs = [subprocess.Popen([sys.executable, __file__, "client", name, str(i), str(n), str(go),
-                                       str(tmp / f"client{i}.json")], env=env) for i, n in enumerate(shares)]
+                                       str(tmp / f"client{i}.json"), models], env=env)
+                     for i, n in enumerate(shares)]
             time.sleep(3.0)  # clients connect (imports, handshake) before time zero
             dp = psutil.Process(daemon.pid)
             cpu0, rss_peak, rss0 = sum(dp.cpu_times()[:2]), 0, dp.memory_info().rss
@@ -729,8 +426,8 @@ def run_fleet(trace: dict, invocations: int, clients: int = 3, scale: float = 60
             fleet.stop()
         dstats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
         losses = [line for line in (tmp / "daemon.log").read_text(errors="replace").splitlines() if "lost with" in line]
-    work = sum(invocations / len(MODELS) * m.call for m in MODELS)
-    ideal = ideal_makespan(trace, work, sum(m.load for m in MODELS) / len(MODELS)) / scale
+    work = sum(invocations / len(MODEL_SETS[models]) * m.call for m in MODEL_SETS[models])
+    ideal = ideal_makespan(trace, work, 0.0) / scale  # loads free
     latencies = sorted(x for r in results for x in r["latencies"])
     return {
         "trace": trace["name"], "workers": trace["gpus"], "slots": len(trace["slots"]), "invocations": invocations,
@@ -744,6 +441,10 @@ def run_fleet(trace: dict, invocations: int, clients: int = 3, scale: float = 60
         "lost_reported": sum("silent for" not in line and "unreachable" not in line for line in losses),
         "lost_on_preemption": fleet.lost_running, "revoked": fleet.revoked,
         "loads": store["inits"], "loads_min": sum(1 for s in fleet.slots if s.done),
+        "models": models, "peer_copy": peer_copy, "parking": parking, "shared_fs": cluster.shared_fs,
+        "loads_by_origin": dict(fleet.loads), "bytes": dict(fleet.moved), "parks": fleet.parks,
+        "moves": fleet.moves, "last_batch_of": {fleet.models[k].name: t for k, t in fleet.last_batch_of.items()},
+        "model_bytes": sum(m.size for m in MODEL_SETS[models]),
         "idle_joined": [s.id for s in fleet.slots if s.spawned and not s.done],
         "daemon_cpu_s": cpu, "daemon_cpu_share": cpu / makespan, "loop_thread_cpu_s": main_cpu,
         "simulator_cpu_share": sim_cpu / makespan, "clients_cpu_share": sum(r["cpu_s"] for r in results) / makespan,
@@ -790,8 +491,13 @@ def report(r: dict) -> str:
             f"on preempted slots: {r['lost_on_preemption']}, taken back: {r['revoked']}; loops lost holding work: "
             f"{r['lost_reported']} reported by the engine, {r['lost_unreachable']} unreachable (socket closed), "
             f"{r['lost_silent']} silent past the heartbeat threshold)\n"
-            f"  context loads {r['loads']} vs minimum {r['loads_min']} (one per worker that ran work); "
-            f"workers that joined but ran nothing: {len(r['idle_joined'])}\n"
+            f"  context loads {r['loads']} vs minimum {r['loads_min']} (one per worker that ran work; files from: "
+            + ", ".join(f"{k} {v}" for k, v in sorted(r["loads_by_origin"].items()))
+            + f"); workers that joined but ran nothing: {len(r['idle_joined'])}\n"
+            f"  bytes from the shared filesystem {r['bytes'].get('source', 0) / GB:.0f} GB "
+            f"({r['bytes'].get('source', 0) / r['model_bytes']:.2f} copies of the models), from peers "
+            f"{r['bytes'].get('peers', 0) / GB:.0f} GB; parked {r['parks']}x, woken "
+            f"{r['bytes'].get('woken', 0) / GB:.0f} GB\n"
             f"  daemon CPU {r['daemon_cpu_s']:.1f}s = {100 * r['daemon_cpu_share']:.1f}% of a core "
             f"(loop thread {r['loop_thread_cpu_s']:.1f}s), {r['cpu_per_invocation_ms']:.3f} ms/invocation\n"
             f"  {r['throughput']:.0f} invocations/s, {r['decisions_per_s']:.1f} decisions (batches)/s, "
@@ -810,6 +516,63 @@ def _postgres(stack) -> str:
     from services.postgres import postgres_server
 
     return stack.enter_context(postgres_server(tempfile.mkdtemp(prefix="faas-fleet-pg-")))
+
+
+# -- context mobility: the same fleet with and without peer copy and parking --------------------
+def mobility(trace: dict, scenarios: str, fs: list[float], n_a: int, n_b: int, scale_a: float, scale_b: float,
+             json_path: str | None) -> None:
+    """(a) the paper's 13-minute shape: single-claim invocations of about 1 s,
+    one 16 GB model, at each shared-filesystem bandwidth in ``fs``; (b) the
+    three-model trace, with parking (GPU memory for one model, host memory for
+    three). Each without, then with, peer copy (and parking), side by side."""
+    runs: dict[str, list[dict]] = {}
+    for bandwidth in fs if "a" in scenarios else ():
+        name = f"(a) one 16 GB model, 1 s claims, shared filesystem {bandwidth:g} GB/s"
+        runs[name] = [run_fleet(trace, n_a, scale=scale_a, models="one", cluster=Cluster(shared_fs=bandwidth * GB),
+                                peer_copy=peer, log=lambda _: None) for peer in (False, True)]
+    if "b" in scenarios:
+        name = f"(b) three models (2, 6, 16 GB), 8-32 s claims, shared filesystem {fs[0]:g} GB/s"
+        runs[name] = [run_fleet(trace, n_b, scale=scale_b, models="three", cluster=Cluster(shared_fs=fs[0] * GB),
+                                peer_copy=on, parking=on, log=lambda _: None) for on in (False, True)]
+    print(f"\n{trace['name']} trace, {trace['gpus']} GPUs ({len(trace['slots'])} slots); each slot a node of its "
+          f"own; {Cluster().describe().split(', ', 1)[1]}; peers serve 2 copies at once (warm_pool.max_serving)\n")
+    for name, pair in runs.items():
+        print(name)
+        print(mobility_table(pair) + "\n", flush=True)
+        if json_path:
+            with open(json_path, "a") as f:
+                f.writelines(json.dumps(dict(r, scenario=name)) + "\n" for r in pair)
+
+
+def mobility_table(pair: list[dict]) -> str:
+    """Without and with peer copy (and parking), in paper time."""
+    def row(label: str, cell: Callable[[dict], str]) -> str:
+        return f"  {label:<44} " + " ".join(f"{cell(r):>28}" for r in pair)
+
+    def loads(r: dict) -> str:
+        by = r["loads_by_origin"]
+        return (f"{r['loads']} ({by.get('shared filesystem', 0)}/{by.get('peer', 0)}/{by.get('node disk', 0)}) "
+                f"vs {r['loads_min']}")
+
+    head = ["without peer copy" + (", parking" if pair[0]["models"] == "three" else ""),
+            "with peer copy" + (" and parking" if pair[1]["parking"] else "")]
+    return "\n".join([
+        f"  {'':<44} " + " ".join(f"{h:>28}" for h in head),
+        row("makespan (paper s)", lambda r: f"{r['makespan'] * r['scale']:.0f}"),
+        row("ideal with free loads (paper s)", lambda r: f"{r['ideal'] * r['scale']:.0f}"),
+        row("makespan / ideal", lambda r: f"{r['ratio']:.3f}x"),
+        row("bytes from the shared filesystem",
+            lambda r: f"{r['bytes'].get('source', 0) / GB:.0f} GB = "
+                      f"{r['bytes'].get('source', 0) / r['model_bytes']:.2f} copies"),
+        row("bytes from peers", lambda r: f"{r['bytes'].get('peers', 0) / GB:.0f} GB"),
+        row("loads (files from FS/peer/disk) vs min", loads),
+        row("parked / woken", lambda r: f"{r['parks']} / {r['bytes'].get('woken', 0) / GB:.0f} GB"),
+        row("slots' time loading / idle while queued",
+            lambda r: f"{100 * r['slot_time']['loading']:.1f} / "
+                      f"{100 * r['slot_time']['idle while work was queued']:.1f} %"),
+        row("lost / duplicated", lambda r: f"{r['lost']} / {r['duplicated']}"),
+        row("daemon CPU (% of a core), scale", lambda r: f"{100 * r['daemon_cpu_share']:.0f} %, {r['scale']:g}x"),
+    ])
 
 
 def main() -> None:
@@ -833,7 +596,16 @@ def main() -> None:
         p.add_argument("--dashboard", action="store_true", help="with `faas dashboard` attached for the run")
     sub.choices["saturation"].add_argument("--sizes", default="186,372,744,1488")
     sub.choices["saturation"].add_argument("--plot", default=str(HERE / "fleet_saturation.png"))
-    for cmd, n in (("serve", 5), ("client", 5)):
+    m = sub.add_parser("mobility", help="context mobility: each scenario with and without peer copy (and parking)")
+    m.add_argument("--trace", default=str(HERE / "traces" / "paper.json"))
+    m.add_argument("--scenarios", default="ab", help="a, b or ab")
+    m.add_argument("--fs", default="2,20", help="shared filesystem GB/s for (a); (b) runs at the first")
+    m.add_argument("--n-a", type=int, default=150_000)
+    m.add_argument("--n-b", type=int, default=150_000)
+    m.add_argument("--scale-a", type=float, default=4.0, help="(a)'s 1 s claims need a slower clock than (b)'s")
+    m.add_argument("--scale-b", type=float, default=60.0)
+    m.add_argument("--json", help="append the figures to this file (one JSON object a line)")
+    for cmd, n in (("serve", 5), ("client", 6)):
         s = sub.add_parser(cmd)
         s.add_argument("args", nargs=n)
     a = ap.parse_args()
@@ -844,9 +616,12 @@ def main() -> None:
         name, orders, reports, loops, stats = a.args
         return serve(name, orders, reports, int(loops), stats)
     if a.cmd == "client":
-        name, index, count, go, out = a.args
-        return client(name, int(index), int(count), go, out)
+        name, index, count, go, out, models = a.args
+        return client(name, int(index), int(count), go, out, models)
     trace = json.loads(Path(a.trace).read_text())
+    if a.cmd == "mobility":
+        return mobility(trace, a.scenarios, [float(x) for x in a.fs.split(",")], a.n_a, a.n_b, a.scale_a,
+                        a.scale_b, a.json)
     with contextlib.ExitStack() as stack:
         url = _postgres(stack) if a.store == "postgresql" else None
         if a.cmd == "run":

@@ -18,7 +18,8 @@ Hops and their messages:
   context's files)
 - endpoint -> worker loop: ``batch``, ``revoke`` (cancel or take back
   invocations), ``hb``, ``retire``, ``peers`` (the answer to ``locate``),
-  ``load_ack`` (it knows a context is about to load)
+  ``load_ack`` (it knows a context is about to load), ``preload`` (load a
+  context before work comes), ``keep`` (contexts not to release for idleness)
 
 Worker loops also talk to each other: each serves its node's cache of context
 files to the others' fetchers (:mod:`faas.warm_pool.fileserver`, its own
@@ -270,6 +271,7 @@ class Progress(_Message):
     # a context the loop is about to load: its loader runs once the endpoint acknowledges (LoadAck) what it was
     # told up to here, so that a loader that takes the process down is blamed, not what ran before it
     loading: Id | None = None
+    preloaded: list[Id] = []  # contexts whose preload (see Preload) ended, loaded or failed
 
     def frame_count(self) -> int:
         return len(self.outcomes)
@@ -301,6 +303,7 @@ class WorkerSettings(BaseModel):
     max_result_bytes: int | None = None  # a larger result fails its invocation (PayloadTooLarge)
     function_cache_bytes: int | None = None  # function bodies kept by the loop (least recently used go)
     output_log_level: int = 30  # log records at or above it are part of an invocation's output (30: WARNING)
+    host_budget: int | None = None  # bytes of parked contexts (None: a share of the node's memory; 0: none)
 
 
 class Batch(_Message):
@@ -333,6 +336,29 @@ class Retire(_Message):
     type: Literal["retire"] = "retire"
 
 
+class Preload(_Message):
+    """Load the context of function ``function`` now, before any of its work
+    arrives, and say so in ``Progress.preloaded``. Frames: the bodies of
+    ``functions`` (``function``'s, when the loop has not been sent it)."""
+
+    type: Literal["preload"] = "preload"
+    context_key: Id
+    function: Id
+    functions: list[Id] = []
+    peers: dict[Id, list[Address]] = {}  # as Batch.peers
+
+    def frame_count(self) -> int:
+        return len(self.functions)
+
+
+class Keep(_Message):
+    """The contexts the loop's warm pool must not release for idleness (the
+    endpoint's last holders of contexts with work); replaces the last list."""
+
+    type: Literal["keep"] = "keep"
+    contexts: list[Id]
+
+
 class Peers(_Message):
     """The answer to :class:`Locate`: fresh holders of the context's files, best
     first; empty: none, read the source."""
@@ -356,10 +382,10 @@ def _adapter(*models: type[_Message]) -> TypeAdapter:
 CLIENT_REQUESTS = _adapter(Ping, StatusRequest, Submit, Watch, Cancel, FleetRequest)
 CLIENT_REPLIES = _adapter(Pong, Ack, Running, Results, Tasks, StatusReply, FleetReply, Error)
 WORKER_REPORTS = _adapter(Ready, Progress, Heartbeat, Locate)
-WORKER_ORDERS = _adapter(Batch, Revoke, Heartbeat, Retire, Peers, LoadAck)
+WORKER_ORDERS = _adapter(Batch, Revoke, Heartbeat, Retire, Peers, LoadAck, Preload, Keep)
 ANY = _adapter(Ping, StatusRequest, Submit, Watch, Cancel, FleetRequest, Pong, Ack, Running, Results, Tasks,
                StatusReply, FleetReply, Error, Ready, Progress, Heartbeat, Locate, Batch, Revoke, Retire, Peers,
-               LoadAck)
+               LoadAck, Preload, Keep)
 _KNOWN = {m.model_fields["type"].default for m in _Message.__subclasses__()}
 
 

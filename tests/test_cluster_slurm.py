@@ -94,7 +94,7 @@ def lines(path: Path) -> list[str]:
 
 def test_slurm_blocks_follow_the_backlog_and_keep_contexts_warm(slurm_endpoint, tmp_path):
     config = slurm_config(min_blocks=0, max_blocks=2, max_idletime=3,
-                          worker_init=f"touch {tmp_path / 'init_ran'}")
+                          worker_init=f"touch {tmp_path / 'init_ran'}") + "warm_pool:\n  min_holders: 0\n"
     started = time.time()
     slurm_endpoint("slurm", config)
     answering = time.time() - started

@@ -34,12 +34,12 @@ def test_a_loop_not_measured_yet_is_judged_by_the_others_speed(tmp_path):
     first.batches[1] = LoopBatch(1, "k", 2, {"i1", "i2"})
     first.running["i1"] = now - 3 * RECLAIM_MIN_SECONDS
     d.loops.update(first)
-    assert d._held_up(first, now)  # nothing known of the context: the floor
+    assert d.upkeep.held_up(first, now)  # nothing known of the context: the floor
     other.rates["k"] = 1 / 20.0  # 20 s a call, measured on the other loop
     d.loops.update(other)
-    assert not d._held_up(first, now)
+    assert not d.upkeep.held_up(first, now)
     first.running["i1"] = now - 101.0  # five times the usual
-    assert d._held_up(first, now)
+    assert d.upkeep.held_up(first, now)
 
 
 def test_a_fault_handling_one_outcome_fails_it_and_spares_its_message_mates(tmp_path, monkeypatch):

@@ -264,6 +264,13 @@ class WarmPoolConfig(_Strict):
     function_cache_bytes: ByteSize = Field(ByteSize(256 * 2**20), ge=2**20, description=(
         "Function bodies kept by the daemon and by each worker, least recently used going first (reloaded from the "
         "store, or sent again, when needed); a worker counts them in its memory_budget."))
+    host_budget: ByteSize | None = Field(None, description=(
+        "Host memory (e.g. 64GiB) each GPU worker may use for contexts parked off its GPU to make room for "
+        "another: a parked context wakes by a copy back instead of running its loader again. null: half of the "
+        "node's memory, shared by its workers; 0: contexts pushed off the GPU are released."))
+    min_holders: int = Field(1, ge=0, description=(
+        "Workers kept holding each context while it has queued work or was used within idle_timeout: the last "
+        "ones are neither retired at engine.max_idletime nor release it for idleness. 0: no floor."))
     node_cache: str | None = Field(None, description=(
         "Folder of each node's cache of context files (the files a context names, staged once per node and "
         "checked against their hashes; GGUF conversions too), on the node's local disk; ~ and $VARIABLES are "

@@ -3,10 +3,13 @@ record of what each one is doing.
 
 Invocations wait here, per context. Each Parsl worker runs a loop task
 (faas.warm_pool.loop) that pulls from the endpoint; when a loop has room (one
-batch running, one queued behind it) the dispatcher picks a context and a
-batch size for it (:mod:`faas.endpoint.policy`), so workers keep to their warm
-contexts and batches follow the backlog and each worker's measured speed.
-Who has room and who holds which context is kept by :mod:`faas.endpoint.roster`.
+batch running, one queued behind it) placement picks a context and a batch
+size for it (:mod:`faas.endpoint.placement`, by :mod:`faas.endpoint.policy`'s
+rules), so workers keep to their warm contexts, holders follow each context's
+demand, and batches follow the backlog and each worker's measured speed; a
+joining loop may first preload the context most short of holders. Who has room
+and who holds which context is kept by :mod:`faas.endpoint.roster`; retirement
+and the other periodic looks are :mod:`faas.endpoint.upkeep`'s.
 
 Batches are the unit of dispatch only. Loops report each invocation as it
 starts and as it ends (``progress``); each outcome is recorded, with the
@@ -38,9 +41,11 @@ from faas.endpoint.config import EndpointConfig
 from faas.endpoint.items import FunctionMeta, Item, gave_up, loss_note
 from faas.endpoint.ledger import Final, Ledger
 from faas.endpoint.peers import PeerIndex
+from faas.endpoint.placement import Placement
 from faas.endpoint.policy import Step
-from faas.endpoint.roster import PREFETCH, Roster
+from faas.endpoint.roster import Roster
 from faas.endpoint.storeguard import StoreGuard
+from faas.endpoint.upkeep import Upkeep
 from faas.endpoint.workers import LoopBatch, WorkerLoop
 from faas.errors import last_line
 from faas.function import NO_CONTEXT
@@ -54,7 +59,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 ROW_SLACK = 2**16  # bytes of a stored invocation's row besides its arguments and result
 IDLE_LOSSES = 3  # workers lost in a row with nothing to run: reported (once) as a failure of the workers
-UPKEEP_PERIOD = 0.1  # seconds between looks for held-up loops and idle ones to retire (scans of all loops)
 _STATE = {Step.SUCCEEDED: State.SUCCEEDED, Step.FAILED: State.FAILED, Step.CANCELLED: State.CANCELLED}
 
 
@@ -73,10 +77,11 @@ class Dispatcher:
         self.functions: dict[str, FunctionMeta] = {}
         self.outbox: list[tuple[str, list[bytes]]] = []  # (loop token, message) for the server to send
         self.started: list[Item] = []  # invocations that started since the last call of take_started
-        self.load_seconds: dict[str, float] = {}  # context -> how long a worker takes to load it, smoothed
         self.ledger = Ledger(store, guard)  # what the passes decided, written in one transaction
         self.peers = PeerIndex(self.loops, self.ledger, config.warm_pool.peer_copy)  # who holds which files
-        self._last_upkeep = 0.0  # monotonic
+        self.placement = Placement(self.queues, self.loops, self.functions, config)
+        self.upkeep = Upkeep(self.loops, self.items, engine, self.placement, config.engine.max_idletime,
+                             self.outbox)
         self._idle_losses = 0  # ready loops lost in a row holding nothing
         self._batch_ids = itertools.count(1)
         self._bodies = ByteLRU(int(config.warm_pool.function_cache_bytes))  # the store has them all
@@ -84,6 +89,7 @@ class Dispatcher:
         self._settings = protocol.WorkerSettings(
             idle_timeout=pool.idle_timeout, output_log_level=pool.output_log_level,
             memory_budget=int(pool.memory_budget) if pool.memory_budget is not None else None,
+            host_budget=int(pool.host_budget) if pool.host_budget is not None else None,
             timeout=config.dispatch.invocation_timeout, timeout_grace=config.dispatch.timeout_grace,
             # a larger result fails its own invocation on the worker, not its batch's record here
             max_result_bytes=min(config.max_payload_bytes, store.max_value_bytes - ROW_SLACK),
@@ -158,6 +164,22 @@ class Dispatcher:
         log.info("worker %s ready %.1fs after its loop started (imports %s, CUDA %s)", loop.name,
                  msg.prewarm.get("ready_after", 0.0), msg.prewarm.get("imports", {}), msg.prewarm.get("cuda"))
         self.outbox.append((token, protocol.encode(protocol.Heartbeat())))
+        if (key := self.placement.preload_for(loop, time.monotonic())) is not None:
+            self._preload(loop, key)
+
+    def _preload(self, loop: WorkerLoop, key: str) -> None:
+        """Have a joining loop load ``key`` before work reaches it (it gets none
+        until it says the load ended), with the body of one of its functions."""
+        fid = next((f for f, m in self.functions.items() if m.context_key == key and f in self._bodies), None)
+        if fid is None:
+            return
+        bodies = [] if fid in loop.sent_functions else [self._bodies.get(fid)]
+        loop.sent_functions.add(fid)
+        loop.preloading = key
+        self.loops.update(loop)
+        msg = protocol.Preload(context_key=key, function=fid, functions=[fid] if bodies else [],
+                               peers=self.peers.for_batch(loop, key))
+        self.outbox.append((loop.token, protocol.encode(msg, bodies)))
 
     def heard(self, token: str, resources: dict | None = None) -> None:
         if (loop := self.loops.get(token)) is not None:
@@ -234,6 +256,9 @@ class Dispatcher:
         loop.last_heard = now
         if msg.contexts is not None:
             loop.contexts = msg.contexts
+        if loop.preloading in msg.preloaded:
+            loop.preloading, loop.idle_since = None, now
+        if msg.contexts is not None or msg.preloaded:
             self.loops.update(loop)
         self.peers.update(loop, msg.files)
         worker = loop.name
@@ -248,8 +273,7 @@ class Dispatcher:
         if msg.inits:
             for e in msg.inits:
                 if e.error is None:
-                    old = self.load_seconds.get(e.context_key)
-                    self.load_seconds[e.context_key] = e.seconds if old is None else 0.7 * old + 0.3 * e.seconds
+                    self.placement.loaded(e.context_key, e.seconds)
                 batch = next((b for b in loop.batches.values() if b.context_key == e.context_key), None)
                 if batch is not None:
                     batch.loading += e.seconds
@@ -262,6 +286,11 @@ class Dispatcher:
             if it is None or it.loop != token:
                 continue  # a late duplicate, or revoked meanwhile
             batch = loop.batches[it.batch]
+            if info.kind is Kind.OK and not batch.last_finished and batch.context_key not in loop.rates:
+                # a first speed from its first call (less its load), long before the batch ends: placement
+                # shares the fleet by the contexts' costs
+                loop.measured(batch.context_key, 1, info.finished - info.started - batch.loading)
+                self.loops.update(loop)
             if info.kind is not Kind.RETURNED:
                 batch.first_started = min(batch.first_started, info.started)
                 batch.last_finished = max(batch.last_finished, info.finished)
@@ -302,6 +331,7 @@ class Dispatcher:
 
     def _batch_done(self, loop: WorkerLoop, batch: LoopBatch) -> None:
         del loop.batches[batch.id]
+        self.placement.last_used[batch.context_key] = time.monotonic()
         if batch.last_finished - batch.first_started > batch.loading:
             loop.measured(batch.context_key, batch.size, batch.last_finished - batch.first_started - batch.loading)
         if not loop.batches:
@@ -362,45 +392,14 @@ class Dispatcher:
             return
         now = time.monotonic()
         if self.queues and self.guard.down_since is None:  # while the store fails, nothing new goes out
-            self._dispatch(now)
+            self.placement.fill(now, self._ship, self.upkeep.held_up)
         engine, loops = self.engine, self.loops
         if self.queues and not loops.unready and len(loops) < engine.max_loops:
             self.start_loops(min(engine.loops_per_block, engine.max_loops - len(loops)))
         elif len(loops) < engine.min_loops:
             self.start_loops(engine.min_loops - len(loops))
-        if now - self._last_upkeep >= UPKEEP_PERIOD:
-            self._last_upkeep = now
-            self._retire_idle(now)
-            self._reclaim(now)
-
-    def _dispatch(self, now: float) -> None:
-        """Fill the loops that have room, least loaded first. Only the loops with
-        room are visited, and the roster's sums stand in for the holders: a
-        pass costs what it ships, not the size of the fleet."""
-        levels = [self.loops.with_room(n) for n in range(PREFETCH)]
-        for n in range(PREFETCH):
-            for loop in levels[n]:  # grows as loops of the level before get a batch
-                if not self.queues:
-                    return
-                if loop.token not in self.loops or len(loop.batches) != n or self._held_up(loop, now):
-                    continue
-                key = policy.choose_context({k for k in self.queues if self.loops.holds(loop, k)},
-                                            {k: len(q) * self.loops.cost(k) for k, q in self.queues.items()},
-                                            {k: self.loops.holder_count(k) for k in self.queues})
-                if not key or not (size := self._batch_size(loop, key)):
-                    continue  # left idle: the others finish sooner
-                self._ship(loop, key, size)
-                if len(loop.batches) < PREFETCH:
-                    levels[len(loop.batches)].append(loop)
-
-    def _batch_size(self, loop: WorkerLoop, key: str) -> int:
-        queue = self.queues[key]
-        fn = self.functions.get(queue[0].function_id, FunctionMeta())
-        held = self.loops.holds(loop, key)
-        return policy.batch_size(policy.LoopLoad(loop.rates.get(key), loop.outstanding()),
-                                 self.loops.holders(key, besides=loop), len(queue), self.loops.in_flight(key),
-                                 self.cfg.dispatch.max_batch, self.cfg.dispatch.max_batch_seconds,
-                                 min_batch=fn.batch_size, load=0.0 if held else self.load_seconds.get(key, 0.0))
+        if self.upkeep.due(now):
+            self.upkeep.run(now, queued=bool(self.queues))
 
     def _fail_queued(self, error: str) -> None:
         now = time.time()
@@ -436,41 +435,6 @@ class Dispatcher:
                              settings=self._settings, peers=self.peers.for_batch(loop, key))
         self.outbox.append((loop.token, protocol.encode(msg, [*(bodies[f] for f in fids),
                                                               *(it.args for it in items)])))
-
-    def _retire_idle(self, now: float) -> None:
-        if self.queues:
-            return
-        for loop in self.loops.idle():
-            if len(self.loops) <= self.engine.min_loops:
-                return
-            if now - loop.idle_since > self.cfg.engine.max_idletime:
-                self.outbox.append((loop.token, protocol.encode(protocol.Retire())))
-                self.loops.remove(loop.token)
-
-    def _held_up(self, loop: WorkerLoop, now: float) -> bool:
-        """Its current invocation has run far longer than usual. Not while the
-        loop may be loading the context (it has not reported it loaded): a
-        model's load takes minutes, and taking its queue back would only move
-        the load, and the wait, to another worker."""
-        if not loop.running:
-            return False
-        since = min(loop.running.values())
-        key = self.items[next(iter(loop.running))].context_key
-        if not loop.contexts.get(key, {}).get("loaded"):
-            return False
-        # not measured on this loop yet: the others' usual time (a model's calls may take tens of seconds)
-        return policy.should_reclaim(now - since, loop.rates.get(key) or self.loops.rate(key), 1)
-
-    def _reclaim(self, now: float) -> None:
-        for loop in self.loops:
-            if not self._held_up(loop, now):
-                continue
-            behind = [i for b in loop.batches.values() for i in b.open
-                      if i not in loop.running and not self.items[i].reclaiming]
-            if behind:
-                for inv_id in behind:
-                    self.items[inv_id].reclaiming = True
-                self.outbox.append((loop.token, protocol.encode(protocol.Revoke(ids=behind, reason="reclaim"))))
 
     def recover(self) -> int:
         """After a restart: every invocation not final goes back to the queue."""

@@ -1,5 +1,6 @@
-"""The dispatcher's rules, as pure functions over typed records: which context
-a free worker serves, how large its batch is, what becomes of an invocation
+"""The dispatcher's rules, as pure functions over typed records: how many
+workers each context should have, which context a free worker serves (or a
+joining one preloads), how large its batch is, what becomes of an invocation
 after an attempt ends, and when queued work is taken back from a busy worker.
 No I/O here, so every rule is tested without Parsl, sockets or a store.
 """
@@ -14,6 +15,8 @@ from faas.protocol import Kind, retryable
 
 FIRST_BATCH = 4  # invocations in a worker's first batch of a context, before its speed is known
 RECLAIM_MIN_SECONDS = 2.0  # an invocation running this long (and several times its usual time) holds up its queue
+PAYBACK = 10.0  # a worker that loads a context should get at least this many loads' worth of its work
+SLACK = 0.05  # a context's holders may stray this far from its target (and a worker) before one moves
 
 
 @dataclass
@@ -43,27 +46,88 @@ class Holders:
         return cls(len(rates), sum(r for r in rates if r is not None), sum(r is None for r in rates))
 
 
-def choose_context(holds: set[str], backlog: dict[str, float], holders: dict[str, int]) -> str | None:
+def fleet_shares(work: dict[str, float], fleet: int) -> dict[str, float]:
+    """Each context's share of a fleet of ``fleet`` workers, in proportion to
+    its work (waiting and running, in seconds on one worker): shares that let
+    every context's holders finish together."""
+    total = sum(work.values())
+    return {k: fleet * w / total for k, w in work.items()} if total > 0 else {}
+
+
+def target_holders(waiting: float, invocations: int, load: float, share: float, live: bool,
+                   min_holders: int) -> float:
+    """How many workers a context should have: its ``share`` of the fleet
+    (:func:`fleet_shares`), but no more than one per ``PAYBACK`` loads' worth of
+    its waiting work (``waiting`` seconds on one worker, not yet sent to any: a
+    worker that loads it for ``load`` seconds must get that back many times
+    over; a load not measured yet counts as free), nor than one per invocation
+    (waiting or running); and at least ``min_holders`` while it is ``live`` (work
+    waiting or running, or used within the idle timeout). A hot context
+    spreads; a cold one frees them. A fraction: a context is short of holders
+    by ``target - holders``."""
+    need = min(float(invocations), share, waiting / (PAYBACK * load) if load > 0 else math.inf)
+    return max(need, float(min_holders) if live else 0.0)
+
+
+def choose_context(holds: set[str], backlog: dict[str, float], holders: dict[str, int],
+                   targets: dict[str, float] | None = None, parked: set[str] = frozenset()) -> str | None:
     """The context a free worker should serve next.
 
     ``holds``: contexts the worker holds; ``backlog``: waiting work per context
-    (invocations, or the seconds they take); ``holders``: workers holding (or about to hold) each context. A
-    worker keeps to a context it holds, the one with most backlog per holder,
+    (invocations, or the seconds they take); ``holders``: workers holding (or
+    about to hold) each context; ``targets``: how many each should have
+    (:func:`target_holders`); ``parked``: contexts the worker has parked in host
+    memory, which it wakes at almost no cost.
+
+    A worker keeps to a context it holds, the one with most backlog per holder,
     unless some context with backlog has no holder at all and the worker's
-    context keeps another; a worker holding nothing useful takes the context
-    with most backlog per holder, counting itself.
+    context keeps another, or its context has more holders than its target (and
+    another holder) and another lacks some (or lacks any and is parked here),
+    each by a whole worker and ``SLACK`` of its target: then it moves to the one
+    that lacks most, a parked one first. The margins keep workers from moving
+    back and forth as the backlogs drain and the measured costs that size the
+    targets wobble. A worker holding nothing useful takes a
+    parked context with backlog, else the one that lacks most holders among
+    those that lack a whole worker or have none (with no targets: the one with
+    most backlog per holder, counting itself); none: it stays idle.
     """
     wanted = {k: n for k, n in backlog.items() if n > 0}
     if not wanted:
         return None
     held = [k for k in wanted if k in holds]
     orphans = [k for k in wanted if not holders.get(k)]
+    if targets is None:
+        if held:
+            best = max(held, key=lambda k: wanted[k] / max(1, holders.get(k, 1)))
+            return max(orphans, key=wanted.__getitem__) if orphans and holders.get(best, 1) > 1 else best
+        return max(wanted, key=lambda k: wanted[k] / (holders.get(k, 0) + 1))
+
+    def lack(k: str) -> float:
+        return targets.get(k, 0.0) - holders.get(k, 0)
+
+    def margin(k: str) -> float:
+        return max(1.0, SLACK * targets.get(k, 0.0))
+
     if held:
         best = max(held, key=lambda k: wanted[k] / max(1, holders.get(k, 1)))
         if orphans and holders.get(best, 1) > 1:
             return max(orphans, key=wanted.__getitem__)
+        if lack(best) <= -margin(best) and holders.get(best, 1) > 1:  # never its last holder while it has work
+            elsewhere = [k for k in wanted if k != best and (lack(k) >= margin(k) or k in parked and lack(k) > 0)]
+            if elsewhere:
+                return max(elsewhere, key=lambda k: (k in parked, lack(k)))
         return best
-    return max(wanted, key=lambda k: wanted[k] / (holders.get(k, 0) + 1))
+    candidates = [k for k in wanted if lack(k) >= 1 or k in parked or not holders.get(k)]
+    return max(candidates, key=lambda k: (k in parked, lack(k))) if candidates else None
+
+
+def preload(holds: set[str], targets: dict[str, float], holders: dict[str, int],
+            work: dict[str, float]) -> str | None:
+    """The context a joining worker should load before any work reaches it:
+    the one that lacks most holders (then with most work) among those it does
+    not hold; None when none lacks a whole worker."""
+    short = {k: t - holders.get(k, 0) for k, t in targets.items() if k not in holds and t - holders.get(k, 0) >= 1}
+    return max(short, key=lambda k: (short[k], work.get(k, 0.0))) if short else None
 
 
 def batch_size(me: LoopLoad, others: Holders, queued: int, in_flight: int, max_batch: int,

@@ -23,8 +23,9 @@ PREFETCH = 2  # batches a loop holds: one running, one queued behind it
 class _Share:
     """What one loop adds to the indexes; taken out again before it changes."""
 
-    room: int | None = None  # batches it has, when it is ready and has room for another
+    room: int | None = None  # batches it has, when it is ready and has room for another (not while preloading)
     held: dict[str, float | None] = field(default_factory=dict)  # context -> its rate there (None: not measured)
+    parked: set[str] = field(default_factory=set)  # contexts it holds in host memory
     open: dict[str, int] = field(default_factory=dict)  # context -> its invocations sent and not finished
     costs: dict[str, float] = field(default_factory=dict)  # context -> its measured seconds per invocation
 
@@ -105,8 +106,15 @@ class Roster:
     def holds(self, loop: WorkerLoop, key: str) -> bool:
         return key in self._shares[loop.token].held
 
+    def parked(self, loop: WorkerLoop) -> set[str]:
+        """Contexts ``loop`` has parked in host memory (a wake away)."""
+        return self._shares[loop.token].parked
+
     def holder_count(self, key: str) -> int:
         return len(self._holders.get(key, ()))
+
+    def holder_tokens(self, key: str) -> set[str]:
+        return self._holders.get(key, set())
 
     def holders(self, key: str, besides: WorkerLoop) -> Holders:
         """The context's holders other than ``besides``, for the batch-size rule."""
@@ -178,9 +186,12 @@ class Roster:
 
 
 def _share_of(loop: WorkerLoop) -> _Share:
-    share = _Share(room=len(loop.batches) if loop.ready and len(loop.batches) < PREFETCH else None,
-                   costs={k: 1.0 / r for k, r in loop.rates.items()})
+    room = loop.ready and len(loop.batches) < PREFETCH and loop.preloading is None
+    share = _Share(room=len(loop.batches) if room else None, costs={k: 1.0 / r for k, r in loop.rates.items()},
+                   parked={k for k, stats in loop.contexts.items() if stats.get("parked")})
     held = {k for k, stats in loop.contexts.items() if stats.get("loaded")}
+    if loop.preloading is not None:
+        held.add(loop.preloading)
     for b in loop.batches.values():
         held.add(b.context_key)
         share.open[b.context_key] = share.open.get(b.context_key, 0) + len(b.open)

@@ -197,6 +197,8 @@ warm_pool:
  #~   transformers with its model classes on a GPU worker, if installed; []: none), then CUDA is initialised
   node_cache: null #~ context files' cache on each node's local disk (null: $FAAS_NODE_CACHE or its temp folder)
   peer_copy: true #~ nodes copy context files from each other: the shared filesystem is read once
+  host_budget: null #~ host memory per GPU worker for contexts parked off its GPU (null: half the node's, shared)
+  min_holders: 1 #~ workers kept holding a context used within idle_timeout (0: every idle GPU goes back)
 store:
   url: null #~ null: SQLite in this folder; or any SQLAlchemy URL
   retention: 604800 #~ seconds results are kept for reattaching clients

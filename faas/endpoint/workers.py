@@ -61,6 +61,8 @@ class WorkerLoop:
     idle_since: float = 0.0
     last_heard: float = 0.0  # monotonic
     rates: dict[str, float] = field(default_factory=dict)  # context -> invocations/s, smoothed
+    preloading: str | None = None  # the context it was asked to preload, until it says the load ended
+    kept: frozenset[str] = frozenset()  # the contexts it was last told to keep
 
     def measured(self, key: str, n: int, seconds: float) -> None:
         """Per context: its functions' costs differ, and so do the workers' speeds."""

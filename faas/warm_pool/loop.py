@@ -6,7 +6,8 @@ process holds, and runs the invocations the endpoint sends it in batches. Two
 threads share the work:
 
 - the task's own (main) thread runs invocations one at a time, or merged into
-  one call for a batched function, and reports each as it starts and ends;
+  one call for a batched function, and reports each as it starts and ends
+  (and loads a context the endpoint asks it to preload, before any work);
 - an IO thread owns the socket: it queues incoming batches, answers
   heartbeats, streams the reports to the endpoint as they come, drops or
   interrupts revoked invocations, and enforces timeouts.
@@ -127,10 +128,12 @@ class WorkerLoop:
         self.runner.on_init = lambda: self._report("loaded", None)
         self.runner.on_loading = self._loading
         self._load_acked = threading.Event()
+        self.runner.pool.keep = set()  # an earlier loop of this process was told what to keep, not this one
         self.runner.on_alone = self._restart_clock
         self.settings = protocol.WorkerSettings()
         self.cond = threading.Condition()
         self.queue: deque[WorkItem] = deque()
+        self.preloads: deque[tuple[str, str]] = deque()  # (context key, function id) to load before any work
         self.running: _Running | None = None
         self.dropped: set[str] = set()  # cancelled while running in a merged call: result dropped
         self.stop: str | None = None
@@ -155,7 +158,10 @@ class WorkerLoop:
         self._io.start()
         try:
             while (work := self._take()) is not None:
-                self._execute(*work)
+                if isinstance(work[0], str):
+                    self._preload(*work)
+                else:
+                    self._execute(*work)
         finally:
             if can_interrupt:
                 signal.signal(INTERRUPT_SIGNAL, previous)
@@ -165,15 +171,18 @@ class WorkerLoop:
             self._io.join()
         return self.stop or "ended"
 
-    def _take(self) -> tuple[Any, list[WorkItem]] | None:
-        """The next invocation, or for a batched function up to ``batch_size``
-        queued invocations of it, waiting at most ``batch_wait`` for more."""
+    def _take(self) -> tuple[Any, list[WorkItem]] | tuple[str, str] | None:
+        """The next context to preload, or the next invocation, or for a batched
+        function up to ``batch_size`` queued invocations of it, waiting at most
+        ``batch_wait`` for more."""
         while True:
             with self.cond:
-                while not self.queue and self.stop is None:
+                while not self.queue and not self.preloads and self.stop is None:
                     self.cond.wait(1.0)
                 if self.stop is not None:
                     return None
+                if self.preloads:
+                    return self.preloads.popleft()
                 first = self.queue.popleft()
             try:
                 fn = self.runner.function(first.function_id)
@@ -228,6 +237,13 @@ class WorkerLoop:
         self._load_acked.clear()
         self._report("loading", key)
         self._load_acked.wait(LOAD_ACK_WAIT)
+
+    def _preload(self, key: str, fid: str) -> None:
+        try:
+            self.runner.preload(fid)
+        except BaseException:  # noqa: BLE001 - the loader's own failure is reported with the init events
+            log.exception("preloading context %s failed", key)
+        self._report("preloaded", key)
 
     def _restart_clock(self, item: WorkItem) -> None:
         """A merged call failed and its members run again one at a time: each
@@ -301,6 +317,16 @@ class WorkerLoop:
             self._on_revoke(msg.ids, msg.reason)
         elif isinstance(msg, protocol.Retire):
             self._end("retired", interrupt=False)
+        elif isinstance(msg, protocol.Preload):
+            if msg.peers and self.files is not None:
+                self.files.hint(msg.peers)
+            with self.cond:
+                self.runner.add_bodies(dict(zip(msg.functions, body)),
+                                       keep={msg.function, *(it.function_id for it in self.queue)})
+                self.preloads.append((msg.context_key, msg.function))
+                self.cond.notify()
+        elif isinstance(msg, protocol.Keep):
+            self.runner.pool.keep = set(msg.contexts)
         elif isinstance(msg, protocol.Peers) and self.files is not None:
             self.files.answer(msg.context_key, msg.addresses)
         elif isinstance(msg, protocol.LoadAck):
@@ -310,6 +336,7 @@ class WorkerLoop:
         self.settings = msg.settings
         pool = self.runner.pool
         pool.idle_timeout, pool.memory_budget = msg.settings.idle_timeout, msg.settings.memory_budget
+        pool.host_budget = msg.settings.host_budget
         self.runner.max_result_bytes = msg.settings.max_result_bytes
         if msg.peers and self.files is not None:
             self.files.hint(msg.peers)
@@ -391,6 +418,7 @@ class WorkerLoop:
         endpoint then knows a long first invocation is not a load)."""
         started: list[str] = []
         outcomes: list[Result] = list(extra)
+        preloaded: list[str] = []
         loaded, loading = False, None
         while True:
             try:
@@ -399,6 +427,8 @@ class WorkerLoop:
                 break
             if kind == "loaded":
                 loaded = True
+            elif kind == "preloaded":
+                preloaded.append(value)
             elif kind == "locate":
                 self._send(protocol.Locate(context_key=value))
             elif kind == "loading":
@@ -408,13 +438,13 @@ class WorkerLoop:
         with self.cond:
             dropped = self.runner.take_dropped()
         files = self.files.changed() if self.files is not None else None
-        if not started and not outcomes and not dropped and not loaded and files is None and loading is None:
+        if not (started or outcomes or dropped or loaded or preloaded) and files is None and loading is None:
             return
-        pool_changed = bool(outcomes) or loaded
+        pool_changed = bool(outcomes) or loaded or bool(preloaded)
         msg = protocol.Progress(started=started, outcomes=[info for info, _ in outcomes],
                                 inits=self.runner.inits() if pool_changed else [],
                                 contexts=self.runner.pool.snapshot() if pool_changed else None,
-                                dropped_functions=dropped, files=files, loading=loading)
+                                dropped_functions=dropped, files=files, loading=loading, preloaded=preloaded)
         self._send(msg, [payload for _, payload in outcomes])
 
     def _send(self, msg: protocol._Message, frames: list[bytes] = ()) -> None:

@@ -3,15 +3,19 @@
 One :class:`WarmPool` lives in each worker process (and one in a client process
 for direct local calls). It loads a context the first time an invocation needs
 it, keeps it between invocations and client sessions, and releases it after an
-idle timeout. Initialisation is serialised per context so that threads of one
-process never load the same model twice.
+idle timeout (except those the endpoint asks it to keep: the last holders of
+contexts with work). Initialisation is serialised per context so that threads
+of one process never load the same model twice.
 
 Contexts share a memory budget: the GPU's memory when torch sees one, else a
 configured RAM budget, which the worker's function bodies count in too. Each
 context's footprint is measured when it loads (GPU memory allocated, or
 resident memory gained); before a context with a known
 footprint loads, and after any load, the least recently used idle contexts are
-evicted until the others fit.
+pushed out until the others fit. One pushed out is parked in host memory when
+it can be (:mod:`faas.warm_pool.parking`; up to ``host_budget`` bytes, the
+least recently used parked ones released first) and woken by a copy back when
+next needed, instead of running its loader again; otherwise it is released.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import functools
 import gc
 import logging
+import os
 import sys
 import threading
 import time
@@ -26,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from faas.warm_pool.parking import Parking, parking_for
 from faas.warm_pool.spec import ContextSpec
 
 log = logging.getLogger(__name__)
@@ -43,6 +49,10 @@ class ContextStats:
     releases: int = 0  # teardowns for idleness or eviction
     evictions: int = 0  # teardowns to make room for another context
     footprint: int = 0  # bytes measured at the last load
+    parks: int = 0  # moves to host memory to make room for another context
+    wakes: int = 0  # moves back from host memory instead of a load
+    wake_seconds: float = 0.0  # all wakes together
+    host_bytes: int = 0  # host memory it holds while parked
 
 
 @dataclass
@@ -60,18 +70,23 @@ class InitEvent:
 class _Entry:
     lock: threading.Lock = field(default_factory=threading.Lock)
     value: Any = None
-    loaded: bool = False
+    loaded: bool = False  # ready to use (on its device)
+    parked: Parking | None = None  # in host memory: wakes by this
     busy: int = 0
 
 
 GPU_BUDGET_FRACTION = 0.9  # of the GPU's memory, when no budget is configured
+HOST_BUDGET_FRACTION = 0.5  # of the node's memory, shared by its workers, when no host budget is configured
 
 
 class WarmPool:
-    def __init__(self, idle_timeout: float | None = None, memory_budget: int | None = None):
+    def __init__(self, idle_timeout: float | None = None, memory_budget: int | None = None,
+                 host_budget: int | None = None):
         self.idle_timeout = idle_timeout
         self.memory_budget = memory_budget
+        self.host_budget = host_budget  # bytes of parked contexts; None: a share of the node's memory; 0: none
         self.held_elsewhere = 0  # bytes of this process's own state under the same budget (function bodies)
+        self.keep: set[str] = set()  # contexts never released for idleness (the endpoint says which)
         self.stats: dict[str, ContextStats] = {}
         self._entries: dict[str, _Entry] = {}
         self._lock = threading.Lock()
@@ -86,7 +101,12 @@ class WarmPool:
         finally:
             self.release(spec)
 
-    def acquire(self, spec: ContextSpec) -> Any:
+    def preload(self, spec: ContextSpec) -> None:
+        """Load (or wake) the context of ``spec`` now, before work needs it."""
+        self.acquire(spec, invocation=False)
+        self.release(spec)
+
+    def acquire(self, spec: ContextSpec, invocation: bool = True) -> Any:
         """Return the live context for ``spec``, loading it if needed.
 
         Callers must pair it with :meth:`release` so that idle release never
@@ -101,12 +121,14 @@ class WarmPool:
             with entry.lock:
                 if entry.loaded:
                     stats.hits += 1
+                elif entry.parked is not None:
+                    self._wake(spec, entry, stats)
                 else:
                     self._load(spec, entry, stats)
         except BaseException:
             self.release(spec)
             raise
-        stats.invocations += 1
+        stats.invocations += invocation
         stats.last_used = time.time()
         return entry.value
 
@@ -130,12 +152,34 @@ class WarmPool:
             raise
         seconds = time.perf_counter() - t0
         stats.footprint = max(0, _memory_in_use() - before)
-        entry.loaded = True
+        with self._lock:
+            entry.loaded = True
         self._make_room(spec.key, 0)
         stats.inits += 1
         stats.init_seconds += seconds
         self._events.append(InitEvent(spec.key, spec.description, started, seconds))
         log.info("initialised context %s in %.2fs", spec.description, seconds)
+
+    def _wake(self, spec: ContextSpec, entry: _Entry, stats: ContextStats) -> None:
+        """Copy a parked context back; if that fails, load it afresh."""
+        self._make_room(spec.key, stats.footprint)
+        t0 = time.perf_counter()
+        try:
+            entry.parked.wake()
+        except Exception:
+            log.exception("waking context %s failed; loading it again", spec.description)
+            with self._lock:
+                entry.parked, stats.host_bytes = None, 0
+            _close(spec.key, entry.value)
+            entry.value = None
+            self._load(spec, entry, stats)
+            return
+        seconds = time.perf_counter() - t0
+        with self._lock:
+            entry.parked, entry.loaded, stats.host_bytes = None, True, 0
+        stats.wakes += 1
+        stats.wake_seconds += seconds
+        log.info("woke context %s from host memory in %.3fs", spec.description, seconds)
 
     def budget(self) -> int | None:
         if self.memory_budget is not None:
@@ -145,9 +189,19 @@ class WarmPool:
             return int(torch.cuda.mem_get_info()[1] * GPU_BUDGET_FRACTION)
         return None
 
+    def host_room(self) -> int:
+        """Bytes of host memory parked contexts may hold."""
+        if self.host_budget is not None:
+            return self.host_budget
+        import psutil
+
+        workers = int(os.environ.get("PARSL_WORKER_COUNT") or 1)  # the workers sharing this node
+        return int(psutil.virtual_memory().total * HOST_BUDGET_FRACTION / max(1, workers))
+
     def _make_room(self, keep: str, need: int) -> None:
-        """Evict least recently used idle contexts (never ``keep``) until the
-        loaded ones plus ``need`` bytes fit the budget."""
+        """Push least recently used idle contexts (never ``keep``) off the
+        device until the loaded ones plus ``need`` bytes fit the budget: each is
+        parked where it can be, else released."""
         budget = self.budget()
         if budget is None:
             return
@@ -162,17 +216,58 @@ class WarmPool:
                     return
                 victim = min(idle, key=lambda k: self.stats[k].last_used)
                 self.stats[victim].evictions += 1
-                log.info("evicting context %s to make room", self.stats[victim].description)
-                self._teardown(victim)
+                if not self._park(victim):
+                    log.info("evicting context %s to make room", self.stats[victim].description)
+                    self._teardown(victim)
+
+    def _park(self, key: str) -> bool:
+        """Move an idle loaded context to host memory, making room there by
+        releasing the least recently used parked ones; False: it cannot be parked."""
+        entry, stats = self._entries[key], self.stats[key]
+        parking = parking_for(entry.value)
+        if parking is None or not self._fit_host(stats.host_bytes or stats.footprint, besides=key):
+            return False
+        t0 = time.perf_counter()
+        try:
+            held = parking.park()
+        except Exception:
+            log.exception("parking context %s failed; releasing it", stats.description)
+            return False
+        entry.loaded, entry.parked = False, parking
+        stats.host_bytes = stats.footprint if held is None else held
+        stats.parks += 1
+        log.info("parked context %s in host memory (%d MB) in %.3fs", stats.description, stats.host_bytes >> 20,
+                 time.perf_counter() - t0)
+        if not self._fit_host(0, besides=key):  # it turned out larger than it was thought
+            self._teardown(key)
+        return True
+
+    def _fit_host(self, need: int, besides: str) -> bool:
+        """Release idle parked contexts, least recently used first (never
+        ``besides``), until ``need`` more bytes fit the host budget."""
+        room = self.host_room()
+        if need > room:
+            return False
+        while True:
+            parked = {k: e for k, e in self._entries.items() if e.parked is not None and k != besides}
+            if need + sum(self.stats[k].host_bytes for k in parked) <= room:
+                return True
+            idle = [k for k, e in parked.items() if e.busy == 0]
+            if not idle:
+                return False
+            victim = min(idle, key=lambda k: self.stats[k].last_used)
+            log.info("releasing parked context %s to make room in host memory", self.stats[victim].description)
+            self._teardown(victim)
 
     def loaded(self, key: str) -> bool:
         with self._lock:
             return key in self._entries and self._entries[key].loaded
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
-        """Per-context statistics, and whether each context is loaded now."""
+        """Per-context statistics, and whether each context is loaded now or parked."""
         with self._lock:
-            return {k: dict(vars(st), loaded=k in self._entries and self._entries[k].loaded)
+            return {k: dict(vars(st), loaded=k in self._entries and self._entries[k].loaded,
+                            parked=k in self._entries and self._entries[k].parked is not None)
                     for k, st in self.stats.items()}
 
     def has_events(self) -> bool:
@@ -187,32 +282,30 @@ class WarmPool:
         return events
 
     def release_idle(self, now: float | None = None) -> list[str]:
-        """Tear down contexts unused for longer than the idle timeout."""
+        """Tear down contexts (loaded or parked) unused for longer than the idle
+        timeout, except those in :attr:`keep`."""
         if self.idle_timeout is None:
             return []
         now = time.time() if now is None else now
         with self._lock:
             idle = [k for k, e in self._entries.items()
-                    if e.loaded and e.busy == 0 and now - self.stats[k].last_used > self.idle_timeout]
+                    if (e.loaded or e.parked is not None) and e.busy == 0 and k not in self.keep
+                    and now - self.stats[k].last_used > self.idle_timeout]
             for k in idle:
                 self._teardown(k)
         return idle
 
     def teardown(self) -> None:
         with self._lock:
-            for k in [k for k, e in self._entries.items() if e.loaded]:
+            for k in [k for k, e in self._entries.items() if e.loaded or e.parked is not None]:
                 self._teardown(k)
 
     def _teardown(self, key: str) -> None:
         entry = self._entries.pop(key)
-        close = getattr(entry.value, "close", None)
-        if callable(close):
-            try:
-                close()
-            except Exception:
-                log.exception("closing context %s failed", key)
-        entry.value = None
+        _close(key, entry.value)
+        entry.value = entry.parked = None
         self.stats[key].releases += 1
+        self.stats[key].host_bytes = 0
         gc.collect()
         torch = sys.modules.get("torch")  # free GPU memory only if torch is already in use
         if torch is not None and torch.cuda.is_available():
@@ -229,6 +322,15 @@ class WarmPool:
         while True:
             time.sleep(max(0.5, min(self.idle_timeout or 60, 60) / 4))
             self.release_idle()
+
+
+def _close(key: str, value: Any) -> None:
+    close = getattr(value, "close", None)
+    if callable(close):
+        try:
+            close()
+        except Exception:
+            log.exception("closing context %s failed", key)
 
 
 def _memory_in_use() -> int:

@@ -98,6 +98,13 @@ class Runner:
             self._functions[fid] = fn
         return fn
 
+    def preload(self, fid: str) -> None:
+        """Load the context of function ``fid`` before any of its work comes
+        (a loader that raises is reported with the init events, as for work)."""
+        fn = self.function(fid)
+        if fn.spec is not None:
+            self.pool.preload(fn.spec)
+
     def run(self, fn: Any, items: list[WorkItem]) -> list[Result]:
         """Outcomes of ``items``, all invocations of ``fn``: one call per item, or
         merged calls when ``fn`` is batched."""
