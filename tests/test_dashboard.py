@@ -174,6 +174,8 @@ def test_dashboard_follows_a_run_with_failures_cancels_and_a_lost_worker(fleet, 
         lost = page.locator(".slick-row", has_text=f":{victim.pid}")  # the lost one, by host:pid, with its cause
         lost.first.wait_for(timeout=15_000)
         assert "unreachable" in lost.first.inner_text() or "Lost" in lost.first.inner_text()
+        for column in ("parked", "from source", "from peers", "copies in/out"):  # context mobility
+            page.locator(".slick-header-column", has_text=column).first.wait_for(timeout=15_000)
         page.screenshot(path=shots / "workers.png", full_page=True)
 
         page.goto(url.replace("/overview", "/timeline"))

@@ -11,7 +11,11 @@ import time
 from conftest import local_config, status
 
 from faas import Executor, ctx_function
+from faas.endpoint.config import EndpointConfig
+from faas.endpoint.placement import Placement
 from faas.endpoint.policy import PAYBACK, choose_context, fleet_shares, preload, target_holders
+from faas.endpoint.roster import Roster
+from faas.endpoint.workers import WorkerLoop
 
 # -- the rules ----------------------------------------------------------------------
 
@@ -64,6 +68,20 @@ def test_a_joining_worker_preloads_the_context_that_lacks_most_holders():
     assert preload(set(), targets, holders, {"a": 100.0, "b": 5.0}) == "b"  # lacks 2, against 1 and 1
     assert preload({"b"}, targets, holders, {"a": 100.0}) == "a"  # ties: most work
     assert preload(set(), {"a": 1.0}, {"a": 1}, {"a": 100.0}) is None
+
+
+def test_a_context_whose_preload_failed_is_loaded_only_with_work_until_a_load_succeeds():
+    """A loader that takes its process down would otherwise take down every
+    worker that joins and preloads it, for ever (nothing it ran counts an attempt)."""
+    loops = Roster()
+    loops.add(joining := WorkerLoop("joining"))
+    placement = Placement({}, loops, {}, EndpointConfig())
+    placement.last_used["c"] = time.monotonic()  # used recently: it wants its min_holders
+    assert placement.preload_for(joining, time.monotonic()) == "c"
+    placement.preload_failed("c")
+    assert placement.preload_for(joining, time.monotonic()) is None
+    placement.loaded("c", 2.0)  # it loaded somewhere, with work
+    assert placement.preload_for(joining, time.monotonic()) == "c"
 
 
 # -- on real workers ------------------------------------------------------------------

@@ -248,8 +248,12 @@ def _echo(ctx, x):
 def test_a_crashing_loader_costs_only_its_own_invocations(endpoint):
     """Row "a crash-looping loader costs innocent invocations": a loader that
     aborts its worker process, next to a healthy context on the same two
-    workers. Its invocations fail naming it; every healthy one succeeds
-    without losing an attempt, also those lost with a crashing worker."""
+    workers. Its invocations fail naming it, and the endpoint stops trying it
+    (a joining worker's preload of it is not retried: before, every worker
+    that joined preloaded it and died, for ever); every healthy one succeeds
+    without losing an attempt, also those that went back from a crashing
+    worker (placement rarely queues work behind another context's load now;
+    the rule for those is tested in test_policy)."""
     ep = endpoint("crash", local_config(workers=2, max_batch=8, heartbeat=(1, 3), extra="  max_attempts: 3\n"))
     crash = ctx_function(model=_aborting_loader)(_echo)
     healthy = ctx_function(model=_loader)(_echo)
@@ -272,7 +276,6 @@ def test_a_crashing_loader_costs_only_its_own_invocations(endpoint):
     returned = [h for _, h in rows if h]
     print(f"\n{len(returned)} of {len(rows)} healthy invocations were on a worker that crashed, and went back")
     assert len(rows) == 120 and {a for a, _ in rows} == {1}, [r for r in rows if r[0] != 1]
-    assert returned, "no healthy invocation waited on a crashing worker: the test did not test it"
     assert all("returned" in h and "running other work" in h for h in returned), returned
 
 

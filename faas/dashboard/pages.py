@@ -7,8 +7,10 @@ task stream is sent incrementally, the rest is replaced when it changed.
 - ``/stream``: invocations' runs per worker over time (Dask's task stream),
   failures with their reason; a failure opened shows its attempt history and
   remote traceback, read from the endpoint's store;
-- ``/workers``: each worker's host, GPU, memory, contexts and footprints,
-  prewarm timings, invocations run, and the workers lost, with the cause;
+- ``/workers``: each worker's host, GPU, memory, contexts (loaded and parked)
+  and footprints, context files read from the source and copied from peers,
+  copies in flight, prewarm timings, invocations run, and the workers lost,
+  with the cause;
 - ``/timeline``: ``faas-endpoint report --plot``'s timeline, live: workers
   active, completed invocations, context loads.
 """
@@ -224,7 +226,9 @@ def _invocation_html(inv_id: str, reply: dict) -> str:
 # -- /workers --------------------------------------------------------------------
 WORKER_COLUMNS = [("name", "worker"), ("state", "state"), ("host", "host"), ("gpu", "GPU"), ("rss", "memory"),
                   ("host_memory", "host memory (available/total)"), ("gpu_memory", "GPU memory (used/total)"),
-                  ("loaded", "contexts loaded"), ("running", "running"), ("queued", "queued"),
+                  ("loaded", "loaded"), ("parked", "parked"), ("source", "from source"), ("peers", "from peers"),
+                  ("copies", "copies in/out"),
+                  ("running", "running"), ("queued", "queued"),
                   ("invocations", "invocations run"), ("failed", "failed"), ("prewarm", "prewarm s"),
                   ("silent", "silent s")]
 
@@ -253,7 +257,7 @@ def _workers(feed: Feed, doc: Document):
 
 
 def _worker_row(w: dict) -> dict[str, Any]:
-    res, pre = w["resources"] or {}, w["prewarm"] or {}
+    res, pre, files = w["resources"] or {}, w["prewarm"] or {}, w.get("files") or {}
     gpu = res.get("gpu") or {}
     devices = res.get("cuda_visible_devices")
     return {
@@ -262,6 +266,10 @@ def _worker_row(w: dict) -> dict[str, Any]:
         "host_memory": f"{_bytes(res.get('host_available'))} / {_bytes(res.get('host_total'))}" if res else "",
         "gpu_memory": f"{_bytes(gpu.get('used'))} / {_bytes(gpu.get('total'))}" if gpu else "-",
         "loaded": sum(1 for s in w["contexts"].values() if s.get("loaded")),
+        "parked": sum(1 for s in w["contexts"].values() if s.get("parked")),
+        "source": _bytes(sum(files.get("source_bytes", {}).values())) if files else "-",
+        "peers": _bytes(sum(files.get("peer_bytes", {}).values())) if files else "-",
+        "copies": f"{len(files.get('staging', []))} / {files.get('serving', 0)}" if files else "-",
         "prewarm": f"{pre['total']:.2f}" if isinstance(pre.get("total"), (int, float)) else "",
         "silent": f"{w['silent_for']:.1f}" if w["silent_for"] is not None else "",
     }

@@ -21,14 +21,13 @@ import itertools
 import logging
 import time
 from collections import Counter, deque
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from faas import protocol
+from faas.endpoint.dispatcher import Dispatcher
 from faas.endpoint.ledger import Recorded
-from faas.store import FINAL, State
-
-if TYPE_CHECKING:
-    from faas.endpoint.server import Server
+from faas.store import FINAL, State, Store
 
 log = logging.getLogger(__name__)
 STREAM = 2000  # invocation ends kept for the stream (Dask's task stream keeps about as many)
@@ -39,9 +38,9 @@ SERIES = 1800  # seconds of per-second series: the last 30 minutes
 
 
 class FleetView:
-    def __init__(self, server: Server):
-        self.server = server
-        server.dispatcher.ledger.watchers.append(self._recorded)
+    def __init__(self, store: Store, dispatcher: Dispatcher, status: Callable[[], dict[str, Any]], started_at: float):
+        self.store, self.dispatcher, self.status, self.started_at = store, dispatcher, status, started_at
+        dispatcher.ledger.watchers.append(self._recorded)
         self._counts: Counter[str] | None = None  # final states: from the store once asked, then from commits
         self._purged_seen = 0
         self._seq = itertools.count(1)
@@ -83,7 +82,7 @@ class FleetView:
     def _bucket(self, now: float) -> list:
         second = int(now)
         if not self._series or self._series[-1][0] < second:
-            loops = self.server.dispatcher.loops
+            loops = self.dispatcher.loops
             self._series.append([second, 0, 0, 0, 0.0, 0.0, len(loops) - loops.unready])
         return self._series[-1]
 
@@ -94,7 +93,7 @@ class FleetView:
     def invocation(self, inv_id: str) -> dict[str, Any]:
         """One invocation's record (a lookup by primary key)."""
         try:
-            return {"invocation": self.server.store.invocation(inv_id)}
+            return {"invocation": self.store.invocation(inv_id)}
         except Exception as e:  # the store is failing: the dashboard says so, the daemon goes on
             return {"invocation": None, "error": f"the store cannot be read: {type(e).__name__}: {e}"}
 
@@ -102,11 +101,11 @@ class FleetView:
         """The whole view; of the stream only the events after ``after``."""
         now = time.time()
         self._bucket(now)
-        server, d = self.server, self.server.dispatcher
-        status = server.status()
+        d = self.dispatcher
+        status = self.status()
         newer = list(itertools.takewhile(lambda e: e[0] > after, reversed(self._stream)))[::-1]
         return {
-            "name": status["name"], "time": now, "uptime": status["uptime"], "started_at": server.started_at,
+            "name": status["name"], "time": now, "uptime": status["uptime"], "started_at": self.started_at,
             "store_failing": status["store_failing"], "managers": status["managers"],
             "worker_slots": status["worker_slots"], "backlog": d.backlog(),
             "invocations": self._invocation_counts(),
@@ -118,7 +117,7 @@ class FleetView:
         }
 
     def _invocation_counts(self) -> dict[str, int] | None:
-        store, d = self.server.store, self.server.dispatcher
+        store, d = self.store, self.dispatcher
         if self._counts is None or store.purged != self._purged_seen:
             try:  # the one count that reads the whole store: when first asked, and after a purge
                 self._purged_seen = store.purged
@@ -137,14 +136,14 @@ class FleetView:
                 "pid": loop.pid, "state": "busy" if loop.batches else "idle" if loop.ready else "starting",
                 "running": len(loop.running), "queued": loop.outstanding() - len(loop.running),
                 "invocations": sum(runs.values()), "failed": runs[State.FAILED.value],
-                "contexts": loop.contexts, "prewarm": loop.prewarm, "resources": loop.resources,
+                "contexts": loop.contexts, "prewarm": loop.prewarm, "resources": loop.resources, "files": loop.files,
                 "rates": loop.rates, "silent_for": time.monotonic() - loop.last_heard if loop.ready else None}
 
     def _contexts(self) -> list[dict[str, Any]]:
         """Per context: where it is held, loading or queued, and each numeric
         statistic of the workers' warm pools summed (a flag counts its workers),
         whatever fields the pools report."""
-        d = self.server.dispatcher
+        d = self.dispatcher
         out: dict[str, dict[str, Any]] = {}
         for loop in d.loops:
             for key, stats in loop.contexts.items():

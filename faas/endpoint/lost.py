@@ -11,16 +11,14 @@ no future waits on an endpoint that has forgotten it:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Iterable
 
 import zmq
 
 from faas import protocol
+from faas.endpoint.clients import ClientSocket
 from faas.endpoint.storeguard import StoreGuard
 from faas.store import Store
-
-if TYPE_CHECKING:
-    from faas.endpoint.server import Server
 
 LINGER_MS = 2000  # how long the socket's close waits for the last words to leave
 
@@ -40,17 +38,13 @@ def unknown(store: Store, guard: StoreGuard, endpoint: str, ids: list[str]) -> l
         ids=missing, code="lost"))
 
 
-def say_farewell(server: Server) -> None:
-    """When ``server`` stops for good (its ``fatal`` says why), before its client socket closes:
-    the last word to every client it knows (watching a task group, or with requests waiting for
-    the store); the close then waits up to LINGER_MS for them to leave."""
-    if server.fatal is None:
-        return
+def say_farewell(endpoint: str, why: str, idents: Iterable[bytes], clients: ClientSocket) -> None:
+    """When the endpoint stops for good (``why``), before its client socket closes: the last
+    word to every client it knows (``idents``: watching a task group, or with requests waiting
+    for the store); the close then waits up to LINGER_MS for them to leave."""
     words = protocol.encode(protocol.Error(
-        message=f"endpoint {server.epdir.name} stopped for good: {server.fatal}; its open invocations will not "
+        message=f"endpoint {endpoint} stopped for good: {why}; its open invocations will not "
                 f"be reported to this client", code="stopped"))
-    requests = server.requests
-    idents = {ident for group in requests.watchers.values() for ident in group} | requests.deferred.idents()
     for ident in idents:
-        server.clients.send_now(ident, words)
-    server.clients.sock.setsockopt(zmq.LINGER, LINGER_MS)
+        clients.send_now(ident, words)
+    clients.sock.setsockopt(zmq.LINGER, LINGER_MS)

@@ -28,7 +28,7 @@ from faas.endpoint.workers import WorkerLoop
 from faas.function import NO_CONTEXT
 
 if TYPE_CHECKING:
-    from faas.endpoint.dispatcher import FunctionMeta
+    from faas.endpoint.items import FunctionMeta
 
 
 class Placement:
@@ -37,11 +37,18 @@ class Placement:
         self.queues, self.loops, self.functions, self.cfg = queues, loops, functions, config
         self.load_seconds: dict[str, float] = {}  # context -> how long a worker takes to load it, smoothed
         self.last_used: dict[str, float] = {}  # context -> when it last had work shipped or finished (monotonic)
+        # contexts whose preload failed or took its worker down: loaded only with work, whose attempts then
+        # count (a loader that crashes its process would otherwise take down every worker that joins)
+        self.unpreloadable: set[str] = set()
 
     def loaded(self, key: str, seconds: float) -> None:
         """A loop reported a load of ``key`` that took ``seconds``."""
         old = self.load_seconds.get(key)
         self.load_seconds[key] = seconds if old is None else 0.7 * old + 0.3 * seconds
+        self.unpreloadable.discard(key)
+
+    def preload_failed(self, key: str) -> None:
+        self.unpreloadable.add(key)
 
     def live(self, key: str, now: float) -> bool:
         """Work waits or runs, or it was used within the idle timeout (None: forever)."""
@@ -111,7 +118,8 @@ class Placement:
         """The context a joining loop should load before work reaches it (the
         one furthest short of its holders), if any."""
         targets = self.targets(now)
-        targets.pop(NO_CONTEXT, None)
+        for key in (NO_CONTEXT, *self.unpreloadable):
+            targets.pop(key, None)
         holds = {k for k in targets if self.loops.holds(loop, k)}
         return policy.preload(holds, targets, {k: self.loops.holder_count(k) for k in targets},
                               {k: len(q) * self.loops.cost(k) for k, q in self.queues.items()})

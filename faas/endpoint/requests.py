@@ -181,6 +181,10 @@ class Requests:
         self.dispatcher.cancel(msg.ids)
 
     # -- what goes to the watchers --------------------------------------------------
+    def known_clients(self) -> set[bytes]:
+        """Clients watching a task group or waiting for the store."""
+        return {ident for group in self.watchers.values() for ident in group} | self.deferred.idents()
+
     def unwatch(self, ident: bytes) -> None:
         for group in self.watchers.values():
             group.discard(ident)

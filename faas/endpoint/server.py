@@ -78,7 +78,7 @@ class Server:
         self.guard = StoreGuard(config.store.retry_for)
         self._workers_read_at = time.monotonic()  # when the worker socket was last read to the end
         self.dispatcher = Dispatcher(store, engine, config, self.link, self._loop_ended, self.guard)
-        self.fleet = FleetView(self)  # what `faas dashboard` shows
+        self.fleet = FleetView(store, self.dispatcher, self.status, self.started_at)  # what `faas dashboard` shows
         self.requests = Requests(epdir.name, config, store, self.guard, self.dispatcher, self.clients, self._send,
                                  self.status, self.fleet.answer)
 
@@ -240,7 +240,8 @@ class Server:
         for loop in self.dispatcher.loops:
             self.link.send(loop.token, protocol.encode(protocol.Retire()))
         self.link.close()
-        lost.say_farewell(self)  # when it stops for good
+        if self.fatal is not None:  # it stops for good: its clients hear why
+            lost.say_farewell(self.epdir.name, self.fatal, self.requests.known_clients(), self.clients)
         self.sock.close()
         self.auth.stop()
         self.zctx.term()

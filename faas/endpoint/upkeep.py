@@ -21,8 +21,8 @@ from faas.endpoint.roster import Roster
 from faas.endpoint.workers import WorkerLoop
 
 if TYPE_CHECKING:
-    from faas.endpoint.dispatcher import Item
     from faas.endpoint.engine import Engine
+    from faas.endpoint.items import Item
 
 UPKEEP_PERIOD = 0.1  # seconds between looks for held-up loops and idle ones to retire (scans of all loops)
 
