@@ -166,7 +166,7 @@ def _mean(values):
 
 
 def _parse_tables(report: str) -> dict[str, dict[str, list[str]]]:
-    """{"worker"|"context": {name: [9 column values]}} from the report text."""
+    """{"worker"|"context": {name: [11 column values]}} from the report text."""
     tables, current = {}, None
     for line in report.splitlines():
         first = line.split(maxsplit=1)[0] if line.strip() else ""
@@ -175,7 +175,7 @@ def _parse_tables(report: str) -> dict[str, dict[str, list[str]]]:
         elif not line.strip():
             current = None
         elif current is not None:
-            name, *values = line.rsplit(maxsplit=9)
+            name, *values = line.rsplit(maxsplit=11)
             current[name] = values
     return tables
 
@@ -186,7 +186,7 @@ def _assert_report_matches_store(report: str, store: Path, since: float | None):
     for kind in ("worker", "context"):
         assert set(tables.get(kind, {})) == set(expected[kind]), (kind, report)
         for name, e in expected[kind].items():
-            inits, init_s, failed_inits, invocations, mean, cold, warm, failed, retried = tables[kind][name]
+            inits, init_s, failed_inits, invocations, mean, cold, warm, failed, retried, _, _ = tables[kind][name]
             assert (int(inits), int(failed_inits), int(invocations), int(failed), int(retried)) == (
                 e["inits"], e["failed_inits"], e["invocations"], e["failed"], e["retried"]), (kind, name)
             assert float(init_s) == pytest.approx(e["init_s"], abs=0.006)
@@ -221,7 +221,7 @@ def test_report_figures_match_the_store(llm, tmp_path, monkeypatch):
     smollm2 = next(v for k, v in tables["context"].items() if "load_smollm2" in k)
     assert int(smollm2[0]) >= 2 and float(smollm2[5]) > float(smollm2[6])  # inits; cold calls slower
     flaky = next(v for k, v in tables["context"].items() if "runs.log" in k)
-    assert flaky[7:] == ["1", "2"]  # d failed; b and d were retried
+    assert flaky[7:9] == ["1", "2"]  # d failed; b and d were retried
     assert int(next(v for k, v in tables["context"].items() if "_broken_loader" in k)[2]) >= 1
 
     iso = datetime.fromtimestamp(between).isoformat()

@@ -216,7 +216,7 @@ class Dispatcher:
             return
         open_ids = [i for b in loop.batches.values() for i in b.open]
         if loop.preloading is not None:  # its loader may take every worker that preloads it down
-            self.placement.preload_failed(loop.preloading)
+            self.placement.load_failed(loop.preloading)
         if loop.ready:
             self.ledger.lost_worker(loop.name, time.time(), cause)
             self._idle_losses = 0 if open_ids else self._idle_losses + 1
@@ -276,8 +276,8 @@ class Dispatcher:
             for e in msg.inits:
                 if e.error is None:
                     self.placement.loaded(e.context_key, e.seconds)
-                elif e.context_key == loop.preloading:
-                    self.placement.preload_failed(e.context_key)
+                else:
+                    self.placement.load_failed(e.context_key)
                 batch = next((b for b in loop.batches.values() if b.context_key == e.context_key), None)
                 if batch is not None:
                     batch.loading += e.seconds

@@ -37,9 +37,13 @@ class Placement:
         self.queues, self.loops, self.functions, self.cfg = queues, loops, functions, config
         self.load_seconds: dict[str, float] = {}  # context -> how long a worker takes to load it, smoothed
         self.last_used: dict[str, float] = {}  # context -> when it last had work shipped or finished (monotonic)
-        # contexts whose preload failed or took its worker down: loaded only with work, whose attempts then
-        # count (a loader that crashes its process would otherwise take down every worker that joins)
+        # contexts whose loader failed (or took its worker down while preloading): loaded only with work, whose
+        # attempts then count, until a load succeeds (a loader that crashes its process would otherwise take
+        # down every worker that joins, and a broken one run again for each)
         self.unpreloadable: set[str] = set()
+        # loops whose current invocation runs far longer than usual (kept by Upkeep): they do not count as
+        # holders, so that an idle worker takes the work they hold up (its measured cost may be far off)
+        self.held_up: set[str] = set()
 
     def loaded(self, key: str, seconds: float) -> None:
         """A loop reported a load of ``key`` that took ``seconds``."""
@@ -47,7 +51,7 @@ class Placement:
         self.load_seconds[key] = seconds if old is None else 0.7 * old + 0.3 * seconds
         self.unpreloadable.discard(key)
 
-    def preload_failed(self, key: str) -> None:
+    def load_failed(self, key: str) -> None:
         self.unpreloadable.add(key)
 
     def live(self, key: str, now: float) -> bool:
@@ -88,7 +92,7 @@ class Placement:
                 parked = self.loops.parked(loop)
                 key = policy.choose_context({k for k in self.queues if self.loops.holds(loop, k)},
                                             {k: len(q) * self.loops.cost(k) for k, q in self.queues.items()},
-                                            {k: self.loops.holder_count(k) for k in self.queues}, targets, parked)
+                                            self._holder_counts(), targets, parked)
                 if not key or n and not self.loops.holds(loop, key):
                     continue  # it moves to another context once free: not with that one's work waiting behind its own
                 if not (size := self.batch_size(loop, key, key in parked)):
@@ -97,6 +101,15 @@ class Placement:
                 ship(loop, key, size)
                 if len(loop.batches) < PREFETCH:
                     levels[len(loop.batches)].append(loop)
+
+    def _holder_counts(self) -> dict[str, int]:
+        """Holders of each context with work, less those held up."""
+        counts = {k: self.loops.holder_count(k) for k in self.queues}
+        for token in self.held_up:
+            if (loop := self.loops.get(token)) is not None:
+                for k in counts:
+                    counts[k] -= self.loops.holds(loop, k)
+        return counts
 
     def batch_size(self, loop: WorkerLoop, key: str, parked: bool) -> int:
         queue = self.queues[key]

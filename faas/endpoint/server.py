@@ -228,7 +228,8 @@ class Server:
         self.requests.started(self.dispatcher.take_started())
 
     def _send_to_workers(self) -> None:
-        outbox, self.dispatcher.outbox = self.dispatcher.outbox, []
+        outbox = list(self.dispatcher.outbox)
+        self.dispatcher.outbox.clear()  # in place: the dispatcher's helpers (upkeep) append to this same list
         for token, frames in outbox:
             if not self.link.send(token, frames):
                 self.dispatcher.lose(token, "its worker loop is unreachable")

@@ -82,12 +82,15 @@ class Upkeep:
         return policy.should_reclaim(now - since, loop.rates.get(key) or self.loops.rate(key), 1)
 
     def _reclaim(self, now: float) -> None:
+        held = set()
         for loop in self.loops:
             if not self.held_up(loop, now):
                 continue
+            held.add(loop.token)
             behind = [i for b in loop.batches.values() for i in b.open
                       if i not in loop.running and not self.items[i].reclaiming]
             if behind:
                 for inv_id in behind:
                     self.items[inv_id].reclaiming = True
                 self.outbox.append((loop.token, protocol.encode(protocol.Revoke(ids=behind, reason="reclaim"))))
+        self.placement.held_up = held
