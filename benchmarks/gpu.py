@@ -1,6 +1,6 @@
 """GPU throughput of fact-verification scoring, in one short run on one node.
 
-    python benchmarks/gpu.py [--synthetic] [--cpu-smoke] [--claims N] [--batch-size B] [--task-claims T]
+    python benchmarks/gpu.py [--synthetic] [--cpu-smoke] [--claims N] [--batch-size B] [--task-claims T] [--no-parsl]
 
 (a) forward time by batch size in this process, whole prompts beside the
 prefix-cached forward the example's context runs (the worked examples' keys and
@@ -391,6 +391,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=None, help="timed forwards per batch size [5; smoke: 2]")
     p.add_argument("--rounds", type=int, default=None,
                    help="timed runs of the warm comparisons, best shown [3; smoke: 2]")
+    p.add_argument("--parsl", action=argparse.BooleanOptionalAction, default=True,
+                   help="Parsl's baselines in (b) [yes]")
     p.add_argument("--cold-child", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.cold_child:
@@ -429,7 +431,7 @@ def main() -> None:
             print(f"    skipped: faas and Parsl runs need {', '.join(absent)}")
         else:
             rates = faas_runs(args, checkpoint, workers, faas_cold, verifier)
-            ratios(rates | parsl_runs(args, checkpoint, workers, gpus), args)
+            ratios(rates | (parsl_runs(args, checkpoint, workers, gpus) if args.parsl else {}), args)
         cold_start(checkpoint, faas_cold)
 
 
