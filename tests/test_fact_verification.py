@@ -151,7 +151,7 @@ def test_prefix_cached_scores_match_whole_prompts_on_all_claims(device, request)
 def test_real_model_prefix_cached_scores_match_whole_prompts(llm):
     """The same on SmolLM2-135M itself (fp32, from the session's converted model cache), a few claims."""
     verifier = scoring.load_verifier(cache_dir=str(llm["cache"]), dtype="float32")
-    rows = CLAIMS[::60]
+    rows = CLAIMS[::90]
     whole = scoring.batch_label_scores(verifier.model, verifier.tokenizer, rows)
     cached = verifier.scores(rows)
     for w, c in zip(whole, cached):
