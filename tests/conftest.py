@@ -21,6 +21,22 @@ ROOT = Path(__file__).resolve().parent.parent
 FAAS_ENDPOINT = [sys.executable, "-m", "faas.endpoint.cli"]
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` need CUDA: skipped where torch is missing or sees no GPU."""
+    gpu = [item for item in items if item.get_closest_marker("gpu")]
+    if gpu and not _cuda_available():
+        for item in gpu:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
 @pytest.fixture
 def faas_home(tmp_path, monkeypatch) -> Path:
     home = tmp_path / "faas-home"

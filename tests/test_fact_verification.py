@@ -1,6 +1,7 @@
 """The fact-verification example on the real SmolLM2-135M through a real
 endpoint with two workers, and what the endpoint tells about it afterwards:
-``faas-endpoint report`` (text and timeline plot) and progress bars.
+``faas-endpoint report`` (text and timeline plot) and progress bars; its
+prefix-cached scoring against whole prompts.
 
 One endpoint and one model cache serve the whole session: the GGUF conversion
 (~20 s on two cores) happens once, in whichever worker gets there first.
@@ -8,6 +9,7 @@ One endpoint and one model cache serve the whole session: the GGUF conversion
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import socket
@@ -19,19 +21,23 @@ from pathlib import Path
 
 import matplotlib.image
 import pytest
+import torch
 from conftest import ROOT, RunningEndpoint, cli, local_config, write_config
 from sqlalchemy import create_engine, text
 
 from faas import Executor, as_completed, ctx_function
 from faas.errors import ContextInitError
-from faas.warm_pool.gguf import CONVERSIONS_LOG
+from faas.warm_pool.gguf import CONVERSIONS_LOG, smollm2_gguf_path
+from faas.warm_pool.loaders import CausalLM
 
 EXAMPLE = ROOT / "examples" / "fact_verification"
 sys.path.insert(0, str(EXAMPLE))
+import scoring  # noqa: E402
 from run import verify  # noqa: E402  (the example's own ctx_function)
 
+CLAIMS = [json.loads(line) for line in (EXAMPLE / "claims.jsonl").read_text().splitlines()]
 # Two full batches of the batched ``verify``: each worker's first batch takes one, so both load the model.
-ROWS = [json.loads(line) for line in (EXAMPLE / "claims.jsonl").read_text().splitlines()[:2 * verify.batch_size]]
+ROWS = CLAIMS[:2 * verify.batch_size]
 
 
 @pytest.fixture(scope="session")
@@ -70,18 +76,26 @@ def test_labels_come_from_the_model_deterministically(llm):
     assert first == second
 
 
-def test_prompts_tokenised_after_the_shared_prefix_match_whole_prompts():
-    """scoring.encode_prompts tokenises the worked examples once: for every claim, the
-    ids and mask must be those of tokenising each whole prompt with left padding."""
-    import scoring
+def _smollm2_tokenizer():
     from transformers import AutoTokenizer
-
-    from faas.warm_pool.gguf import smollm2_gguf_path
 
     gguf = smollm2_gguf_path()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     tokenizer.pad_token = tokenizer.eos_token
-    rows = [*(json.loads(line) for line in (EXAMPLE / "claims.jsonl").read_text().splitlines()), scoring.CONTENT_FREE]
+    return tokenizer
+
+
+@pytest.fixture(scope="module")
+def smollm2_tokenizer():
+    """SmolLM2's own tokenizer and chat template, from the bundled GGUF."""
+    return _smollm2_tokenizer()
+
+
+def test_prompts_tokenised_after_the_shared_prefix_match_whole_prompts(smollm2_tokenizer):
+    """scoring.encode_prompts tokenises the worked examples once: for every claim, the
+    ids and mask must be those of tokenising each whole prompt with left padding."""
+    tokenizer = smollm2_tokenizer
+    rows = [*CLAIMS, scoring.CONTENT_FREE]
     whole = tokenizer([scoring.build_prompt(tokenizer, r["claim"], r["evidence"]) for r in rows], padding=True,
                       padding_side="left", add_special_tokens=False, return_tensors="pt")
     fast = scoring.encode_prompts(tokenizer, rows)
@@ -90,8 +104,63 @@ def test_prompts_tokenised_after_the_shared_prefix_match_whole_prompts():
     assert fast["attention_mask"].tolist() == whole["attention_mask"].tolist()
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_prefix_cached_scores_match_whole_prompts_on_all_claims(device, request):
+    """scoring.Verifier (the worked examples' keys and values computed once, each row's own
+    tokens run against them, right-padded, in batches of 1-64) against whole prompts, on all
+    360 claims in fp32: the same scores and labels. The model is a tiny random Llama on
+    SmolLM2's tokenizer and chat template, its weights large enough that a token's position or
+    presence moves the scores by whole units (tried: positions off by one, left padding at the
+    prefix's positions, a prefix one token short, the last column read for every row, and the
+    calibration left out each fail here). On a GPU node without the SmolLM2 GGUF, gpu.py's
+    word-level tokenizer stands in."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    try:
+        tokenizer = request.getfixturevalue("smollm2_tokenizer")
+    except FileNotFoundError:
+        if device == "cpu":
+            raise
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        from gpu import synthetic_tokenizer
+
+        tokenizer = synthetic_tokenizer()
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                         num_key_value_heads=2, intermediate_size=128, vocab_size=len(tokenizer),
+                                         tie_word_embeddings=True, initializer_range=0.2))
+    model = model.to(device).eval()
+    verifier = scoring.Verifier.from_lm(CausalLM(model, tokenizer, torch.device(device)))
+    chunks, start = [], 0
+    for size in itertools.cycle((1, 7, 64)):
+        if start >= len(CLAIMS):
+            break
+        chunks.append(CLAIMS[start:start + size])
+        start += size
+
+    def table(scores):
+        return torch.tensor([[row[label] for label in scoring.ANSWERS] for row in scores])
+
+    whole = table([s for chunk in chunks for s in scoring.batch_label_scores(model, tokenizer, chunk)])
+    cached = table([s for chunk in chunks for s in verifier.scores(chunk)])
+    assert whole.std(dim=0).min() > 0.5  # the claims' scores differ widely: a wrong token would show
+    torch.testing.assert_close(cached, whole, rtol=0, atol=1e-4 if device == "cpu" else 1e-3)
+    assert (cached.argmax(dim=1) == whole.argmax(dim=1)).all()
+
+
+def test_real_model_prefix_cached_scores_match_whole_prompts(llm):
+    """The same on SmolLM2-135M itself (fp32, from the session's converted model cache), a few claims."""
+    verifier = scoring.load_verifier(cache_dir=str(llm["cache"]), dtype="float32")
+    rows = CLAIMS[::90]
+    whole = scoring.batch_label_scores(verifier.model, verifier.tokenizer, rows)
+    cached = verifier.scores(rows)
+    for w, c in zip(whole, cached):
+        assert c == pytest.approx(w, abs=2e-4)
+    assert scoring.score_batch(verifier, rows) == [max(w, key=w.get) for w in whole]
+
+
 def test_two_workers_share_one_conversion_of_the_model(llm):
-    inits = [i for i in _rows(llm["store"], "context_inits") if "load_smollm2" in _description(llm, i)]
+    inits = [i for i in _rows(llm["store"], "context_inits") if "load_verifier" in _description(llm, i)]
     assert all(i["error"] is None for i in inits)
     assert len({i["worker_id"] for i in inits}) == 2, "both workers should have loaded the model"
     lines = (llm["cache"] / "converted" / CONVERSIONS_LOG).read_text().splitlines()
@@ -218,8 +287,8 @@ def test_report_figures_match_the_store(llm, tmp_path, monkeypatch):
     everything = _report(llm)
     _assert_report_matches_store(everything, llm["store"], None)
     tables = _parse_tables(everything)
-    smollm2 = next(v for k, v in tables["context"].items() if "load_smollm2" in k)
-    assert int(smollm2[0]) >= 2 and float(smollm2[5]) > float(smollm2[6])  # inits; cold calls slower
+    verifier = next(v for k, v in tables["context"].items() if "load_verifier" in k)
+    assert int(verifier[0]) >= 2 and float(verifier[5]) > float(verifier[6])  # inits; cold calls slower
     flaky = next(v for k, v in tables["context"].items() if "runs.log" in k)
     assert flaky[7:9] == ["1", "2"]  # d failed; b and d were retried
     assert int(next(v for k, v in tables["context"].items() if "_broken_loader" in k)[2]) >= 1
@@ -227,7 +296,7 @@ def test_report_figures_match_the_store(llm, tmp_path, monkeypatch):
     iso = datetime.fromtimestamp(between).isoformat()
     recent = _report(llm, "--since", iso)
     _assert_report_matches_store(recent, llm["store"], between)
-    assert not any("load_smollm2" in name for name in _parse_tables(recent)["context"])
+    assert not any("load_verifier" in name for name in _parse_tables(recent)["context"])
     assert "invocations: 0 " in _report(llm, "--since", "2999-01-01T00:00")
     assert "invocations: 0 " not in _report(llm, "--since", "1h")
     bad = cli("report", "llm", "--since", "yesterday", check=False)

