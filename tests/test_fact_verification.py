@@ -288,7 +288,10 @@ def test_report_figures_match_the_store(llm, tmp_path, monkeypatch):
     _assert_report_matches_store(everything, llm["store"], None)
     tables = _parse_tables(everything)
     verifier = next(v for k, v in tables["context"].items() if "load_verifier" in k)
-    assert int(verifier[0]) >= 2 and float(verifier[5]) > float(verifier[6])  # inits; cold calls slower
+    # both workers loaded it (a worker that joins while work waits preloads it, before its first call: then no
+    # call of it is cold), and a load costs more than a warm call
+    assert int(verifier[0]) >= 2 and float(verifier[1]) / int(verifier[0]) > float(verifier[6])
+    assert verifier[5] == "-" or float(verifier[5]) > float(verifier[6])  # a cold call, if any, is slower
     flaky = next(v for k, v in tables["context"].items() if "runs.log" in k)
     assert flaky[7:9] == ["1", "2"]  # d failed; b and d were retried
     assert int(next(v for k, v in tables["context"].items() if "_broken_loader" in k)[2]) >= 1
