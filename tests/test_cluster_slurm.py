@@ -114,7 +114,8 @@ def test_slurm_blocks_follow_the_backlog_and_keep_contexts_warm(slurm_endpoint, 
     block_jobs = {r["job"] for r in rows}
     assert None not in block_jobs and block_jobs <= seen and len(seen) == 2, (block_jobs, seen)
     inits = lines(tmp_path / "inits.log")
-    assert sorted(inits) == sorted({str(r["pid"]) for r in rows}), "a worker initialised its context twice"
+    assert len(set(inits)) == len(inits), "a worker initialised its context twice"
+    assert {str(r["pid"]) for r in rows} <= set(inits)  # a joining worker may also preload it before work comes
 
     # Idle for max_idletime: the blocks are released; new work gets a new one.
     idle_from = time.time()
@@ -122,7 +123,9 @@ def test_slurm_blocks_follow_the_backlog_and_keep_contexts_warm(slurm_endpoint, 
     print(f"[slurm] idle blocks released {time.time() - idle_from:.1f}s after the last result (max_idletime 3s)")
     again = results(client("slurm", tmp_path, 2, 0.01))
     assert sorted(r["square"] for r in again) == [0, 1] and {r["job"] for r in again}.isdisjoint(seen)
-    assert len(lines(tmp_path / "inits.log")) == len(inits) + len({r["pid"] for r in again})
+    new_inits = lines(tmp_path / "inits.log")[len(inits):]  # the new block's workers, each once
+    assert {str(r["pid"]) for r in again} <= set(new_inits) and len(set(new_inits)) == len(new_inits) <= 2, new_inits
+    assert set(new_inits).isdisjoint(inits)
     info = status("slurm")
     assert info["invocations"]["succeeded"] == 46 and info["invocations"]["failed"] == 0
 

@@ -60,6 +60,16 @@ def test_memory_budget_evicts_least_recently_used_idle_context():
     assert {k for k, v in pool.snapshot().items() if v["loaded"]} == {c.key, a.key}
 
 
+def test_a_load_that_reuses_freed_heap_still_has_its_footprint():
+    """glibc keeps freed small-object heap resident; a loader that reuses it must
+    not look free (resident memory would not grow without the trim before it)."""
+    freed = [bytearray(1000) for _ in range(300_000)]  # ~300 MB of heap, then freed
+    del freed
+    pool, a = WarmPool(), _spec("a")
+    _use(pool, a)
+    assert 40 * MB < pool.stats[a.key].footprint < 70 * MB
+
+
 def test_a_context_in_use_is_never_evicted():
     pool = WarmPool(memory_budget=60 * MB)
     a, b = _spec("a"), _spec("b")

@@ -139,7 +139,7 @@ class WarmPool:
 
     def _load(self, spec: ContextSpec, entry: _Entry, stats: ContextStats) -> None:
         self._make_room(spec.key, stats.footprint)
-        gc.collect()  # garbage freed while the loader runs would be subtracted from its footprint
+        _free_heap()
         started = time.time()
         t0 = time.perf_counter()
         before = _memory_in_use()
@@ -342,6 +342,25 @@ def _memory_in_use() -> int:
     import psutil
 
     return psutil.Process().memory_info().rss
+
+
+def _free_heap() -> None:
+    """Before a footprint is measured by resident memory: garbage collected now
+    is not subtracted from it, and freed heap handed back to the system is not
+    reused unseen (glibc keeps freed pages resident; a loader that reuses them
+    would look free)."""
+    gc.collect()
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim():
+    """glibc's malloc_trim, or None (another C library)."""
+    import ctypes
+
+    return getattr(ctypes.CDLL(None), "malloc_trim", None)
 
 
 @functools.cache
