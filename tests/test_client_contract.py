@@ -320,7 +320,14 @@ def test_the_wait_at_exit_is_bounded_and_ctrl_c_ends_it(shared, tmp_path):
         time.sleep(1.0)  # into the wait at exit (a Ctrl-C before it would end the traceback's printing)
         interrupted = time.monotonic()
         hurried.send_signal(signal.SIGINT)
-        hurried.wait(timeout=30)
+        try:
+            hurried.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            hurried.send_signal(signal.SIGUSR1)  # its threads' stacks, to stderr
+            time.sleep(1)
+            hurried.kill()
+            reader.join(timeout=10)
+            pytest.fail("Ctrl-C did not end the wait at exit:\n" + "".join(err_lines))
         after_sigint = time.monotonic() - interrupted
         reader.join(timeout=10)
         out, err = hurried.stdout.read(), "".join(err_lines)

@@ -285,8 +285,8 @@ RACES = 50
 def test_two_daemons_started_at_one_instant_never_both_run(faas_home, tmp_path):
     """Row "two daemons on one endpoint": two processes start the daemon's
     start-up at the same instants, RACES times; in every round one runs (up to
-    where Parsl would start) and the other is refused, and no two ever hold
-    the endpoint at once."""
+    where Parsl would start) and the other is refused or runs after it, and no
+    two ever hold the endpoint at once."""
     write_config(faas_home, "race", local_config(workers=1))
     period, t0 = 0.25, time.time() + 2.5  # both are ready by then
     outs = [tmp_path / f"racer{i}.log" for i in range(2)]
@@ -306,7 +306,10 @@ def test_two_daemons_started_at_one_instant_never_both_run(faas_home, tmp_path):
     print(f"\n{RACES} rounds: {sum(v == ['refused', 'won'] for v in by_round.values())} with one daemon and one "
           f"refused; {together} started within 10 ms of each other; {overlaps} overlaps")
     assert overlaps == 0
-    assert all(v == ["refused", "won"] for v in by_round.values()), by_round
+    # every round runs a daemon; a round may run two one after the other when one start-up took longer than
+    # the other's hold (0.15 s, on a loaded machine), never two at once (the overlaps above)
+    assert all(v in (["refused", "won"], ["won", "won"]) for v in by_round.values()), by_round
+    assert sum(v == ["refused", "won"] for v in by_round.values()) >= RACES // 2, by_round
     assert together >= RACES // 2, "the start-ups were not lined up: the test did not test it"
 
 

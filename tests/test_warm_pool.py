@@ -4,7 +4,11 @@ context, idle release. Real loaders that really allocate memory."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -68,6 +72,27 @@ def test_a_load_that_reuses_freed_heap_still_has_its_footprint():
     pool, a = WarmPool(), _spec("a")
     _use(pool, a)
     assert 40 * MB < pool.stats[a.key].footprint < 70 * MB
+
+
+def test_a_loaders_freed_temporaries_are_not_its_footprint():
+    """With large blocks served from glibc's heap (as a long-lived process's
+    heap may serve them), a loader's freed temporary stays resident unless the
+    pool hands it back before measuring. Run in a fresh interpreter: the setting
+    is read at start-up."""
+    script = (
+        "from faas.warm_pool.registry import WarmPool\n"
+        "from faas.warm_pool.spec import ContextSpec\n"
+        "from test_warm_pool import _use, MB\n"
+        "def load(name, mb):  # the bytes are a temporary, freed below the copy it keeps\n"
+        "    return {'name': name, 'weights': bytearray(b'\\x01' * (mb * MB))}\n"
+        "pool, spec = WarmPool(), ContextSpec(load, {'name': 'a', 'mb': 50})\n"
+        "_use(pool, spec)\n"
+        "print(pool.stats[spec.key].footprint // MB)\n"
+    )
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(2**30), "PYTHONPATH": str(Path(__file__).parent)}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert 40 < int(out.stdout) < 70, out.stdout
 
 
 def test_a_context_in_use_is_never_evicted():

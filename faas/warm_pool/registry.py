@@ -152,6 +152,7 @@ class WarmPool:
                                           traceback.format_exc()))
             raise
         seconds = time.perf_counter() - t0
+        _free_heap()  # the loader's temporaries are not the context's
         stats.footprint = max(0, _memory_in_use() - before)
         with self._lock:
             entry.loaded = True
@@ -345,10 +346,10 @@ def _memory_in_use() -> int:
 
 
 def _free_heap() -> None:
-    """Before a footprint is measured by resident memory: garbage collected now
-    is not subtracted from it, and freed heap handed back to the system is not
-    reused unseen (glibc keeps freed pages resident; a loader that reuses them
-    would look free)."""
+    """Around a load whose footprint is measured by resident memory: glibc keeps
+    freed heap resident, so a loader that reuses it would look free, and one
+    whose temporaries were freed would look larger than what it holds; garbage
+    collected before the load is not subtracted from it."""
     gc.collect()
     trim = _malloc_trim()
     if trim is not None:
