@@ -299,6 +299,12 @@ def test_a_script_ending_without_shutdown_prints_its_functions_output(shared):
 
 
 # -- 6. a bounded exit -------------------------------------------------------------
+def _ctrl_c_as_in_a_terminal() -> None:
+    """A test run in the background (``pytest &``) ignores SIGINT, and so would the
+    script it starts: give it the default, which Python turns into KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_the_wait_at_exit_is_bounded_and_ctrl_c_ends_it(shared, tmp_path):
     """Two scripts submit to the endpoint while its store is locked (nothing is
     acknowledged), then raise: one exits within its exit_timeout (3 s) of no
@@ -309,7 +315,8 @@ def test_the_wait_at_exit_is_bounded_and_ctrl_c_ends_it(shared, tmp_path):
         bounded = subprocess.Popen([sys.executable, script, SHARED, "3", str(tmp_path / "bounded")],
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         hurried = subprocess.Popen([sys.executable, script, SHARED, "600", str(tmp_path / "hurried")],
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   preexec_fn=_ctrl_c_as_in_a_terminal)
         err_lines: list[str] = []  # read as it comes: the traceback printed says the script is past its code
         reader = threading.Thread(target=lambda: err_lines.extend(hurried.stderr), daemon=True)
         reader.start()
