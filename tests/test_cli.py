@@ -151,3 +151,17 @@ def test_every_command_on_a_corrupt_store_says_what_is_wrong_in_one_line(faas_ho
         assert proc.returncode != 0 and "Traceback" not in out and len(out.splitlines()) == 1, (args, out)
         assert "store.db" in out and "damaged" in out, (args, out)
     assert read_pid(EndpointDir.of("corrupt")) is None  # no daemon was left running
+
+
+def test_a_key_that_begins_with_a_dash_is_authorised_and_revoked(faas_home):
+    """Z85 has "-" among its characters: about one key in 85 begins with it."""
+    import zmq.utils.z85 as z85
+
+    key = z85.encode(bytes([197]) + bytes(31)).decode()  # "-q/(r000..."
+    assert key.startswith("-"), key
+    cli("configure", "dash")
+    assert f"authorised {key} on dash" in cli("authorize", "dash", key, "--comment", "laptop").stdout
+    assert f"{key} was already authorised on dash" in cli("authorize", "dash", key).stdout
+    assert f"revoked {key} on dash" in cli("revoke", "dash", key).stdout
+    assert f"{key} is not authorised on dash" in cli("revoke", "dash", key, check=False).stderr
+    assert "Usage" in cli("authorize", "dash", key, "--no-such-option", check=False).stderr

@@ -45,6 +45,10 @@ def _store(epdir: EndpointDir):
         store.close()
 
 
+# A Z85 key may begin with "-": read it as the argument it is, not as an unknown option.
+KEY_ARGUMENT = {"ignore_unknown_options": True}
+
+
 @click.group()
 @click.version_option(package_name="faas")
 def main() -> None:
@@ -219,7 +223,7 @@ def address(name: str) -> None:
     click.echo(epdir.address)
 
 
-@main.command()
+@main.command(context_settings=KEY_ARGUMENT)
 @click.argument("name")
 @click.argument("public_key")
 @click.option("--comment", default="", help="A note kept beside the key, e.g. whose laptop it is.")
@@ -232,7 +236,7 @@ def authorize(name: str, public_key: str, comment: str) -> None:
     click.echo(f"authorised {key} on {name}" if added else f"{key} was already authorised on {name}")
 
 
-@main.command()
+@main.command(context_settings=KEY_ARGUMENT)
 @click.argument("name")
 @click.argument("public_key")
 def revoke(name: str, public_key: str) -> None:
