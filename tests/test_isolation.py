@@ -306,9 +306,11 @@ def test_two_daemons_started_at_one_instant_never_both_run(faas_home, tmp_path):
     print(f"\n{RACES} rounds: {sum(v == ['refused', 'won'] for v in by_round.values())} with one daemon and one "
           f"refused; {together} started within 10 ms of each other; {overlaps} overlaps")
     assert overlaps == 0
-    # every round runs a daemon; a round may run two one after the other when one start-up took longer than
-    # the other's hold (0.15 s, on a loaded machine), never two at once (the overlaps above)
-    assert all(v in (["refused", "won"], ["won", "won"]) for v in by_round.values()), by_round
+    # a daemon is refused only while another holds the endpoint (from its start-up to its release); on a loaded
+    # machine a round may run two one after the other, or refuse one while the last round's still lets go
+    spans = [(float(r[2]), float(r[4])) for r in rows if r[1] == "won"]
+    refusals = [(float(r[2]), float(r[3])) for r in rows if r[1] == "refused"]
+    assert all(any(ws <= rt and rs <= we for ws, we in spans) for rs, rt in refusals), (refusals, spans)
     assert sum(v == ["refused", "won"] for v in by_round.values()) >= RACES // 2, by_round
     assert together >= RACES // 2, "the start-ups were not lined up: the test did not test it"
 
