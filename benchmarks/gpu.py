@@ -245,9 +245,11 @@ def faas_runs(args, checkpoint, workers: int, cold: dict, verifier) -> dict[str,
     with Executor(endpoint=None, embedded_workers=workers) as ex:
         cold["faas: embedded endpoint up"] = time.perf_counter() - t0
         cold["faas: its workers ready (imports and CUDA prewarmed)"] = _workers_ready(ex, workers) - t0
-        t = time.perf_counter()
-        ex.submit(unbatched, rows[0]).result()
+        t, sent = time.perf_counter(), time.time()
+        first = ex.submit(unbatched, rows[0])
+        first.result()
         cold["faas: first result on a ready worker (context cold)"] = time.perf_counter() - t
+        cold |= _cold_steps(ex, first.task_id, sent, time.time(), unbatched.context_key)
         if args.cold_only:
             return {}
         t = time.perf_counter()
@@ -274,6 +276,26 @@ def faas_runs(args, checkpoint, workers: int, cold: dict, verifier) -> dict[str,
                 times.setdefault(name, []).append(time.perf_counter() - t)
                 assert (sum(map(len, outs)) if inputs is chunks else len(outs)) == len(rows)
         return {name: report(name, len(rows), seconds) for name, seconds in times.items()}
+
+
+def _cold_steps(ex, task_id: str, sent: float, received: float, context_key: str) -> dict[str, float]:
+    """Where that first result's time went, from the endpoint's store: its way
+    to a worker, the context's load there, the call, and the way back."""
+    from faas.endpoint import daemon
+    from faas.endpoint.config import load_config
+
+    epdir = ex.endpoint_dir
+    store = daemon.open_store(epdir, load_config(epdir.config))
+    try:
+        record = store.invocation(task_id)
+        init = sum(c["init_seconds"] for c in store.context_summary() if c["key"] == context_key)
+    finally:
+        store.close()
+    ran = record["finished_at"] - record["started_at"]
+    return {"  of which: submitted -> started on the worker": record["started_at"] - sent,
+            "  of which: the context's load there (its loader)": init,
+            "  of which: the call, and faas's work around the load": ran - init,
+            "  of which: the result's way back to the caller": received - record["finished_at"]}
 
 
 def _workers_ready(ex, workers: int) -> float:

@@ -78,6 +78,22 @@ def test_state_machine_never_overwrites_a_final_result(store):
     assert store.unfinished()[0]["state"] is State.PENDING
 
 
+def test_long_batches_record_each_invocation_once_across_in_lists(store):
+    """Batches longer than one IN list (the hot reads pad theirs to a power of
+    two), part of them already on record or final: each id is inserted and
+    finished once, a late outcome changes nothing, an unknown id is not recorded."""
+    ids = [f"i{n:04d}" for n in range(700)]
+    assert store.add_invocations(_rows(*ids[:300])) == set(ids[:300])
+    assert store.add_invocations(_rows(*ids)) == set(ids[300:])  # 512 + 188 ids, 300 of them known
+    early = [Outcome(i, State.FAILED, b"early", "tb", "h:1", 1.0, 2.0) for i in ids[:5]]
+    assert store.record_outcomes(early, [("h:1", "h", 1)], dispatched=ids[:5]) == set(ids[:5])
+    done = [Outcome(i, State.SUCCEEDED, i.encode(), None, "h:1", 1.0, 2.0) for i in [*ids, "unknown"]]
+    assert store.record_outcomes(done, [("h:1", "h", 1)], dispatched=ids[5:]) == set(ids[5:])
+    assert store.counts_by_state() == {**{s.value: 0 for s in State}, "failed": 5, "succeeded": 695}
+    rows = {r["id"]: r for r in store.final_results(ids=[*ids, "unknown"])}
+    assert len(rows) == 700 and rows["i0004"]["result"] == b"early" and rows["i0699"]["result"] == b"i0699"
+
+
 def test_attempts_count_dispatches(store):
     store.add_invocations(_rows("a"))
     for n in range(1, 4):
