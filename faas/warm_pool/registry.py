@@ -140,8 +140,9 @@ class WarmPool:
     def _load(self, spec: ContextSpec, entry: _Entry, stats: ContextStats) -> None:
         self._make_room(spec.key, stats.footprint)
         on_gpu = _on_gpu()
+        full = self.memory_budget is not None  # a RAM budget: the footprint decides evictions
         if not on_gpu:
-            _free_heap()
+            _free_heap(full)
         started = time.time()
         t0 = time.perf_counter()
         before = _memory_in_use(on_gpu)
@@ -157,7 +158,7 @@ class WarmPool:
         if not on_gpu and _on_gpu():  # the loader brought torch in: nothing of it was on the GPU before
             on_gpu, before = True, 0
         if not on_gpu:
-            _free_heap()  # the loader's temporaries are not the context's
+            _free_heap(full)  # the loader's temporaries are not the context's
         stats.footprint = max(0, _memory_in_use(on_gpu) - before)
         with self._lock:
             entry.loaded = True
@@ -353,13 +354,15 @@ def _memory_in_use(on_gpu: bool) -> int:
     return psutil.Process().memory_info().rss
 
 
-def _free_heap() -> None:
+def _free_heap(full: bool) -> None:
     """Around a load whose footprint is measured by resident memory: glibc keeps
     freed heap resident, so a loader that reuses it would look free, and one
-    whose temporaries were freed would look larger than what it holds. Only the
-    young generations are collected: a full collection costs 0.1-0.2 s once
-    torch and transformers are imported, paid twice by every cold start."""
-    gc.collect(1)
+    whose temporaries were freed would look larger than what it holds. A full
+    collection (``full``) also keeps older garbage collected during the load
+    from being subtracted; it costs 0.1-0.2 s once torch and transformers are
+    imported, paid twice per cold start, so it runs only where a RAM budget
+    makes the footprint decide evictions (without one it is only reported)."""
+    gc.collect(2 if full else 1)
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
