@@ -281,14 +281,20 @@ def faas_runs(args, checkpoint, workers: int, cold: dict, verifier) -> dict[str,
 def _cold_steps(ex, task_id: str, sent: float, received: float, context_key: str) -> dict[str, float]:
     """Where that first result's time went, from the endpoint's store: its way
     to a worker, the context's load there, the call, and the way back."""
+    from sqlalchemy import select
+
     from faas.endpoint import daemon
     from faas.endpoint.config import load_config
+    from faas.store.models import ContextInit
 
     epdir = ex.endpoint_dir
     store = daemon.open_store(epdir, load_config(epdir.config))
     try:
         record = store.invocation(task_id)
-        init = sum(c["init_seconds"] for c in store.context_summary() if c["key"] == context_key)
+        with store.engine.connect() as conn:  # the load on the worker that ran it (others may preload too)
+            init = conn.scalar(select(ContextInit.seconds).where(
+                ContextInit.context_key == context_key, ContextInit.worker_id == record["worker_id"])
+                .order_by(ContextInit.started_at)) or 0.0
     finally:
         store.close()
     ran = record["finished_at"] - record["started_at"]
