@@ -277,8 +277,7 @@ class Store:
     def known(self, ids: Sequence[str]) -> set[str]:
         """Those of ``ids`` the store has a record of."""
         with self.engine.connect() as conn:
-            return {i for chunk in _chunks(list(ids), 500)
-                    for i in conn.scalars(select(Invocation.id).where(Invocation.id.in_(chunk)))}
+            return {i for chunk in _chunks(list(ids), IN_LIST) for i, _ in _states_of(conn, chunk)}
 
     def invocation(self, inv_id: str) -> dict | None:
         """One invocation's record, its payloads left out, with its function's name and
@@ -378,32 +377,38 @@ def _executemany(conn, stmt, rows: list[dict]) -> None:
     once per kind of driver and handed to the driver's executemany: SQLAlchemy's
     per-row bind processing cost three to four times SQLite's own work on these
     rows (25-50 against 7-11 us per invocation), most of the daemon's time per result."""
-    sql, order, fixed = _compiled(stmt, conn.dialect)
-    if order is not None:  # a positional driver (SQLite's qmark)
-        conn.exec_driver_sql(sql, [order(fixed | r) for r in rows])
-    else:
-        conn.exec_driver_sql(sql, [fixed | r for r in rows])
+    sql, params = _compiled(stmt, conn.dialect)
+    conn.exec_driver_sql(sql, [params(r) for r in rows])
 
 
-# Compiled per kind of driver, not per engine (a process may open many stores): (statement,
-# dialect, driver, paramstyle) -> (SQL, a row's parameters in order or None (named), fixed values)
-_COMPILED: dict[tuple, tuple[str, Callable[[dict], tuple] | None, dict]] = {}
-# (IN list length, dialect, driver, paramstyle) -> (SQL, the parameters' names for a named driver or None)
-_IN_LISTS: dict[tuple, tuple[str, tuple[str, ...] | None]] = {}
+# Compiled per kind of driver, not per engine (a process may open many stores):
+# (statement, dialect, driver, paramstyle) -> (SQL, what makes a row the driver's parameters)
+_COMPILED: dict[tuple, tuple[str, Callable[[dict], tuple | dict]]] = {}
 
 
-def _compiled(stmt, dialect) -> tuple[str, Callable[[dict], tuple] | None, dict]:
-    """(SQL, for a positional driver what takes a row's parameters in order (else
-    None), the values the statement fixes itself, such as the states an UPDATE moves from)."""
+def _compiled(stmt, dialect) -> tuple[str, Callable[[dict], tuple | dict]]:
+    """(SQL, what turns a row into the driver's parameters: positional or named,
+    with the values the statement fixes itself, such as the states an UPDATE moves from)."""
     key = (stmt, dialect.name, dialect.driver, dialect.paramstyle)
     if key not in _COMPILED:
         c = stmt.compile(dialect=dialect)
         fixed = {k: v.value if isinstance(v, State) else v for k, v in c.params.items()}
-        names = tuple(c.positiontup) if dialect.positional else None
-        order = None if names is None else (operator.itemgetter(*names) if len(names) > 1
-                                            else lambda row: (row[names[0]],))
-        _COMPILED[key] = (c.string, order, fixed)
+        _COMPILED[key] = (c.string, _parameters(fixed, tuple(c.positiontup) if dialect.positional else None))
     return _COMPILED[key]
+
+
+def _parameters(fixed: dict, names: tuple[str, ...] | None) -> Callable[[dict], tuple | dict]:
+    """What turns a row into the driver's parameters: the statement's fixed values
+    overlaid with the row's, as they are for a named driver, else in ``names``' order."""
+    if names is None:
+        return fixed.__or__
+    get = operator.itemgetter(*names)  # a bare value, not a tuple, for a single name
+    return (lambda row: get(fixed | row)) if len(names) > 1 else (lambda row: (get(fixed | row),))
+
+
+@functools.cache
+def _id_list(size: int):
+    return select(Invocation.id, Invocation.state).where(Invocation.id.in_([bindparam(f"id{n}") for n in range(size)]))
 
 
 def _states_of(conn, ids: Sequence[str]):
@@ -412,14 +417,8 @@ def _states_of(conn, ids: Sequence[str]):
     once, serve every length."""
     size = 1 << max(0, len(ids) - 1).bit_length()
     padded = [*ids, *ids[-1:] * (size - len(ids))]
-    d = conn.dialect
-    key = (size, d.name, d.driver, d.paramstyle)
-    if key not in _IN_LISTS:
-        c = (select(Invocation.id, Invocation.state).where(Invocation.id.in_([str(i) for i in range(size)]))
-             .compile(dialect=d, compile_kwargs={"render_postcompile": True}))
-        _IN_LISTS[key] = (c.string, None if d.positional else tuple(c.params))
-    sql, names = _IN_LISTS[key]
-    return conn.exec_driver_sql(sql, tuple(padded) if names is None else dict(zip(names, padded)))
+    sql, params = _compiled(_id_list(size), conn.dialect)
+    return conn.exec_driver_sql(sql, params({f"id{n}": i for n, i in enumerate(padded)}))
 
 
 @functools.cache
