@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import zmq
 
 from faas import protocol
 from faas.errors import ProtocolError
@@ -45,6 +46,31 @@ def test_round_trip_of_every_hop():
     assert msg.view == {"cursor": 7}
     msg, _ = protocol.decode(protocol.encode(protocol.Heartbeat(resources={"rss": 1})), protocol.WORKER_REPORTS)
     assert msg.resources == {"rss": 1}
+
+
+def test_send_and_recv_carry_every_frame_as_send_multipart_does():
+    """protocol.send/recv (plain-int flags, cheaper per frame) against pyzmq's own multipart calls,
+    both ways: empty frames, one frame, many; NOBLOCK on nothing to read raises zmq.Again."""
+    ctx = zmq.Context()
+    a, b = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
+    try:
+        a.bind("inproc://frames")
+        b.connect("inproc://frames")
+        for frames in ([b"header"], [b"header", b"", b"x" * 100_000, b""], [b"h", *(bytes([i]) for i in range(40))]):
+            protocol.send(a, frames)
+            assert b.recv_multipart() == frames
+            b.send_multipart(frames)
+            assert protocol.recv(a) == frames
+        with pytest.raises(zmq.Again):
+            protocol.recv(b, zmq.NOBLOCK)
+        protocol.send(a, [b"1", b"2"], zmq.NOBLOCK)
+        protocol.send(a, [b"3"], zmq.NOBLOCK)
+        assert b.poll(1000)
+        assert [protocol.recv(b, zmq.NOBLOCK), protocol.recv(b, zmq.NOBLOCK)] == [[b"1", b"2"], [b"3"]]
+    finally:
+        a.close(0)
+        b.close(0)
+        ctx.term()
 
 
 @pytest.mark.parametrize("frames, message", [

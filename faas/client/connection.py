@@ -153,11 +153,11 @@ class Connection:
             self._on_message(msg, body)
 
     def _send(self, sock: zmq.Socket, frames: list[bytes]) -> None:
-        sock.send_multipart(frames)
+        protocol.send(sock, frames)
 
     def _receive(self, sock: zmq.Socket) -> list[bytes] | None:
         try:
-            return sock.recv_multipart(zmq.NOBLOCK)
+            return protocol.recv(sock, zmq.NOBLOCK)
         except zmq.Again:
             return None
 

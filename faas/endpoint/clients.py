@@ -109,7 +109,7 @@ class ClientSocket:
         messages); past the cap, each further frame is released as it is read."""
         frames: list[zmq.Frame] = []
         total, user = 0, None
-        while self.sock.rcvmore:
+        while self.sock.getsockopt(zmq.RCVMORE):
             frame = self.sock.recv(copy=False)
             total += len(frame)
             if user is None:
@@ -165,7 +165,7 @@ class ClientSocket:
     def send_now(self, ident: bytes, frames: list[bytes]) -> None:
         """Best effort, ahead of anything buffered (a last word to a refused client)."""
         try:
-            self.sock.send_multipart([ident, *frames], zmq.NOBLOCK)
+            protocol.send(self.sock, [ident, *frames], zmq.NOBLOCK)
         except zmq.ZMQError:
             pass
 
@@ -177,7 +177,7 @@ class ClientSocket:
         """_SENT, _FULL (the client's queue is full) or _GONE: a client gone
         (ROUTER_MANDATORY: unknown identity) is dropped and reported."""
         try:
-            self.sock.send_multipart([ident, *frames], zmq.NOBLOCK)
+            protocol.send(self.sock, [ident, *frames], zmq.NOBLOCK)
             return _SENT
         except zmq.Again:
             return _FULL

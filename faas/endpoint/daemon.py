@@ -9,6 +9,7 @@ kernel releases the lock when the process dies, however it dies."""
 from __future__ import annotations
 
 import fcntl
+import gc
 import logging
 import os
 import signal
@@ -172,6 +173,9 @@ def _serve(epdir: EndpointDir, config: EndpointConfig, store: Store, engine: Eng
         server = Server(epdir, config, store, engine, exit_with=int(exit_with) if exit_with else None)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: server.stop())
+        # what start-up made (modules, the config, Parsl's executor) lives as long as the daemon: out of the
+        # collector's full passes, which otherwise walk it again and again under load
+        gc.freeze()
         server.serve_forever()
     except Exception as e:
         if server is not None and server.fatal is None:  # its clients are told as it closes

@@ -285,6 +285,7 @@ class Dispatcher:
             self.ledger.inits([dict(e.model_dump(), worker_id=worker) for e in msg.inits])
         if msg.outcomes:
             self._idle_losses = 0
+            self.ledger.worker(worker, loop.host, loop.pid)
         for info, payload in zip(msg.outcomes, payloads):
             it = self.items.get(info.id)
             if it is None or it.loop != token:
@@ -298,7 +299,6 @@ class Dispatcher:
             if info.kind is not Kind.RETURNED:
                 batch.first_started = min(batch.first_started, info.started)
                 batch.last_finished = max(batch.last_finished, info.finished)
-            self.ledger.worker(worker, loop.host, loop.pid)
             try:
                 self._on_outcome(it, info, payload, worker)
             except Exception as e:  # a fault here must not strand the message's other outcomes, nor this one

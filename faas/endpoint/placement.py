@@ -81,8 +81,10 @@ class Placement:
         """Fill the loops that have room, least loaded first. Only the loops with
         room are visited, and the roster's sums stand in for the holders: a
         pass costs what it ships, not the size of the fleet."""
-        targets = self.targets(now)
         levels = [self.loops.with_room(n) for n in range(PREFETCH)]
+        if not any(levels):
+            return  # most passes under load: every loop holds its batches
+        targets = self.targets(now)
         for n in range(PREFETCH):
             for loop in levels[n]:  # grows as loops of the level before get a batch
                 if not self.queues:

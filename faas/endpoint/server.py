@@ -187,7 +187,7 @@ class Server:
     def _read_workers(self) -> None:
         for _ in range(PER_PASS):  # bounded, so neither socket is starved
             try:
-                frames = self.link.sock.recv_multipart(zmq.NOBLOCK)
+                frames = protocol.recv(self.link.sock, zmq.NOBLOCK)
             except zmq.Again:
                 self._workers_read_at = time.monotonic()
                 return

@@ -21,6 +21,7 @@ from typing import Any
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
+from faas import protocol
 from faas.endpoint.config import WarmPoolConfig
 from faas.warm_pool.files import FilesSetup
 
@@ -104,7 +105,7 @@ class WorkerLink:
 
     def send(self, token: str, frames: list[bytes]) -> bool:
         try:
-            self.sock.send_multipart([token.encode(), *frames], zmq.NOBLOCK)
+            protocol.send(self.sock, [token.encode(), *frames], zmq.NOBLOCK)
             return True
         except zmq.ZMQError as e:
             log.warning("cannot reach worker loop %s: %s", token, e)

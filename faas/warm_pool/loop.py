@@ -285,7 +285,7 @@ class WorkerLoop:
             if self.sock in events:
                 last_heard = time.monotonic()
                 while self.sock.poll(0):
-                    self._on_order(self.sock.recv_multipart())
+                    self._on_order(protocol.recv(self.sock))
             self._send_reports()
             self._enforce_timeouts()
             if self.stop is None and time.monotonic() - last_heard > self.threshold:
@@ -449,7 +449,7 @@ class WorkerLoop:
 
     def _send(self, msg: protocol._Message, frames: list[bytes] = ()) -> None:
         try:
-            self.sock.send_multipart(protocol.encode(msg, frames), zmq.NOBLOCK)
+            protocol.send(self.sock, protocol.encode(msg, frames), zmq.NOBLOCK)
         except zmq.ZMQError as e:
             log.error("cannot report to the endpoint: %s", e)
 
