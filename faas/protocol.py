@@ -398,8 +398,8 @@ def encode(msg: _Message, frames: Sequence[bytes] = ()) -> list[bytes]:
     return [msg.model_dump_json().encode(), *frames]
 
 
-# pyzmq's send_multipart/recv_multipart combine its flag enums for every frame, which took a tenth of a
-# busy endpoint's time (a result is a frame); the same frames go through these with plain ints
+# pyzmq's send_multipart/recv_multipart combine its flag enums for every frame (a result, an argument, an
+# outcome is a frame): ~2.5 us per frame sent and read, ~1 us with plain ints. The same frames on the wire.
 _SNDMORE, _RCVMORE = int(zmq.SNDMORE), int(zmq.RCVMORE)
 
 
