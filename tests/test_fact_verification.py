@@ -148,6 +148,25 @@ def test_prefix_cached_scores_match_whole_prompts_on_all_claims(device, request)
     assert (cached.argmax(dim=1) == whole.argmax(dim=1)).all()
 
 
+@pytest.mark.parametrize("options, expected", [({}, "float32"), ({"dtype": "bfloat16"}, "bfloat16"),
+                                               ({"dtype": None}, None)])
+def test_example_loads_fp32_unless_told(monkeypatch, options, expected):
+    """The example's context asks the loader for fp32 on any device (in bf16 its labels move with the
+    batch: benchmarks/label_stability.py); a dtype given, or None (the loader's choice), goes through."""
+    from faas.warm_pool import loaders
+
+    asked = []
+
+    def loader(checkpoint, **kwargs):
+        asked.append(kwargs)
+        raise LookupError("stop here: only the arguments matter")
+
+    monkeypatch.setattr(loaders, "load_causal_lm", loader)
+    with pytest.raises(LookupError):
+        scoring.load_verifier("some/checkpoint", device="cuda", **options)
+    assert asked == [{"device": "cuda", "dtype": expected}]
+
+
 def test_real_model_prefix_cached_scores_match_whole_prompts(llm):
     """The same on SmolLM2-135M itself (fp32, from the session's converted model cache), a few claims."""
     verifier = scoring.load_verifier(cache_dir=str(llm["cache"]), dtype="float32")
